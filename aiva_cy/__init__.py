@@ -1,0 +1,11 @@
+"""aiva_cy — AIVA's spiking decision core: 512 features in, a probability per tool out.
+
+>>> from aiva_cy import AIVANet
+>>> net = AIVANet(seed=0)
+>>> tool, confidence, is_confident = net.decide(features)
+"""
+from aiva_cy._core import blas_info
+from aiva_cy.net import AIVANet
+
+__version__ = "0.1.0"
+__all__ = ["AIVANet", "blas_info", "__version__"]

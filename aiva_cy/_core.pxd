@@ -1,0 +1,66 @@
+# cython: language_level=3
+from libc.stdint cimport int32_t, int64_t, uint8_t
+
+
+cdef extern from "aiva_core.h" nogil:
+    ctypedef void (*aiva_sgemm_fn)(const char *, const char *, const int *, const int *,
+                                   const int *, const float *, const float *, const int *,
+                                   const float *, const int *, const float *, float *,
+                                   const int *)
+    ctypedef void (*aiva_sgemv_fn)(const char *, const int *, const int *, const float *,
+                                   const float *, const int *, const float *, const int *,
+                                   const float *, float *, const int *)
+    ctypedef struct aiva_blas:
+        aiva_sgemm_fn sgemm
+        aiva_sgemv_fn sgemv
+
+    ctypedef struct aiva_net:
+        int input_size, hidden_size, spiking_size, num_tools
+        float threshold
+        int refractory_period
+        float surrogate_slope
+        const float *fc1_t
+        const float *spiking_t
+        const float *fc2
+
+    ctypedef struct aiva_workspace:
+        int capacity
+        float *hidden
+        float *membrane
+        float *spikes
+        uint8_t *open "open"
+        float *logits
+        float *d_logits
+        float *d_membrane
+        float *d_hidden
+
+    ctypedef struct aiva_grads:
+        float *fc1_t
+        float *spiking_t
+        float *fc2
+
+    enum:
+        AIVA_OK
+        AIVA_ERR_INPUT_NONFINITE
+        AIVA_ERR_OUTPUT_NONFINITE
+        AIVA_ERR_LABEL
+        AIVA_ERR_GRAD_NONFINITE
+        AIVA_ERR_SIZE
+
+    int aiva_forward(const aiva_blas *blas, const aiva_net *net, const float *x, int batch,
+                     const int32_t *refractory_left, aiva_workspace *ws, float *probs)
+    void aiva_commit_state(const aiva_net *net, const aiva_workspace *ws, int batch,
+                           int32_t *refractory_left)
+    int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x,
+                      const int64_t *y, int batch, aiva_workspace *ws, aiva_grads *grads,
+                      double *loss)
+    int aiva_blas_open(const char *path, const char *prefix, aiva_blas *out)
+    void aiva_blas_products(const aiva_blas *blas, const aiva_net *net, const float *x,
+                            int batch, aiva_workspace *ws)
+
+
+cdef class Workspace:
+    cdef aiva_workspace ws
+    cdef void *block
+    cdef readonly int hidden_size, spiking_size, num_tools
+    cdef int reserve(self, int batch) except -1

@@ -1,0 +1,417 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The CPU engine: owns the weights, the workspaces and the refractory state, and hands raw
+pointers to the C core with the GIL released.  It checks sizes (so C never reads or writes
+out of bounds) but leaves user-facing validation to :mod:`aiva_cy.net`."""
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
+from libc.stdint cimport int32_t, int64_t, uint8_t, uintptr_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
+
+import os
+import threading
+
+import numpy as np
+
+from aiva_cy._adam cimport Adam
+
+# ---------------------------------------------------------------------------------------
+# BLAS.  scipy-openblas32 (the OpenBLAS scipy ships) is opened by path: importing
+# scipy.linalg to reach cython_blas costs ~160 ms of start-up.  scipy's cython_blas is the
+# fallback, and AIVA_CY_BLAS=scipy forces it.
+# ---------------------------------------------------------------------------------------
+cdef aiva_blas _blas
+_blas_info = {}
+
+
+def _openblas32_path():
+    import importlib.util
+    spec = importlib.util.find_spec("scipy_openblas32")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    libdir = os.path.join(list(spec.submodule_search_locations)[0], "lib")
+    try:
+        names = sorted(n for n in os.listdir(libdir)
+                       if n.startswith("libscipy_openblas")
+                       and os.path.splitext(n)[1] in (".so", ".dylib", ".dll"))
+    except OSError:
+        return None
+    return os.path.join(libdir, names[0]) if names else None
+
+
+cdef void *_capsule_pointer(object capi, str name) except NULL:
+    cap = capi[name]
+    return PyCapsule_GetPointer(cap, PyCapsule_GetName(cap))
+
+
+cdef int _load_blas() except -1:
+    cdef aiva_blas found
+    choice = os.environ.get("AIVA_CY_BLAS", "auto").lower()
+    if choice not in ("auto", "openblas32", "scipy"):
+        raise ImportError(f"AIVA_CY_BLAS must be 'auto', 'openblas32' or 'scipy', got {choice!r}")
+    if choice != "scipy":
+        path = _openblas32_path()
+        if path is not None and aiva_blas_open(os.fsencode(path), b"scipy_", &found) == 0:
+            _blas.sgemm, _blas.sgemv = found.sgemm, found.sgemv
+            _blas_info.update(provider="scipy-openblas32", path=path)
+            return 0
+        if choice == "openblas32":
+            raise ImportError("AIVA_CY_BLAS=openblas32 but the scipy-openblas32 library could "
+                              "not be found or opened (pip install scipy-openblas32)")
+    try:
+        from scipy.linalg import cython_blas
+    except ImportError:
+        raise ImportError("aiva_cy needs a BLAS: install scipy-openblas32 or scipy") from None
+    capi = cython_blas.__pyx_capi__
+    _blas.sgemm = <aiva_sgemm_fn>_capsule_pointer(capi, "sgemm")
+    _blas.sgemv = <aiva_sgemv_fn>_capsule_pointer(capi, "sgemv")
+    _blas_info.update(provider="scipy.linalg.cython_blas", path=cython_blas.__file__)
+    return 0
+
+
+_load_blas()
+
+
+def blas_info():
+    """Which BLAS library the C core calls: ``{"provider": ..., "path": ...}``."""
+    return dict(_blas_info)
+
+
+# ---------------------------------------------------------------------------------------
+# Workspace: scratch for one step, grown to the largest batch seen, never shrunk.
+# ---------------------------------------------------------------------------------------
+cdef inline Py_ssize_t _pad(Py_ssize_t n) noexcept nogil:
+    return (n + 15) & ~<Py_ssize_t>15   # 64-byte aligned sub-buffers, for the vector loops
+
+
+cdef class Workspace:
+    def __cinit__(self, int hidden_size, int spiking_size, int num_tools):
+        self.block = NULL
+        self.ws.capacity = 0
+        self.hidden_size, self.spiking_size, self.num_tools = hidden_size, spiking_size, num_tools
+
+    def __dealloc__(self):
+        free(self.block)
+
+    cdef int reserve(self, int batch) except -1:
+        if batch <= self.ws.capacity:
+            return 0
+        cdef Py_ssize_t nh = _pad(<Py_ssize_t>batch * self.hidden_size)
+        cdef Py_ssize_t ns = _pad(<Py_ssize_t>batch * self.spiking_size)
+        cdef Py_ssize_t nt = _pad(<Py_ssize_t>batch * self.num_tools)
+        cdef Py_ssize_t floats = 2 * nh + 3 * ns + 2 * nt
+        # calloc: every float starts as 0.0, so no BLAS call ever meets an uninitialised NaN.
+        cdef void *block = calloc(floats * sizeof(float) + ns + 64, 1)
+        if block == NULL:
+            raise MemoryError(f"cannot allocate a workspace for batch {batch}")
+        free(self.block)
+        self.block = block
+        cdef float *p = <float *>((<uintptr_t>block + 63) & ~<uintptr_t>63)
+        self.ws.hidden = p; p += nh
+        self.ws.d_hidden = p; p += nh
+        self.ws.membrane = p; p += ns
+        self.ws.spikes = p; p += ns
+        self.ws.d_membrane = p; p += ns
+        self.ws.logits = p; p += nt
+        self.ws.d_logits = p; p += nt
+        self.ws.open = <uint8_t *>p
+        self.ws.capacity = batch
+        return 0
+
+
+cdef str _error_text(int code):
+    if code == AIVA_ERR_INPUT_NONFINITE:
+        return "x contains NaN or Inf (or a value too large for float32)"
+    if code == AIVA_ERR_OUTPUT_NONFINITE:
+        return "the logits are not finite: the weights are too large for float32"
+    if code == AIVA_ERR_LABEL:
+        return "a label is outside [0, num_tools)"
+    if code == AIVA_ERR_GRAD_NONFINITE:
+        return "the loss or a gradient is not finite (or overflows float32)"
+    return "batch size does not fit the workspace"
+
+
+cdef _raise(int code):
+    if code == AIVA_ERR_GRAD_NONFINITE:
+        raise FloatingPointError(_error_text(code) + "; the net was left unchanged")
+    raise ValueError(_error_text(code))
+
+
+# ---------------------------------------------------------------------------------------
+# Engine
+# ---------------------------------------------------------------------------------------
+PARAM_NAMES = ("fc1.weight", "spiking.weight", "fc2.weight")
+PARAM_TRANSPOSED = (True, True, False)   # kept as (out, in): see src_c/aiva_core.h
+
+
+cdef class Engine:
+    """One network's weights, refractory state and scratch, on the CPU."""
+    cdef aiva_net net
+    cdef readonly int input_size, hidden_size, spiking_size, num_tools, refractory_period
+    cdef readonly float threshold, surrogate_slope
+    cdef object fc1_t, spiking_t, fc2           # float32, engine layout, never reallocated
+    cdef object g_fc1_t, g_spiking_t, g_fc2     # allocated by the first backward
+    cdef object refractory_left                 # int32 (B, spiking), or None: empty state
+    cdef Workspace ws                           # for the stateful calls, under _lock
+    cdef list _pool                             # free workspaces for predict (thread-safe)
+    cdef object _lock
+
+    def __init__(self, int input_size, int hidden_size, int spiking_size, int num_tools,
+                 float threshold, int refractory_period, float surrogate_slope, weights):
+        if min(input_size, hidden_size, spiking_size, num_tools) < 1 or refractory_period < 0:
+            raise ValueError("sizes must be >= 1 and refractory_period >= 0")
+        self._lock = threading.Lock()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.spiking_size, self.num_tools = spiking_size, num_tools
+        self.threshold, self.refractory_period = threshold, refractory_period
+        self.surrogate_slope = surrogate_slope
+        self.fc1_t = np.empty((hidden_size, input_size), np.float32)
+        self.spiking_t = np.empty((spiking_size, hidden_size), np.float32)
+        self.fc2 = np.empty((spiking_size, num_tools), np.float32)
+        self.set_weights(weights)
+        self.g_fc1_t = self.g_spiking_t = self.g_fc2 = None
+        self.refractory_left = None
+        self.ws = Workspace(hidden_size, spiking_size, num_tools)
+        self._pool = []
+        self.net.input_size, self.net.hidden_size = input_size, hidden_size
+        self.net.spiking_size, self.net.num_tools = spiking_size, num_tools
+        self.net.threshold, self.net.refractory_period = threshold, refractory_period
+        self.net.surrogate_slope = surrogate_slope
+        cdef float[:, ::1] a = self.fc1_t, b = self.spiking_t, c = self.fc2
+        self.net.fc1_t, self.net.spiking_t, self.net.fc2 = &a[0, 0], &b[0, 0], &c[0, 0]
+
+    # -- weights ------------------------------------------------------------------------
+    def param_shapes(self):
+        """Engine-layout shapes, in PARAM_NAMES order."""
+        return (self.fc1_t.shape, self.spiking_t.shape, self.fc2.shape)
+
+    def params(self):
+        """The live engine-layout arrays (no copies): for the optimizer."""
+        return [self.fc1_t, self.spiking_t, self.fc2]
+
+    def get_weights(self):
+        """state_dict-layout copies."""
+        return {"fc1.weight": np.ascontiguousarray(self.fc1_t.T),
+                "spiking.weight": np.ascontiguousarray(self.spiking_t.T),
+                "fc2.weight": self.fc2.copy()}
+
+    def set_weights(self, weights):
+        """Copy state_dict-layout float32 arrays in, in place (the C pointers stay valid).
+        Shapes are checked here; finiteness and dtypes by the caller."""
+        want = {"fc1.weight": (self.input_size, self.hidden_size),
+                "spiking.weight": (self.hidden_size, self.spiking_size),
+                "fc2.weight": (self.spiking_size, self.num_tools)}
+        for k, shape in want.items():
+            if weights[k].shape != shape:
+                raise ValueError(f"{k} must have shape {shape}, got {weights[k].shape}")
+        with self._lock:
+            np.copyto(self.fc1_t, weights["fc1.weight"].T, casting="same_kind")
+            np.copyto(self.spiking_t, weights["spiking.weight"].T, casting="same_kind")
+            np.copyto(self.fc2, weights["fc2.weight"], casting="same_kind")
+
+    def gradients(self):
+        """state_dict-layout copies of the last computed gradients."""
+        if self.g_fc1_t is None:
+            return None
+        return {"fc1.weight": np.ascontiguousarray(self.g_fc1_t.T),
+                "spiking.weight": np.ascontiguousarray(self.g_spiking_t.T),
+                "fc2.weight": self.g_fc2.copy()}
+
+    # -- state --------------------------------------------------------------------------
+    @property
+    def state_batch_size(self):
+        return None if self.refractory_left is None else self.refractory_left.shape[0]
+
+    def reset_state(self):
+        with self._lock:
+            self.refractory_left = None
+
+    def get_state(self):
+        with self._lock:
+            return None if self.refractory_left is None else self.refractory_left.copy()
+
+    def set_state(self, state):
+        if state is None:
+            with self._lock:
+                self.refractory_left = None
+            return
+        a = np.asarray(state)
+        if a.ndim != 2 or a.shape[1] != self.spiking_size or a.shape[0] < 1:
+            raise ValueError(f"refractory state must have shape (batch, {self.spiking_size}), "
+                             f"got {a.shape}")
+        if a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() > self.refractory_period)):
+            raise ValueError(f"refractory state must hold integers in [0, {self.refractory_period}]")
+        with self._lock:
+            self.refractory_left = np.array(a, dtype=np.int32, order="C")
+
+    cdef int32_t *_state_for(self, int batch) except? NULL:
+        # The ring buffer follows the batch: created empty (all open) by the first call.
+        if self.refractory_left is None:
+            self.refractory_left = np.zeros((batch, self.spiking_size), np.int32)
+        elif self.refractory_left.shape[0] != batch:
+            raise ValueError(
+                f"x has batch size {batch} but the net's refractory state holds "
+                f"{self.refractory_left.shape[0]} streams; call reset_state() first to "
+                f"change the batch size")
+        cdef int32_t[:, ::1] r = self.refractory_left
+        return &r[0, 0]
+
+    cdef _check_x(self, const float[:, ::1] x):
+        if x.shape[1] != self.input_size or x.shape[0] < 1 or x.shape[0] > 2**30 // max(self.hidden_size, self.spiking_size):
+            raise ValueError(f"x must have shape (batch >= 1, {self.input_size}), got "
+                             f"({x.shape[0]}, {x.shape[1]})")
+
+    # -- one step -----------------------------------------------------------------------
+    def forward(self, const float[:, ::1] x):
+        """One stateful step: probabilities (B, tools); the state advances on success."""
+        self._check_x(x)
+        cdef int batch = x.shape[0], code = AIVA_OK
+        probs = np.empty((batch, self.num_tools), np.float32)
+        cdef float[:, ::1] p = probs
+        cdef int32_t *refr
+        with self._lock:
+            refr = self._state_for(batch)
+            self.ws.reserve(batch)
+            with nogil:
+                code = aiva_forward(&_blas, &self.net, &x[0, 0], batch, refr, &self.ws.ws, &p[0, 0])
+                if code == AIVA_OK:
+                    aiva_commit_state(&self.net, &self.ws.ws, batch, refr)
+        if code != AIVA_OK:
+            _raise(code)
+        return probs
+
+    def forward_sequence(self, const float[:, :, ::1] xs):
+        """T stateful steps; the state advances only if every step succeeds."""
+        cdef int steps = xs.shape[0], batch = xs.shape[1], t, code = AIVA_OK
+        if steps < 1:
+            raise ValueError("xs must hold at least one step")
+        self._check_x(xs[0])
+        probs = np.empty((steps, batch, self.num_tools), np.float32)
+        cdef float[:, :, ::1] p = probs
+        cdef int32_t[:, ::1] trial
+        with self._lock:
+            self._state_for(batch)
+            trial = self.refractory_left.copy()
+            self.ws.reserve(batch)
+            with nogil:
+                for t in range(steps):
+                    code = aiva_forward(&_blas, &self.net, &xs[t, 0, 0], batch, &trial[0, 0],
+                                        &self.ws.ws, &p[t, 0, 0])
+                    if code != AIVA_OK:
+                        break
+                    aiva_commit_state(&self.net, &self.ws.ws, batch, &trial[0, 0])
+            if code == AIVA_OK:
+                self.refractory_left = trial.base
+        if code != AIVA_OK:
+            _raise(code)
+        return probs
+
+    def predict(self, const float[:, ::1] x, bint with_logits=False):
+        """One step from an empty state; touches no state, safe from many threads at once.
+        Returns probabilities (B, tools), or (probabilities, logits) with_logits."""
+        self._check_x(x)
+        cdef int batch = x.shape[0], code
+        probs = np.empty((batch, self.num_tools), np.float32)
+        cdef float[:, ::1] p = probs
+        cdef float[:, ::1] zl
+        cdef Workspace ws
+        try:
+            ws = self._pool.pop()   # list.pop is atomic under the GIL
+        except IndexError:
+            ws = Workspace(self.hidden_size, self.spiking_size, self.num_tools)
+        ws.reserve(batch)
+        with nogil:
+            code = aiva_forward(&_blas, &self.net, &x[0, 0], batch, NULL, &ws.ws, &p[0, 0])
+        if code != AIVA_OK:
+            self._pool.append(ws)
+            _raise(code)
+        if not with_logits:
+            self._pool.append(ws)
+            return probs
+        logits = np.empty((batch, self.num_tools), np.float32)
+        zl = logits
+        memcpy(&zl[0, 0], ws.ws.logits, batch * self.num_tools * sizeof(float))
+        self._pool.append(ws)
+        return probs, logits
+
+    cdef int _forward_backward(self, const float[:, ::1] x, const int64_t[::1] y,
+                               int32_t *refr, double *loss) except -1:
+        # Caller holds _lock.  Fills the gradient buffers; changes no state.  Returns how
+        # many rows the step's probabilities classified right (for fit's accuracy).
+        cdef int batch = x.shape[0], code
+        if y.shape[0] != batch:
+            raise ValueError(f"y has {y.shape[0]} labels for a batch of {batch}")
+        if self.g_fc1_t is None:
+            self.g_fc1_t = np.zeros_like(self.fc1_t)
+            self.g_spiking_t = np.zeros_like(self.spiking_t)
+            self.g_fc2 = np.zeros_like(self.fc2)
+        cdef float[:, ::1] g1 = self.g_fc1_t, g2 = self.g_spiking_t, g3 = self.g_fc2
+        cdef aiva_grads grads
+        grads.fc1_t, grads.spiking_t, grads.fc2 = &g1[0, 0], &g2[0, 0], &g3[0, 0]
+        cdef float[::1] scratch_probs = np.empty(batch * self.num_tools, np.float32)
+        self.ws.reserve(batch)
+        with nogil:
+            code = aiva_forward(&_blas, &self.net, &x[0, 0], batch, refr, &self.ws.ws,
+                                &scratch_probs[0])
+            if code == AIVA_OK:
+                code = aiva_backward(&_blas, &self.net, &x[0, 0], &y[0], batch, &self.ws.ws,
+                                     &grads, loss)
+        if code != AIVA_OK:
+            _raise(code)
+        cdef int b, t, best, correct = 0
+        cdef int T = self.num_tools
+        for b in range(batch):
+            best = 0
+            for t in range(1, T):
+                if scratch_probs[b * T + t] > scratch_probs[b * T + best]:
+                    best = t
+            correct += best == y[b]
+        return correct
+
+    def loss_and_grad(self, const float[:, ::1] x, const int64_t[::1] y):
+        """One stateful step with backward; returns the loss (gradients via gradients())."""
+        self._check_x(x)
+        cdef double loss = 0.0
+        cdef int32_t *refr
+        with self._lock:
+            refr = self._state_for(x.shape[0])
+            self._forward_backward(x, y, refr, &loss)
+            with nogil:
+                aiva_commit_state(&self.net, &self.ws.ws, x.shape[0], refr)
+        return loss
+
+    def train_step(self, const float[:, ::1] x, const int64_t[::1] y, Adam optimizer):
+        """loss_and_grad, then the Adam update; on any error nothing changes.
+        Returns (loss, number of rows classified right by this step's forward)."""
+        self._check_x(x)
+        cdef double loss = 0.0
+        cdef int32_t *refr
+        cdef int correct = 0
+        with self._lock:
+            refr = self._state_for(x.shape[0])
+            correct = self._forward_backward(x, y, refr, &loss)
+            optimizer.update([self.fc1_t, self.spiking_t, self.fc2],
+                             [self.g_fc1_t, self.g_spiking_t, self.g_fc2])
+            with nogil:
+                aiva_commit_state(&self.net, &self.ws.ws, x.shape[0], refr)
+        return loss, correct
+
+    def blas_products(self, const float[:, ::1] x):
+        """The three BLAS products of a forward step alone (the benchmark's floor)."""
+        self._check_x(x)
+        cdef int batch = x.shape[0]
+        with self._lock:
+            self.ws.reserve(batch)
+            with nogil:
+                aiva_blas_products(&_blas, &self.net, &x[0, 0], batch, &self.ws.ws)
+
+    def __reduce__(self):
+        return (_rebuild_engine,
+                ((self.input_size, self.hidden_size, self.spiking_size, self.num_tools,
+                  self.threshold, self.refractory_period, self.surrogate_slope),
+                 self.get_weights(), self.get_state()))
+
+
+def _rebuild_engine(config, weights, state):
+    engine = Engine(*config, weights)
+    engine.set_state(state)
+    return engine

@@ -1,0 +1,105 @@
+/* aiva_core: the C core of aiva_cy — one time step of AIVANet, forward and backward.
+ *
+ * Raw pointers and sizes in; no allocation, no Python, no global state.  Every matrix
+ * product goes through the BLAS table the caller hands in.  All arrays are float32 and
+ * C-contiguous (row-major); "(B, n)" means B rows of n.  The caller guarantees that each
+ * buffer holds the size written beside it — the Cython layer checks that before it calls.
+ */
+#ifndef AIVA_CORE_H
+#define AIVA_CORE_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Fortran-convention BLAS (what scipy.linalg.cython_blas and OpenBLAS both export). */
+typedef void (*aiva_sgemm_fn)(const char *transa, const char *transb, const int *m, const int *n,
+                              const int *k, const float *alpha, const float *a, const int *lda,
+                              const float *b, const int *ldb, const float *beta, float *c,
+                              const int *ldc);
+typedef void (*aiva_sgemv_fn)(const char *trans, const int *m, const int *n, const float *alpha,
+                              const float *a, const int *lda, const float *x, const int *incx,
+                              const float *beta, float *y, const int *incy);
+typedef struct {
+    aiva_sgemm_fn sgemm;
+    aiva_sgemv_fn sgemv;
+} aiva_blas;
+
+/* The network.  fc1 and the spiking layer are kept as (out, in) — the transpose of the
+ * state_dict's "x @ W" layout — so that at batch 1 each output is a dot product over one
+ * contiguous row (gemv 'T'), which measured faster than the axpy form.  fc2 stays in the
+ * state_dict layout: its rows are what a 0/1 spike vector selects. */
+typedef struct {
+    int input_size, hidden_size, spiking_size, num_tools;
+    float threshold;
+    int refractory_period;   /* steps; 0 disables the mask */
+    float surrogate_slope;
+    const float *fc1_t;      /* (hidden, input)   */
+    const float *spiking_t;  /* (spiking, hidden) */
+    const float *fc2;        /* (spiking, tools)  */
+} aiva_net;
+
+/* Scratch for one step of `batch` rows (batch <= capacity).  Forward fills the first five;
+ * backward reads them and uses the last three. */
+typedef struct {
+    int capacity;
+    float *hidden;      /* (B, hidden)  h = tanh(x @ fc1)                        */
+    float *membrane;    /* (B, spiking) v = h @ spiking                          */
+    float *spikes;      /* (B, spiking) out, 0.0 or 1.0                          */
+    uint8_t *open;      /* (B, spiking) mask: 1 where the neuron is not refractory */
+    float *logits;      /* (B, tools)   z                                        */
+    float *d_logits;    /* (B, tools)                                            */
+    float *d_membrane;  /* (B, spiking) also holds d_spikes before the surrogate  */
+    float *d_hidden;    /* (B, hidden)  gradient at the fc1 pre-activation        */
+} aiva_workspace;
+
+/* Gradients, in the same layouts as the weights of aiva_net. */
+typedef struct {
+    float *fc1_t;       /* (hidden, input)   */
+    float *spiking_t;   /* (spiking, hidden) */
+    float *fc2;         /* (spiking, tools)  */
+} aiva_grads;
+
+enum {
+    AIVA_OK = 0,
+    AIVA_ERR_INPUT_NONFINITE = 1,   /* x holds NaN or Inf                         */
+    AIVA_ERR_OUTPUT_NONFINITE = 2,  /* logits overflowed (weights far too large)  */
+    AIVA_ERR_LABEL = 3,             /* a label outside [0, num_tools)             */
+    AIVA_ERR_GRAD_NONFINITE = 4,    /* loss or a gradient is NaN/Inf or overflows */
+    AIVA_ERR_SIZE = 5               /* batch < 1 or batch > ws->capacity          */
+};
+
+/* The refractory ring buffer is stored as a per-neuron countdown: refractory_left[b, j] is
+ * how many more steps neuron j of stream b stays silent.  It is exactly the ring buffer of
+ * the SPEC ("no output spike in the last R steps") in O(1) per neuron instead of O(R). */
+
+/* One step forward.  refractory_left is (B, spiking) or NULL for an empty state (all open).
+ * Writes probs (B, tools).  Does not change refractory_left: call aiva_commit_state once the
+ * step is accepted, so that a failed step never leaves a half-updated state. */
+int aiva_forward(const aiva_blas *blas, const aiva_net *net, const float *x, int batch,
+                 const int32_t *refractory_left, aiva_workspace *ws, float *probs);
+
+/* Push this step's output spikes (from ws) into the countdown. */
+void aiva_commit_state(const aiva_net *net, const aiva_workspace *ws, int batch,
+                       int32_t *refractory_left);
+
+/* Backward of the step last run by aiva_forward on the same ws and x: mean cross-entropy of
+ * the logits against labels y (B,), and the gradients of SPEC §4 (mask held constant).
+ * On an error the gradients may hold garbage, but nothing else is touched. */
+int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x, const int64_t *y,
+                  int batch, aiva_workspace *ws, aiva_grads *grads, double *loss);
+
+/* Fill `out` from a shared BLAS library (path) whose Fortran symbols carry `prefix`
+ * ("scipy_" for scipy-openblas32: scipy_sgemm_).  Returns 0, or -1 with out untouched. */
+int aiva_blas_open(const char *path, const char *prefix, aiva_blas *out);
+
+/* The three products of a forward step and nothing else — the benchmark's floor. */
+void aiva_blas_products(const aiva_blas *blas, const aiva_net *net, const float *x, int batch,
+                        aiva_workspace *ws);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
