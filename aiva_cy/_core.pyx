@@ -243,17 +243,18 @@ cdef class Engine:
         with self._lock:
             self.refractory_left = np.array(a, dtype=np.int32, order="C")
 
-    cdef int32_t *_state_for(self, int batch) except? NULL:
-        # The ring buffer follows the batch: created empty (all open) by the first call.
+    cdef object _state_for(self, int batch):
+        # The ring buffer follows the batch: the first call after a reset gets a new, empty
+        # (all open) one.  It is stored by the caller only once the step succeeds, so a
+        # failed first step leaves the state empty.
         if self.refractory_left is None:
-            self.refractory_left = np.zeros((batch, self.spiking_size), np.int32)
-        elif self.refractory_left.shape[0] != batch:
+            return np.zeros((batch, self.spiking_size), np.int32)
+        if self.refractory_left.shape[0] != batch:
             raise ValueError(
                 f"x has batch size {batch} but the net's refractory state holds "
                 f"{self.refractory_left.shape[0]} streams; call reset_state() first to "
                 f"change the batch size")
-        cdef int32_t[:, ::1] r = self.refractory_left
-        return &r[0, 0]
+        return self.refractory_left
 
     cdef _check_x(self, const float[:, ::1] x):
         if x.shape[1] != self.input_size or x.shape[0] < 1 or x.shape[0] > 2**30 // max(self.hidden_size, self.spiking_size):
@@ -267,14 +268,18 @@ cdef class Engine:
         cdef int batch = x.shape[0], code = AIVA_OK
         probs = np.empty((batch, self.num_tools), np.float32)
         cdef float[:, ::1] p = probs
-        cdef int32_t *refr
+        cdef int32_t[:, ::1] refr
         with self._lock:
-            refr = self._state_for(batch)
+            state = self._state_for(batch)
+            refr = state
             self.ws.reserve(batch)
             with nogil:
-                code = aiva_forward(&_blas, &self.net, &x[0, 0], batch, refr, &self.ws.ws, &p[0, 0])
+                code = aiva_forward(&_blas, &self.net, &x[0, 0], batch, &refr[0, 0], &self.ws.ws,
+                                    &p[0, 0])
                 if code == AIVA_OK:
-                    aiva_commit_state(&self.net, &self.ws.ws, batch, refr)
+                    aiva_commit_state(&self.net, &self.ws.ws, batch, &refr[0, 0])
+            if code == AIVA_OK:
+                self.refractory_left = state
         if code != AIVA_OK:
             _raise(code)
         return probs
@@ -289,8 +294,7 @@ cdef class Engine:
         cdef float[:, :, ::1] p = probs
         cdef int32_t[:, ::1] trial
         with self._lock:
-            self._state_for(batch)
-            trial = self.refractory_left.copy()
+            trial = self._state_for(batch).copy()
             self.ws.reserve(batch)
             with nogil:
                 for t in range(steps):
@@ -371,12 +375,14 @@ cdef class Engine:
         """One stateful step with backward; returns the loss (gradients via gradients())."""
         self._check_x(x)
         cdef double loss = 0.0
-        cdef int32_t *refr
+        cdef int32_t[:, ::1] refr
         with self._lock:
-            refr = self._state_for(x.shape[0])
-            self._forward_backward(x, y, refr, &loss)
+            state = self._state_for(x.shape[0])
+            refr = state
+            self._forward_backward(x, y, &refr[0, 0], &loss)
             with nogil:
-                aiva_commit_state(&self.net, &self.ws.ws, x.shape[0], refr)
+                aiva_commit_state(&self.net, &self.ws.ws, x.shape[0], &refr[0, 0])
+            self.refractory_left = state
         return loss
 
     def train_step(self, const float[:, ::1] x, const int64_t[::1] y, Adam optimizer):
@@ -384,15 +390,17 @@ cdef class Engine:
         Returns (loss, number of rows classified right by this step's forward)."""
         self._check_x(x)
         cdef double loss = 0.0
-        cdef int32_t *refr
+        cdef int32_t[:, ::1] refr
         cdef int correct = 0
         with self._lock:
-            refr = self._state_for(x.shape[0])
-            correct = self._forward_backward(x, y, refr, &loss)
+            state = self._state_for(x.shape[0])
+            refr = state
+            correct = self._forward_backward(x, y, &refr[0, 0], &loss)
             optimizer.update([self.fc1_t, self.spiking_t, self.fc2],
                              [self.g_fc1_t, self.g_spiking_t, self.g_fc2])
             with nogil:
-                aiva_commit_state(&self.net, &self.ws.ws, x.shape[0], refr)
+                aiva_commit_state(&self.net, &self.ws.ws, x.shape[0], &refr[0, 0])
+            self.refractory_left = state
         return loss, correct
 
     def blas_products(self, const float[:, ::1] x):

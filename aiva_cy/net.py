@@ -407,7 +407,7 @@ class AIVANet:
             self._engine, self._optimizer = CupyEngine.from_cpu(
                 self._engine, self._optimizer, device)
         else:
-            self._engine, self._optimizer = self._engine.to_cpu()
+            self._engine, self._optimizer = self._engine.to_cpu(self._optimizer)
         self._device = device
         return self
 

@@ -1,0 +1,179 @@
+"""The C engine's forward pass against the float64 reference of SPEC §2."""
+import numpy as np
+import pytest
+
+from aiva_cy import AIVANet
+from aiva_cy.reference import ReferenceNet
+
+from conftest import DEFAULT, SMALL, firing_weights, safe_inputs
+
+
+def make(sizes, refractory_period=2, seed=0, threshold=0.5):
+    net = AIVANet(**sizes, refractory_period=refractory_period, threshold=threshold, seed=seed)
+    w = firing_weights(sizes, seed, threshold)
+    net.load_state_dict(w)
+    ref = ReferenceNet(w, threshold=threshold, refractory_period=refractory_period)
+    return net, ref, w
+
+
+def test_default_size_and_parameter_count():
+    net = AIVANet()
+    assert net.num_parameters == 3_166_208
+    assert (net.input_size, net.num_tools, net.hidden_size, net.spiking_size) == (512, 20, 2048, 1024)
+    assert net.threshold == 0.5 and net.refractory_period == 2
+    sd = net.state_dict()
+    assert {k: v.shape for k, v in sd.items()} == {
+        "fc1.weight": (512, 2048), "spiking.weight": (2048, 1024), "fc2.weight": (1024, 20)}
+    assert all(v.dtype == np.float32 for v in sd.values())
+
+
+def test_default_init_fires_between_1_and_50_percent_and_seed_repeats():
+    net = AIVANet(seed=7)
+    x = np.random.default_rng(0).standard_normal((64, 512))
+    ref = ReferenceNet(net.state_dict(), threshold=net.threshold)
+    rate = ref.forward_cache(x)["raw"].mean()
+    assert 0.01 <= rate <= 0.50
+    again = AIVANet(seed=7).state_dict()
+    other = AIVANet(seed=8).state_dict()
+    for k, v in net.state_dict().items():
+        assert np.array_equal(v, again[k])
+        assert not np.array_equal(v, other[k])
+
+
+# Every period at the small size; the default size (slow in float64) with periods 0 and 2.
+CASES = ([(SMALL, b, r) for b in (1, 7, 33) for r in (0, 1, 2, 5)]
+         + [(DEFAULT, b, r) for b in (1, 7, 33) for r in (0, 2)])
+
+
+@pytest.mark.parametrize("sizes, batch, refractory_period", CASES,
+                         ids=[f"{'small' if s is SMALL else 'default'}-b{b}-r{r}" for s, b, r in CASES])
+def test_sequence_matches_reference(sizes, batch, refractory_period):
+    net, ref, w = make(sizes, refractory_period, seed=batch + refractory_period)
+    steps = 8 if sizes is SMALL else 6
+    # At the default size a sequence holds ~200k membrane values, so some always sit within
+    # 1e-4 of the threshold; float32 rounding of v is ~1e-7 there, so 3e-6 is still safe.
+    margin = 1e-4 if sizes is SMALL else 3e-6
+    xs = safe_inputs(w, (steps, batch, sizes["input_size"]), seed=batch, margin=margin)
+    masked_any = False
+    for t in range(steps):
+        cache = ref.forward_cache(xs[t])
+        masked_any |= bool((cache["raw"] & ~cache["mask"]).any())
+        want = ref.step(xs[t])
+        got = net(xs[t])
+        assert got.shape == (batch, sizes["num_tools"]) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    # The data must exercise what is being tested: the mask closes some raw spikes.
+    assert masked_any == (refractory_period > 0)
+
+
+def test_one_dimensional_input_is_a_batch_of_one():
+    net, ref, w = make(SMALL)
+    x = safe_inputs(w, (6, SMALL["input_size"]), seed=1)
+    for t in range(6):
+        got = net(x[t])
+        assert got.shape == (SMALL["num_tools"],)
+        np.testing.assert_allclose(got, ref.step(x[t])[0], atol=1e-5, rtol=0)
+    assert net.state_batch_size == 1
+
+
+def test_forward_sequence_equals_stepping_and_continues_state():
+    net, ref, w = make(SMALL, refractory_period=3)
+    xs = safe_inputs(w, (7, 5, SMALL["input_size"]), seed=2)
+    net(xs[0]); ref.step(xs[0])                       # start from a non-empty state
+    got = net.forward_sequence(xs[1:])
+    assert got.shape == (6, 5, SMALL["num_tools"])
+    want = np.stack([ref.step(x) for x in xs[1:]])
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    # 2-D sequence: one stream
+    net.reset_state(); ref.reset()
+    got1 = net.forward_sequence(xs[:, 0, :])
+    assert got1.shape == (7, SMALL["num_tools"])
+    np.testing.assert_allclose(got1, np.stack([ref.step(x[0:1])[0] for x in xs]), atol=1e-5, rtol=0)
+
+
+def test_reset_state_empties_the_ring_buffer():
+    net, ref, w = make(SMALL, refractory_period=5)
+    xs = safe_inputs(w, (4, 3, SMALL["input_size"]), seed=3)
+    first = net(xs[0])
+    net(xs[1]); net(xs[2])
+    net.reset_state()
+    assert net.state_batch_size is None
+    np.testing.assert_array_equal(net(xs[0]), first)
+
+
+def test_batch_size_change_raises_until_reset():
+    net, _, w = make(SMALL)
+    x = safe_inputs(w, (7, SMALL["input_size"]), seed=4)
+    net(x)
+    with pytest.raises(ValueError, match=r"batch size 3.*7 streams.*reset_state"):
+        net(x[:3])
+    with pytest.raises(ValueError, match="reset_state"):
+        net.forward_sequence(x[None, :3])
+    net.reset_state()
+    assert net(x[:3]).shape == (3, SMALL["num_tools"])
+
+
+def test_predict_proba_is_stateless_and_from_an_empty_state():
+    net, ref, w = make(SMALL, refractory_period=4)
+    xs = safe_inputs(w, (3, 6, SMALL["input_size"]), seed=5)
+    net(xs[0]); net(xs[1])
+    before = net._engine.get_state()
+    p = net.predict_proba(xs[2])
+    np.testing.assert_allclose(p, ReferenceNet(w, threshold=0.5, refractory_period=4).step(xs[2]),
+                               atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(net._engine.get_state(), before)
+    # a different batch size is fine: there is no state involved
+    assert net.predict_proba(xs[2][:2]).shape == (2, SMALL["num_tools"])
+    assert net.predict_proba(xs[2][0]).shape == (SMALL["num_tools"],)
+
+
+def test_predict_and_decide():
+    net, ref, w = make(SMALL)
+    x = safe_inputs(w, (9, SMALL["input_size"]), seed=6)
+    p = ref.forward_cache(x)["p"]
+    idx = net.predict(x)
+    assert idx.dtype == np.int64 and np.array_equal(idx, p.argmax(1))
+    assert net.predict(x[0]) == int(p[0].argmax())
+    tool, conf, ok = net.decide(x[0], confidence=0.7)
+    assert isinstance(tool, int) and isinstance(conf, float) and isinstance(ok, bool)
+    assert tool == int(p[0].argmax()) and conf == pytest.approx(p[0].max(), abs=1e-5)
+    assert ok == (conf >= 0.7)
+    tools, confs, oks = net.decide(x, confidence=0.9)
+    assert np.array_equal(tools, p.argmax(1))
+    np.testing.assert_allclose(confs, p.max(1), atol=1e-5)
+    assert np.array_equal(oks, confs >= 0.9)
+    assert net.decide(x[0], confidence=0.0)[2] is True
+
+
+def test_inputs_of_any_dtype_order_and_stride():
+    net, ref, w = make(SMALL, refractory_period=0)
+    x = safe_inputs(w, (5, SMALL["input_size"]), seed=7)
+    want = ref.forward_cache(x)["p"]
+    variants = [x, x.astype(np.float32), np.asfortranarray(x), x.tolist(),
+                np.repeat(x, 2, axis=1)[:, ::2], x[::-1][::-1]]
+    for v in variants:
+        np.testing.assert_allclose(net.predict_proba(v), want, atol=1e-5, rtol=0)
+    ints = np.random.default_rng(0).integers(-2, 3, (5, SMALL["input_size"]))
+    np.testing.assert_allclose(net.predict_proba(ints), ref.forward_cache(ints)["p"], atol=1e-5, rtol=0)
+    bools = ints > 0
+    np.testing.assert_allclose(net.predict_proba(bools), ref.forward_cache(bools)["p"], atol=1e-5, rtol=0)
+
+
+def test_state_dict_round_trip_and_copies():
+    net, _, w = make(SMALL)
+    sd = net.state_dict()
+    for k in w:
+        assert np.array_equal(sd[k], w[k])
+    sd["fc1.weight"][:] = 0          # a copy: the net is untouched
+    assert np.array_equal(net.state_dict()["fc1.weight"], w["fc1.weight"])
+
+
+def test_refractory_mask_blocks_a_neuron_for_exactly_the_period():
+    # One neuron, driven far above threshold every step: it fires, stays silent for R steps,
+    # fires again.  fc2 maps the spike to tool 1, silence to a uniform softmax.
+    for R in (0, 1, 2, 5):
+        net = AIVANet(input_size=1, num_tools=2, hidden_size=1, spiking_size=1, refractory_period=R)
+        net.load_state_dict({"fc1.weight": np.ones((1, 1)), "spiking.weight": np.ones((1, 1)),
+                             "fc2.weight": np.array([[0.0, 5.0]])})
+        fired = [net([2.0])[1] > 0.9 for _ in range(13)]
+        assert fired == [t % (R + 1) == 0 for t in range(13)], R
