@@ -130,8 +130,10 @@ cdef str _error_text(int code):
     return "batch size does not fit the workspace"
 
 
-cdef _raise(int code):
-    if code == AIVA_ERR_GRAD_NONFINITE:
+cdef _raise(int code, bint training=False):
+    # In training, logits that overflow are a non-finite loss: FloatingPointError, as for
+    # gradients.  In inference they are reported like bad input.
+    if code == AIVA_ERR_GRAD_NONFINITE or (training and code == AIVA_ERR_OUTPUT_NONFINITE):
         raise FloatingPointError(_error_text(code) + "; the net was left unchanged")
     raise ValueError(_error_text(code))
 
@@ -360,7 +362,7 @@ cdef class Engine:
                 code = aiva_backward(&_blas, &self.net, &x[0, 0], &y[0], batch, &self.ws.ws,
                                      &grads, loss)
         if code != AIVA_OK:
-            _raise(code)
+            _raise(code, True)
         cdef int b, t, best, correct = 0
         cdef int T = self.num_tools
         for b in range(batch):

@@ -25,9 +25,10 @@ Method (SPEC section 6 method notes):
   (about ``block_s`` seconds), so that perf_counter's resolution and the loop cost
   do not matter;
 * the peers are interleaved round by round (round robin, the starting peer rotated
-  every round), and a short sleep comes before every block: on a 2-core machine a
-  library's worker threads keep spinning for a while after a call (OpenBLAS,
-  PyTorch's OpenMP) and would otherwise slow down whichever peer is measured next;
+  every round), and a 0.12 s sleep comes before every block: on a 2-core machine a
+  library's worker threads keep spinning after a call (OpenBLAS for about 0.1 s,
+  burning a whole core; PyTorch's OpenMP for a few ms) and would otherwise slow down
+  whichever peer is measured next;
 * the per-call time of a block is block time / k; a cell reports the median over
   rounds; garbage collection is off inside a block (as in timeit);
 * the input is a fixed-seed N(0, 1) sample, never zeros (zeros make tanh and the
@@ -119,7 +120,11 @@ class Settings:
     block_s: float = 0.04            # target duration of one timed block of k calls
     max_calls: int = 200             # cap on k
     warmup: int = 4                  # untimed calls per peer (they also calibrate k)
-    pause_s: float = 0.03            # sleep before every block (spinning worker threads)
+    # Sleep before every block. OpenBLAS's idle workers spin for 2**28 TSC cycles (about
+    # 0.1 s here: a full core burnt while the caller sleeps, measured with process_time)
+    # before they block; torch's OpenMP pool spins a few ms. 0.12 s lets every block
+    # start with all pools asleep, so no peer pays for the previous one's spinning.
+    pause_s: float = 0.12
     startup_runs: int = 7            # fresh processes per start-up peer
 
     @classmethod
@@ -129,7 +134,7 @@ class Settings:
     @classmethod
     def quick(cls) -> "Settings":
         return cls(rounds=3, slow_rounds=1, block_s=0.01, max_calls=20, warmup=1,
-                   pause_s=0.01, startup_runs=1)
+                   startup_runs=1)
 
 
 # --------------------------------------------------------------------------- results

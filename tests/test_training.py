@@ -1,0 +1,251 @@
+"""SPEC §4: loss and gradients against the float64 reference, Adam against its formulas
+(and against PyTorch where installed), FloatingPointError leaving everything untouched, and
+fit/evaluate learning a real data set."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from aiva_cy import AIVANet
+from aiva_cy.reference import ReferenceNet, adam_step
+
+from conftest import DEFAULT, SMALL, firing_weights, safe_inputs
+
+
+def make(sizes, refractory_period=2, seed=0, slope=25.0):
+    net = AIVANet(**sizes, refractory_period=refractory_period, surrogate_slope=slope, seed=seed)
+    w = firing_weights(sizes, seed)
+    net.load_state_dict(w)
+    return net, ReferenceNet(w, threshold=0.5, refractory_period=refractory_period,
+                             surrogate_slope=slope), w
+
+
+def rel_err(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+@pytest.mark.parametrize("sizes", [SMALL, dict(input_size=64, num_tools=10, hidden_size=96,
+                                                spiking_size=80)], ids=["small", "medium"])
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_gradients_match_reference_with_active_masks(sizes, batch):
+    net, ref, w = make(sizes, refractory_period=2, seed=batch, slope=4.0)
+    xs = safe_inputs(w, (4, batch, sizes["input_size"]), seed=batch, margin=1e-4)
+    rng = np.random.default_rng(batch)
+    closed_seen = False
+    for t in range(4):
+        y = rng.integers(0, sizes["num_tools"], batch)
+        closed_seen |= bool((~ref.mask(batch)).any())
+        loss_ref, g_ref = ref.loss_and_grad(xs[t], y)
+        loss, g = net.loss_and_grad(xs[t], y)
+        assert isinstance(loss, float)
+        assert loss == pytest.approx(loss_ref, rel=1e-5)
+        assert set(g) == {"fc1.weight", "spiking.weight", "fc2.weight"}
+        for k in g:
+            assert g[k].shape == w[k].shape and g[k].dtype == np.float32
+            assert rel_err(g[k], g_ref[k]) < 1e-4, k
+    assert closed_seen        # the refractory mask really zeroed some surrogate gradients
+
+
+def test_gradients_at_default_size():
+    net, ref, w = make(DEFAULT, refractory_period=2, seed=1)
+    x = safe_inputs(w, (7, 512), seed=1, margin=3e-6)
+    y = np.arange(7) % 20
+    loss_ref, g_ref = ref.loss_and_grad(x, y)
+    loss, g = net.loss_and_grad(x, y)
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    for k in g:
+        assert rel_err(g[k], g_ref[k]) < 1e-4, k
+
+
+def test_loss_and_grad_advances_state_and_does_not_update():
+    net, ref, w = make(SMALL, refractory_period=3)
+    x = safe_inputs(w, (5, SMALL["input_size"]), seed=2)
+    net.loss_and_grad(x, np.zeros(5, int))
+    assert net.state_batch_size == 5
+    for k, v in net.state_dict().items():
+        assert np.array_equal(v, w[k])
+    assert net.optimizer.step == 0
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adam_matches_reference_formulas_over_10_steps(weight_decay):
+    net, ref, w = make(SMALL, refractory_period=1, seed=3)
+    net.optimizer.lr = 0.01
+    net.optimizer.weight_decay = weight_decay
+    xs = safe_inputs(w, (10, 6, SMALL["input_size"]), seed=3)
+    rng = np.random.default_rng(3)
+    W = {k: v.astype(np.float64) for k, v in w.items()}
+    M = {k: np.zeros_like(v) for k, v in W.items()}
+    V = {k: np.zeros_like(v) for k, v in W.items()}
+    for t in range(10):
+        y = rng.integers(0, SMALL["num_tools"], 6)
+        # the gradient the net will use (same weights, same state)
+        snapshot_state = net._engine.get_state()
+        _, g = net.loss_and_grad(xs[t], y)
+        net._engine.set_state(snapshot_state)
+        loss = net.train_step(xs[t], y)
+        assert np.isfinite(loss)
+        for k in W:
+            W[k], M[k], V[k] = adam_step(W[k], g[k].astype(np.float64), M[k], V[k], t + 1,
+                                         lr=0.01, weight_decay=weight_decay)
+        for k, v in net.state_dict().items():
+            np.testing.assert_allclose(v, W[k], rtol=0, atol=2e-5 * (t + 1))
+    st = net.optimizer.state_dict()
+    assert st["step"] == 10
+    for k in W:
+        np.testing.assert_allclose(st["exp_avg"][k], M[k], rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(st["exp_avg_sq"][k], V[k], rtol=1e-4, atol=1e-9)
+
+
+def test_train_step_equals_loss_and_grad_then_optimizer_step():
+    a, _, w = make(SMALL, seed=4)
+    b, _, _ = make(SMALL, seed=4)
+    x = safe_inputs(w, (3, 8, SMALL["input_size"]), seed=4)
+    y = np.arange(8) % SMALL["num_tools"]
+    for t in range(3):
+        loss_a = a.train_step(x[t], y)
+        loss_b, _ = b.loss_and_grad(x[t], y)
+        params = b._engine.params()
+        grads = [b._engine.gradients()[k] for k in ("fc1.weight", "spiking.weight", "fc2.weight")]
+        # the optimizer works in the engine's layout: transpose like the engine does
+        grads = [np.ascontiguousarray(g.T) if t_ else g
+                 for g, t_ in zip(grads, b.optimizer.transposed)]
+        b.optimizer.update(params, grads)
+        assert loss_a == loss_b
+        for k, v in a.state_dict().items():
+            assert np.array_equal(v, b.state_dict()[k]), k
+
+
+def test_optimizer_hyper_parameters_are_readable_and_settable():
+    net = AIVANet(**SMALL, lr=0.005, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)
+    opt = net.optimizer
+    assert (opt.lr, opt.betas, opt.eps, opt.weight_decay, opt.step) == (0.005, (0.8, 0.99), 1e-6, 0.1, 0)
+    opt.lr, opt.betas = 0.01, (0.5, 0.9)
+    assert opt.lr == 0.01 and opt.betas == (0.5, 0.9)
+    assert "lr=0.01" in repr(opt)
+
+
+def test_non_finite_loss_raises_and_leaves_everything_as_it_was():
+    net, _, w = make(SMALL, seed=5)
+    x = safe_inputs(w, (4, SMALL["input_size"]), seed=5)
+    net.train_step(x, np.zeros(4, int))              # non-trivial optimizer state
+    net.reset_state()
+    huge = {**net.state_dict(), "fc2.weight": np.full((30, 5), 3e38, np.float32)}
+    huge["fc2.weight"][:, 0] = -3e38                 # logits overflow to +-inf
+    net.load_state_dict(huge)
+    before = (net.state_dict(), net.optimizer.state_dict())
+    with pytest.raises(FloatingPointError, match="logits are not finite.*left unchanged"):
+        net.train_step(x, np.zeros(4, int))
+    for k, v in net.state_dict().items():
+        assert np.array_equal(v, before[0][k])
+    after = net.optimizer.state_dict()
+    assert after["step"] == before[1]["step"]
+    for k in after["exp_avg"]:
+        assert np.array_equal(after["exp_avg"][k], before[1]["exp_avg"][k])
+        assert np.array_equal(after["exp_avg_sq"][k], before[1]["exp_avg_sq"][k])
+    assert net.state_batch_size is None
+
+
+def test_overflowing_gradient_raises_floating_point_error():
+    # Finite logits, but an input so large that the fc1 gradient would overflow float32.
+    net = AIVANet(input_size=2, num_tools=2, hidden_size=2, spiking_size=2, surrogate_slope=0.0)
+    net.load_state_dict({"fc1.weight": np.full((2, 2), 1e-39), "spiking.weight": np.ones((2, 2)),
+                         "fc2.weight": np.array([[1.0, -1.0], [1.0, -1.0]])})
+    before = net.state_dict()
+    with pytest.raises(FloatingPointError, match="gradient"):
+        net.train_step(np.array([[3e38, 3e38]]), [1])
+    assert all(np.array_equal(v, before[k]) for k, v in net.state_dict().items())
+    assert net.optimizer.step == 0
+
+
+def test_evaluate_is_from_an_empty_state_and_matches_reference():
+    net, ref, w = make(SMALL, refractory_period=2, seed=6)
+    x = safe_inputs(w, (40, SMALL["input_size"]), seed=6)
+    y = np.arange(40) % SMALL["num_tools"]
+    net(x[:3])
+    state = net._engine.get_state()
+    res = net.evaluate(x, y, batch_size=16)
+    loss_ref, _ = ReferenceNet(w, threshold=0.5).loss_and_grad(x, y)
+    p = ReferenceNet(w, threshold=0.5).forward_cache(x)["p"]
+    assert res["loss"] == pytest.approx(loss_ref, rel=1e-5)
+    assert res["accuracy"] == pytest.approx((p.argmax(1) == y).mean())
+    assert np.array_equal(net._engine.get_state(), state)
+
+
+def test_fit_history_validation_and_early_stopping():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, SMALL["input_size"]))
+    y = (X[:, 0] > 0).astype(int)
+    net = AIVANet(**SMALL, seed=0)
+    h = net.fit(X, y, epochs=3, batch_size=16, seed=0, validation_split=0.25, verbose=0)
+    assert set(h) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 3 for v in h.values())
+    assert net.state_batch_size is None
+    h2 = AIVANet(**SMALL, seed=0).fit(X, y, epochs=3, batch_size=16, seed=0,
+                                      validation_split=0.25, verbose=0)
+    assert h2 == h                                  # same seeds, same run
+    # early stopping: min_delta so large nothing counts as an improvement after epoch 1
+    h3 = AIVANet(**SMALL, seed=0).fit(X, y, epochs=50, batch_size=16, seed=0, patience=2,
+                                      min_delta=1e9, validation_data=(X[:20], y[:20]), verbose=0)
+    assert len(h3["loss"]) == 3
+    with pytest.raises(ValueError, match="validation_split"):
+        net.fit(X, y, validation_split=1.0, verbose=0)
+    with pytest.raises(ValueError, match="not both"):
+        net.fit(X, y, validation_split=0.1, validation_data=(X, y), verbose=0)
+    with pytest.raises(ValueError, match="epochs"):
+        net.fit(X, y, epochs=-1, verbose=0)
+
+
+def test_fit_restore_best_weights():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((64, SMALL["input_size"]))
+    y = rng.integers(0, SMALL["num_tools"], 64)   # noise: validation loss soon gets worse
+    net = AIVANet(**SMALL, seed=1)
+    net.optimizer.lr = 0.05
+    h = net.fit(X, y, epochs=12, batch_size=8, seed=1, validation_data=(X[:16] + 1, y[:16]),
+                patience=3, restore_best_weights=True, verbose=0)
+    best = int(np.argmin(h["val_loss"]))
+    assert net.evaluate(X[:16] + 1, y[:16])["loss"] == pytest.approx(h["val_loss"][best], rel=1e-5)
+
+
+def test_fit_progress_output(capsys):
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((40, SMALL["input_size"]))
+    y = rng.integers(0, SMALL["num_tools"], 40)
+    AIVANet(**SMALL, seed=2).fit(X, y, epochs=2, batch_size=8, verbose=2)
+    err = capsys.readouterr().err
+    assert "Epoch 1/2" in err and "Epoch 2/2" in err and "loss" in err
+    AIVANet(**SMALL, seed=2).fit(X, y, epochs=2, batch_size=8, verbose=0)
+    assert capsys.readouterr().err == ""
+
+
+def test_digits_reaches_97_percent():
+    from aiva_cy.datasets import load_digits
+    X_train, y_train = load_digits(split="train")
+    X_test, y_test = load_digits(split="test")
+    net = AIVANet(input_size=64, num_tools=10, seed=0)
+    history = net.fit(X_train, y_train, epochs=20, batch_size=32, seed=0, verbose=0)
+    assert history["accuracy"][-1] > 0.99
+    assert net.evaluate(X_test, y_test)["accuracy"] >= 0.97
+
+
+# -- optional cross-check against PyTorch ---------------------------------------------------
+def test_gradients_and_adam_match_pytorch():
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+    from peers import make_torch, torch_train_step
+    net, _, w = make(SMALL, refractory_period=0, seed=7, slope=3.0)
+    model, opt = make_torch(w, 0.5, 3.0, 0, lr=0.01, weight_decay=0.01)
+    net.optimizer.lr, net.optimizer.weight_decay = 0.01, 0.01
+    xs = safe_inputs(w, (5, 9, SMALL["input_size"]), seed=7)
+    rng = np.random.default_rng(7)
+    for t in range(5):
+        y = rng.integers(0, SMALL["num_tools"], 9)
+        net.reset_state()
+        loss = net.train_step(xs[t], y)
+        loss_t = torch_train_step(model, opt, xs[t].astype(np.float32), y)
+        assert loss == pytest.approx(loss_t, rel=1e-5)
+        tw = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        for k, v in net.state_dict().items():
+            np.testing.assert_allclose(v, tw[k], rtol=0, atol=1e-5)
