@@ -299,7 +299,9 @@ class CupyEngine:
         with self._lock:
             left = self._state_for(x.shape[0])
             loss, correct, spikes = self._forward_backward(x, y, left)
-            optimizer.update(self.params(), [self.grads[k] for k in PARAM_NAMES])
+            grads = self.grads
+            assert grads is not None   # set by _forward_backward
+            optimizer.update(self.params(), [grads[k] for k in PARAM_NAMES])
             self.refractory_left = self._commit(left, spikes)
         return loss, correct
 

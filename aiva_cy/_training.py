@@ -72,7 +72,7 @@ def _evaluate(net: "AIVANet", X: np.ndarray, y: np.ndarray, batch_size: int) -> 
         xb = X[start:start + batch_size]
         if net.device != "cpu":
             xb = engine.to_device(xb)
-        probs, logits = engine.predict(xb, True)
+        probs, logits = engine.predict(xb, True)   # (CupyEngine on CUDA: CuPy arrays)
         if net.device != "cpu":
             probs, logits = probs.get(), logits.get()
         yb = y[start:start + batch_size]
@@ -103,7 +103,8 @@ def fit(net: "AIVANet", X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
         seed = _int_arg("seed", seed, 0, 2**63 - 1)
 
     X, y = _dataset(net, X, y, "X", "y")
-    X_val = y_val = None
+    X_val: Optional[np.ndarray] = None
+    y_val: Optional[np.ndarray] = None
     if validation_data is not None:
         if validation_split:
             raise ValueError("give validation_data or validation_split, not both")
@@ -152,7 +153,7 @@ def fit(net: "AIVANet", X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
         history["loss"].append(loss_sum / seen)
         history["accuracy"].append(correct / seen)
         summary = f"loss {history['loss'][-1]:.4f} - acc {history['accuracy'][-1]:.4f}"
-        if X_val is not None:
+        if X_val is not None and y_val is not None:
             val = _evaluate(net, X_val, y_val, 256)
             history["val_loss"].append(val["loss"])
             history["val_accuracy"].append(val["accuracy"])

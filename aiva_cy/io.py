@@ -190,7 +190,11 @@ def save(net: "AIVANet", path: PathLike, *, include_optimizer: bool = True) -> N
         _atomic_write(path, lambda f: _write_npz(f, arrays, header))
     else:
         payload = st.save(arrays, metadata=dict(header))
-        _atomic_write(path, lambda f: f.write(payload))
+
+        def write_payload(f: IO[bytes]) -> None:
+            f.write(payload)
+
+        _atomic_write(path, write_payload)
 
 
 # ---------------------------------------------------------------------------------------

@@ -118,9 +118,10 @@ class AIVANet:
                optimizer_args: Dict[str, Any]) -> None:
         self._config = dict(config)
         c = self._config
-        self._engine = Engine(c["input_size"], c["hidden_size"], c["spiking_size"], c["num_tools"],
+        # Engine on the CPU, aiva_cy._cuda.CupyEngine on CUDA: the same methods.
+        self._engine: Any = Engine(c["input_size"], c["hidden_size"], c["spiking_size"], c["num_tools"],
                               c["threshold"], c["refractory_period"], c["surrogate_slope"], weights)
-        self._optimizer = Adam(self._engine.param_shapes(), names=PARAM_NAMES,
+        self._optimizer: Any = Adam(self._engine.param_shapes(), names=PARAM_NAMES,
                                transposed=PARAM_TRANSPOSED, **optimizer_args)
         self._device = "cpu"
 

@@ -1,0 +1,55 @@
+"""Both BLAS providers give the same answers; a bad AIVA_CY_BLAS is a clear error."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import aiva_cy
+
+SCRIPT = """
+import json, numpy as np, aiva_cy
+from aiva_cy import AIVANet
+net = AIVANet(input_size=32, num_tools=6, hidden_size=48, spiking_size=40, seed=3)
+x = np.random.default_rng(0).standard_normal((9, 32))
+loss, g = net.loss_and_grad(x, np.arange(9) % 6)
+print(json.dumps({"info": aiva_cy.blas_info(), "p1": net.predict_proba(x[0]).tolist(),
+                  "p": net.predict_proba(x).tolist(), "loss": loss,
+                  "g": {k: v.ravel()[:50].tolist() for k, v in g.items()}}))
+"""
+
+
+def run_with(provider):
+    env = {**os.environ, "AIVA_CY_BLAS": provider}
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True)
+    return out
+
+
+def test_default_provider_is_reported():
+    info = aiva_cy.blas_info()
+    assert info["provider"] in ("scipy-openblas32", "scipy.linalg.cython_blas")
+    assert os.path.exists(info["path"])
+
+
+def test_scipy_fallback_matches_openblas32():
+    pytest.importorskip("scipy")
+    pytest.importorskip("scipy_openblas32")
+    a, b = run_with("openblas32"), run_with("scipy")
+    assert a.returncode == 0, a.stderr
+    assert b.returncode == 0, b.stderr
+    ra, rb = json.loads(a.stdout), json.loads(b.stdout)
+    assert ra["info"]["provider"] == "scipy-openblas32"
+    assert rb["info"]["provider"] == "scipy.linalg.cython_blas"
+    np.testing.assert_allclose(ra["p1"], rb["p1"], atol=1e-6)
+    np.testing.assert_allclose(ra["p"], rb["p"], atol=1e-6)
+    assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-6)
+    for k in ra["g"]:
+        np.testing.assert_allclose(ra["g"][k], rb["g"][k], rtol=1e-4, atol=1e-7)
+
+
+def test_bad_provider_name_is_a_clear_import_error():
+    out = run_with("mkl")
+    assert out.returncode != 0
+    assert "AIVA_CY_BLAS must be" in out.stderr
