@@ -64,6 +64,26 @@ static inline float fast_tanh(float x)
     return fabsf(c) < 0.0004f ? c : r;
 }
 
+/* exp for x <= 0 (softmax's shifted logits): Cephes' expf polynomial after reducing by
+ * powers of two — about 1 ulp, and vectorisable where libm's expf is a call per element. */
+static inline float exp_nonpositive(float x)
+{
+    x = x < -87.0f ? -87.0f : x;              /* keeps 2^n a normal float */
+    const float round_magic = 12582912.0f;    /* 1.5 * 2^23: adding it rounds to an integer */
+    float n = (x * 1.44269504088896341f + round_magic) - round_magic;
+    float r = x - n * 0.693359375f - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } scale;
+    scale.i = ((int32_t)n + 127) << 23;
+    return p * scale.f;
+}
+
 AIVA_VECTOR_PASS
 static void tanh_inplace(float *restrict a, long n)
 {
@@ -104,6 +124,49 @@ static void tanh_backward(float *restrict da, const float *restrict h, long n)
     for (long i = 0; i < n; i++) da[i] *= 1.0f - h[i] * h[i];
 }
 
+/* z (B, T) = spikes (B, S) @ fc2 (S, T) for 0/1 spikes: each row of z is the sum of the fc2
+ * rows its spikes select.  At the usual 10-20% firing this reads a fraction of fc2 and does
+ * no multiplies, where a gemm with N = num_tools = 20 runs far below the BLAS peak. */
+AIVA_VECTOR_PASS
+static void spike_readout(const float *restrict spikes, const float *restrict fc2, int batch,
+                          int S, int T, float *restrict z)
+{
+    for (int b = 0; b < batch; b++) {
+        float *zb = z + (long)b * T;
+        const float *sb = spikes + (long)b * S;
+        for (int t = 0; t < T; t++) zb[t] = 0.0f;
+        for (int j = 0; j < S; j++) {
+            if (sb[j] == 0.0f) continue;
+            const float *row = fc2 + (long)j * T;
+            for (int t = 0; t < T; t++) zb[t] += row[t];
+        }
+    }
+}
+
+/* probs = softmax of each row of z (B, T).  Returns 0 if a logit is not finite. */
+AIVA_VECTOR_PASS
+static int softmax_rows(const float *restrict z, int batch, int T, float *restrict p)
+{
+    const long n = (long)batch * T;
+    int bad = 0;
+    for (long i = 0; i < n; i++) {
+        float d = z[i] - z[i];
+        bad |= (d != d);
+    }
+    if (bad) return 0;
+    for (int b = 0; b < batch; b++) {
+        const float *zb = z + (long)b * T;
+        float *pb = p + (long)b * T;
+        float m = zb[0];
+        for (int t = 1; t < T; t++) m = zb[t] > m ? zb[t] : m;
+        float s = 0.0f;
+        for (int t = 0; t < T; t++) { pb[t] = exp_nonpositive(zb[t] - m); s += pb[t]; }
+        float inv = 1.0f / s;
+        for (int t = 0; t < T; t++) pb[t] *= inv;
+    }
+    return 1;
+}
+
 AIVA_VECTOR_PASS
 static int all_finite(const float *a, long n)
 {
@@ -123,19 +186,6 @@ static float max_abs(const float *a, long n)
         m = v > m ? v : m;
     }
     return m;
-}
-
-/* probs row = softmax(logits row); returns 0 if a logit is not finite. */
-static int softmax_row(const float *z, int n, float *p)
-{
-    float m = z[0];
-    for (int t = 1; t < n; t++) m = z[t] > m ? z[t] : m;
-    if (!isfinite(m) || !all_finite(z, n)) return 0;
-    float s = 0.0f;
-    for (int t = 0; t < n; t++) { p[t] = expf(z[t] - m); s += p[t]; }
-    float inv = 1.0f / s;
-    for (int t = 0; t < n; t++) p[t] *= inv;
-    return 1;
 }
 
 int aiva_forward(const aiva_blas *blas, const aiva_net *net, const float *x, int batch,
@@ -158,21 +208,11 @@ int aiva_forward(const aiva_blas *blas, const aiva_net *net, const float *x, int
     spike_pass(v, refractory_left, net->threshold, ws->open, spikes, (long)batch * S);
 
     float *z = ws->logits;
-    if (batch == 1) {
-        /* A 0/1 vector times fc2 is the sum of the rows it selects: at ~10-20% firing that
-         * reads a fraction of fc2 and skips the multiplies. */
-        memset(z, 0, (size_t)T * sizeof(float));
-        for (int j = 0; j < S; j++) {
-            if (spikes[j] == 0.0f) continue;
-            const float *row = net->fc2 + (long)j * T;
-            for (int t = 0; t < T; t++) z[t] += row[t];
-        }
-    } else {
+    if (batch == 1)
+        spike_readout(spikes, net->fc2, batch, S, T, z);
+    else
         rm_gemm(blas, 0, 0, batch, T, S, spikes, S, net->fc2, T, z, T);
-    }
-    for (int b = 0; b < batch; b++)
-        if (!softmax_row(z + (long)b * T, T, probs + (long)b * T))
-            return AIVA_ERR_OUTPUT_NONFINITE;
+    if (!softmax_rows(z, batch, T, probs)) return AIVA_ERR_OUTPUT_NONFINITE;
     return AIVA_OK;
 }
 
@@ -200,10 +240,10 @@ int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x, co
     const float inv_b = 1.0f / (float)batch;
     double total = 0.0;
     float *dz = ws->d_logits;
+    if (!softmax_rows(ws->logits, batch, T, dz)) return AIVA_ERR_GRAD_NONFINITE;
     for (int b = 0; b < batch; b++) {
         const float *z = ws->logits + (long)b * T;
         float *d = dz + (long)b * T;
-        if (!softmax_row(z, T, d)) return AIVA_ERR_GRAD_NONFINITE;
         float m = z[0];
         for (int t = 1; t < T; t++) m = z[t] > m ? z[t] : m;
         double s = 0.0;
