@@ -18,7 +18,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 
 
-def train(out_dir: Path, epochs: int = 20, quiet: bool = False) -> Path:
+def train(out_dir: Path, epochs: int = 30, quiet: bool = False) -> Path:
     """Train AIVANet on the digits training split, save it, reload it, check it agrees."""
     from aiva_cy import AIVANet
     from aiva_cy.datasets import load_digits
@@ -66,7 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m aiva_cy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", nargs="?", choices=["all", "train"], default="all")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--weights-dir", type=Path, default=Path("weights"),
                     help="where the trained weights go (default: ./weights)")
     ap.add_argument("--quick", action="store_true", help="a short benchmark (checks it runs)")

@@ -9,6 +9,7 @@ PARAM_NAMES: Tuple[str, str, str]
 PARAM_TRANSPOSED: Tuple[bool, bool, bool]
 
 def blas_info() -> Dict[str, str]: ...
+def batch_mismatch(batch: int, held: int) -> ValueError: ...
 
 class Workspace:
     hidden_size: int

@@ -145,6 +145,12 @@ PARAM_NAMES = ("fc1.weight", "spiking.weight", "fc2.weight")
 PARAM_TRANSPOSED = (True, True, False)   # kept as (out, in): see src_c/aiva_core.h
 
 
+def batch_mismatch(int batch, int held):
+    """The error for a call whose batch size differs from the refractory state's."""
+    return ValueError(f"x has batch size {batch} but the net's refractory state holds {held} "
+                      f"streams; call reset_state() first to change the batch size")
+
+
 def _adoptable(a, shape):
     return (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == shape
             and a.flags.c_contiguous and a.flags.writeable and a.flags.aligned)
@@ -268,10 +274,7 @@ cdef class Engine:
         if self.refractory_left is None:
             return np.zeros((batch, self.spiking_size), np.int32)
         if self.refractory_left.shape[0] != batch:
-            raise ValueError(
-                f"x has batch size {batch} but the net's refractory state holds "
-                f"{self.refractory_left.shape[0]} streams; call reset_state() first to "
-                f"change the batch size")
+            raise batch_mismatch(batch, self.refractory_left.shape[0])
         return self.refractory_left
 
     cdef _check_x(self, const float[:, ::1] x):

@@ -22,7 +22,7 @@ except Exception as exc:  # ImportError, or a CuPy that cannot find its CUDA lib
 else:
     _IMPORT_ERROR = None
 
-from aiva_cy._core import PARAM_NAMES, PARAM_TRANSPOSED
+from aiva_cy._core import PARAM_NAMES, PARAM_TRANSPOSED, batch_mismatch
 
 _kernels: Dict[str, Any] = {}
 
@@ -219,10 +219,7 @@ class CupyEngine:
         if self.refractory_left is None:
             return cp.zeros((batch, self.spiking_size), cp.int32)
         if self.refractory_left.shape[0] != batch:
-            raise ValueError(
-                f"x has batch size {batch} but the net's refractory state holds "
-                f"{self.refractory_left.shape[0]} streams; call reset_state() first to "
-                f"change the batch size")
+            raise batch_mismatch(batch, int(self.refractory_left.shape[0]))
         return self.refractory_left
 
     # -- one step ------------------------------------------------------------------------

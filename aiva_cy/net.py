@@ -197,6 +197,8 @@ class AIVANet:
         return arr, one
 
     def _as_y(self, y: Any, batch: int, name: str = "y") -> Any:
+        if type(y).__module__.startswith("cupy"):
+            y = y.get()      # labels are small: checked on the host, sent back below
         arr = _numeric_array(name, y)
         if arr.ndim == 0:
             arr = arr.reshape(1)

@@ -663,6 +663,14 @@ def measure_startup(peer_names: Sequence[str], s: Settings, threads: int, aiva_d
         rec["wall"] = wall
         return rec
 
+    # Byte-compile both peers' Python first, as a wheel install does: with an in-place build
+    # (and PYTHONDONTWRITEBYTECODE set) every start would otherwise compile aiva_cy/net.py
+    # from source, a cost no installed user pays.
+    import compileall
+    for folder in (aiva_dir / "aiva_cy", HERE):
+        if folder.is_dir():
+            compileall.compile_dir(str(folder), quiet=1, maxlevels=2)
+
     with tempfile.TemporaryDirectory() as cwd:   # a neutral cwd: nothing importable by accident
         for i in range(s.startup_runs):
             for p in peer_names:
