@@ -10,9 +10,13 @@ cdef extern from "aiva_core.h" nogil:
     ctypedef void (*aiva_sgemv_fn)(const char *, const int *, const int *, const float *,
                                    const float *, const int *, const float *, const int *,
                                    const float *, float *, const int *)
+    ctypedef void *aiva_sgemm64_fn
+    ctypedef void *aiva_sgemv64_fn
     ctypedef struct aiva_blas:
         aiva_sgemm_fn sgemm
         aiva_sgemv_fn sgemv
+        aiva_sgemm64_fn sgemm64
+        aiva_sgemv64_fn sgemv64
 
     ctypedef struct aiva_net:
         int input_size, hidden_size, spiking_size, num_tools
@@ -54,7 +58,8 @@ cdef extern from "aiva_core.h" nogil:
     int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x,
                       const int64_t *y, int batch, aiva_workspace *ws, aiva_grads *grads,
                       double *loss)
-    int aiva_blas_open(const char *path, const char *prefix, aiva_blas *out)
+    int aiva_blas_open(const char *path, const char *prefix, const char *suffix, int ilp64,
+                       aiva_blas *out)
     void aiva_blas_products(const aiva_blas *blas, const aiva_net *net, const float *x,
                             int batch, aiva_workspace *ws)
 

@@ -15,12 +15,28 @@ import numpy as np
 from aiva_cy._adam cimport Adam
 
 # ---------------------------------------------------------------------------------------
-# BLAS.  scipy-openblas32 (the OpenBLAS scipy ships) is opened by path: importing
-# scipy.linalg to reach cython_blas costs ~160 ms of start-up.  scipy's cython_blas is the
-# fallback, and AIVA_CY_BLAS=scipy forces it.
+# BLAS, found by path and opened with dlopen: importing scipy.linalg to reach cython_blas
+# costs ~160 ms of start-up.  In order of preference:
+#   numpy     the OpenBLAS inside NumPy's own wheel (ILP64): already loaded by `import numpy`,
+#             so no second library to initialise and no second pool of worker threads
+#             competing for the cores with NumPy's;
+#   openblas32  the scipy-openblas32 wheel (a dependency: the fallback where NumPy's build
+#             carries no OpenBLAS of its own, e.g. conda's);
+#   scipy     scipy.linalg.cython_blas.
+# AIVA_CY_BLAS=numpy|openblas32|scipy forces one.
 # ---------------------------------------------------------------------------------------
 cdef aiva_blas _blas
 _blas_info = {}
+_PROVIDERS = ("numpy", "openblas32", "scipy")
+
+
+def _numpy_openblas_path():
+    libdir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    try:
+        names = sorted(n for n in os.listdir(libdir) if n.startswith("libscipy_openblas64_"))
+    except OSError:
+        return None
+    return os.path.join(libdir, names[0]) if names else None
 
 
 def _openblas32_path():
@@ -43,20 +59,28 @@ cdef void *_capsule_pointer(object capi, str name) except NULL:
     return PyCapsule_GetPointer(cap, PyCapsule_GetName(cap))
 
 
-cdef int _load_blas() except -1:
+cdef bint _try_open(str provider, object path, bytes suffix, int ilp64):
     cdef aiva_blas found
+    if path is None or aiva_blas_open(os.fsencode(path), b"scipy_", suffix, ilp64, &found) != 0:
+        return False
+    _blas.sgemm, _blas.sgemv = found.sgemm, found.sgemv
+    _blas.sgemm64, _blas.sgemv64 = found.sgemm64, found.sgemv64
+    _blas_info.update(provider=provider, path=path, ilp64=bool(ilp64))
+    return True
+
+
+cdef int _load_blas() except -1:
     choice = os.environ.get("AIVA_CY_BLAS", "auto").lower()
-    if choice not in ("auto", "openblas32", "scipy"):
-        raise ImportError(f"AIVA_CY_BLAS must be 'auto', 'openblas32' or 'scipy', got {choice!r}")
-    if choice != "scipy":
-        path = _openblas32_path()
-        if path is not None and aiva_blas_open(os.fsencode(path), b"scipy_", &found) == 0:
-            _blas.sgemm, _blas.sgemv = found.sgemm, found.sgemv
-            _blas_info.update(provider="scipy-openblas32", path=path)
-            return 0
-        if choice == "openblas32":
-            raise ImportError("AIVA_CY_BLAS=openblas32 but the scipy-openblas32 library could "
-                              "not be found or opened (pip install scipy-openblas32)")
+    if choice not in ("auto",) + _PROVIDERS:
+        raise ImportError(f"AIVA_CY_BLAS must be 'auto', 'numpy', 'openblas32' or 'scipy', "
+                          f"got {choice!r}")
+    if choice in ("auto", "numpy") and _try_open("numpy", _numpy_openblas_path(), b"_64_", 1):
+        return 0
+    if choice in ("auto", "openblas32") and _try_open("scipy-openblas32", _openblas32_path(), b"_", 0):
+        return 0
+    if choice not in ("auto", "scipy"):
+        raise ImportError(f"AIVA_CY_BLAS={choice}: that BLAS library could not be found or "
+                          f"opened")
     try:
         from scipy.linalg import cython_blas
     except ImportError:
@@ -64,7 +88,9 @@ cdef int _load_blas() except -1:
     capi = cython_blas.__pyx_capi__
     _blas.sgemm = <aiva_sgemm_fn>_capsule_pointer(capi, "sgemm")
     _blas.sgemv = <aiva_sgemv_fn>_capsule_pointer(capi, "sgemv")
-    _blas_info.update(provider="scipy.linalg.cython_blas", path=cython_blas.__file__)
+    _blas.sgemm64 = NULL
+    _blas.sgemv64 = NULL
+    _blas_info.update(provider="scipy.linalg.cython_blas", path=cython_blas.__file__, ilp64=False)
     return 0
 
 

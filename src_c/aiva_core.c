@@ -21,22 +21,47 @@
 /* Row-major C (M, N) = op(A) @ op(B).  BLAS is column-major, so ask it for C^T = op(B)^T
  * op(A)^T: swap the operands, keep the flags (the scikit-learn _cython_blas trick).  A single
  * output row is a matrix-vector product, and gemv is the faster call for it. */
+static void sgemm(const aiva_blas *blas, const char *ta, const char *tb, int m, int n, int k,
+                  const float *a, int lda, const float *b, int ldb, float *c, int ldc)
+{
+    const float one = 1.0f, zero = 0.0f;
+    if (blas->sgemm64) {
+        const int64_t M = m, N = n, K = k, LA = lda, LB = ldb, LC = ldc;
+        blas->sgemm64(ta, tb, &M, &N, &K, &one, a, &LA, b, &LB, &zero, c, &LC);
+    } else {
+        blas->sgemm(ta, tb, &m, &n, &k, &one, a, &lda, b, &ldb, &zero, c, &ldc);
+    }
+}
+
+static void sgemv(const aiva_blas *blas, const char *t, int m, int n, const float *a, int lda,
+                  const float *x, int incx, float *y)
+{
+    const float one = 1.0f, zero = 0.0f;
+    const int incy = 1;
+    memset(y, 0, (size_t)(*t == 'N' ? m : n) * sizeof(float));  /* beta = 0 must not meet a stale NaN */
+    if (blas->sgemv64) {
+        const int64_t M = m, N = n, LA = lda, IX = incx, IY = incy;
+        blas->sgemv64(t, &M, &N, &one, a, &LA, x, &IX, &zero, y, &IY);
+    } else {
+        blas->sgemv(t, &m, &n, &one, a, &lda, x, &incx, &zero, y, &incy);
+    }
+}
+
+/* Row-major C (M, N) = op(A) @ op(B).  BLAS is column-major, so ask it for C^T = op(B)^T
+ * op(A)^T: swap the operands, keep the flags (the scikit-learn _cython_blas trick).  A single
+ * output row is a matrix-vector product, and gemv is the faster call for it. */
 static void rm_gemm(const aiva_blas *blas, int trans_a, int trans_b, int M, int N, int K,
                     const float *A, int lda, const float *B, int ldb, float *C, int ldc)
 {
-    const float one = 1.0f, zero = 0.0f;
     if (M == 1) {
-        /* c (N) = op(B)^T-as-matrix times the one row of op(A). */
-        const int inc_a = trans_a ? lda : 1, inc_c = 1;
-        memset(C, 0, (size_t)N * sizeof(float));  /* beta = 0 must not meet a stale NaN */
+        const int inc_a = trans_a ? lda : 1;   /* the one row of op(A) */
         if (trans_b) /* B is (N, K): column-major (K, N) */
-            blas->sgemv("T", &K, &N, &one, B, &ldb, A, &inc_a, &zero, C, &inc_c);
+            sgemv(blas, "T", K, N, B, ldb, A, inc_a, C);
         else         /* B is (K, N): column-major (N, K) */
-            blas->sgemv("N", &N, &K, &one, B, &ldb, A, &inc_a, &zero, C, &inc_c);
+            sgemv(blas, "N", N, K, B, ldb, A, inc_a, C);
         return;
     }
-    blas->sgemm(trans_b ? "T" : "N", trans_a ? "T" : "N", &N, &M, &K, &one, B, &ldb, A, &lda,
-                &zero, C, &ldc);
+    sgemm(blas, trans_b ? "T" : "N", trans_a ? "T" : "N", N, M, K, B, ldb, A, lda, C, ldc);
 }
 
 /* tanh as a 13/6 rational function (the approximation Eigen and PyTorch use for float):

@@ -22,9 +22,21 @@ typedef void (*aiva_sgemm_fn)(const char *transa, const char *transb, const int 
 typedef void (*aiva_sgemv_fn)(const char *trans, const int *m, const int *n, const float *alpha,
                               const float *a, const int *lda, const float *x, const int *incx,
                               const float *beta, float *y, const int *incy);
+/* The same with 64-bit integers (ILP64: the OpenBLAS inside NumPy's wheels). */
+typedef void (*aiva_sgemm64_fn)(const char *transa, const char *transb, const int64_t *m,
+                                const int64_t *n, const int64_t *k, const float *alpha,
+                                const float *a, const int64_t *lda, const float *b,
+                                const int64_t *ldb, const float *beta, float *c,
+                                const int64_t *ldc);
+typedef void (*aiva_sgemv64_fn)(const char *trans, const int64_t *m, const int64_t *n,
+                                const float *alpha, const float *a, const int64_t *lda,
+                                const float *x, const int64_t *incx, const float *beta,
+                                float *y, const int64_t *incy);
 typedef struct {
-    aiva_sgemm_fn sgemm;
+    aiva_sgemm_fn sgemm;       /* LP64 entry points, or NULL ...       */
     aiva_sgemv_fn sgemv;
+    aiva_sgemm64_fn sgemm64;   /* ... when these ILP64 ones are set    */
+    aiva_sgemv64_fn sgemv64;
 } aiva_blas;
 
 /* The network.  fc1 and the spiking layer are kept as (out, in) — the transpose of the
@@ -91,9 +103,11 @@ void aiva_commit_state(const aiva_net *net, const aiva_workspace *ws, int batch,
 int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x, const int64_t *y,
                   int batch, aiva_workspace *ws, aiva_grads *grads, double *loss);
 
-/* Fill `out` from a shared BLAS library (path) whose Fortran symbols carry `prefix`
- * ("scipy_" for scipy-openblas32: scipy_sgemm_).  Returns 0, or -1 with out untouched. */
-int aiva_blas_open(const char *path, const char *prefix, aiva_blas *out);
+/* Fill `out` from a shared BLAS library (path) whose Fortran symbols are prefix + name +
+ * suffix: ("scipy_", "_") for scipy-openblas32 (scipy_sgemm_), ("scipy_", "_64_") with
+ * ilp64 = 1 for NumPy's OpenBLAS (scipy_sgemm_64_).  Returns 0, or -1 with out untouched. */
+int aiva_blas_open(const char *path, const char *prefix, const char *suffix, int ilp64,
+                   aiva_blas *out);
 
 /* The three products of a forward step and nothing else — the benchmark's floor. */
 void aiva_blas_products(const aiva_blas *blas, const aiva_net *net, const float *x, int batch,

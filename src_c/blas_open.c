@@ -14,18 +14,21 @@ static void *open_lib(const char *path) { return dlopen(path, RTLD_NOW | RTLD_LO
 static void *find_sym(void *lib, const char *name) { return dlsym(lib, name); }
 #endif
 
-int aiva_blas_open(const char *path, const char *prefix, aiva_blas *out)
+int aiva_blas_open(const char *path, const char *prefix, const char *suffix, int ilp64,
+                   aiva_blas *out)
 {
     char name[128];
     void *lib = open_lib(path);
     if (!lib) return -1;
     /* The library stays loaded for the life of the process, like any extension's BLAS. */
-    snprintf(name, sizeof name, "%ssgemm_", prefix);
+    snprintf(name, sizeof name, "%ssgemm%s", prefix, suffix);
     void *gemm = find_sym(lib, name);
-    snprintf(name, sizeof name, "%ssgemv_", prefix);
+    snprintf(name, sizeof name, "%ssgemv%s", prefix, suffix);
     void *gemv = find_sym(lib, name);
     if (!gemm || !gemv) return -1;
-    out->sgemm = (aiva_sgemm_fn)gemm;
-    out->sgemv = (aiva_sgemv_fn)gemv;
+    out->sgemm = ilp64 ? NULL : (aiva_sgemm_fn)gemm;
+    out->sgemv = ilp64 ? NULL : (aiva_sgemv_fn)gemv;
+    out->sgemm64 = ilp64 ? (aiva_sgemm64_fn)gemm : NULL;
+    out->sgemv64 = ilp64 ? (aiva_sgemv64_fn)gemv : NULL;
     return 0;
 }
