@@ -4,14 +4,15 @@ from libc.math cimport sqrtf, sqrt, pow
 
 import numpy as np
 
-
 cdef void _adam_pass(float *w, const float *g, float *m, float *v, Py_ssize_t n,
                      float beta1, float beta2, float eps, float weight_decay,
-                     float step_size, float bias_correction2_sqrt) noexcept nogil:
+                     float step_size, float inv_bias_correction2_sqrt) noexcept nogil:
     # Each element is read once and written once: weight, gradient and both moments stream
     # through together, where torch's single-tensor Adam makes ~6 passes over 4 arrays.
     # The arithmetic follows torch's order (lerp for the first moment, the square root
-    # divided by the bias correction, then eps) so the float32 results agree.
+    # scaled by the bias correction, then eps) so the float32 results agree to an ulp; the
+    # bias correction is a multiply by its reciprocal, not torch's divide, because divides
+    # and square roots are what this loop spends its time on.
     cdef Py_ssize_t i
     cdef float gi, mi, vi, denom
     cdef float one_minus_beta1 = 1.0 - beta1
@@ -22,8 +23,21 @@ cdef void _adam_pass(float *w, const float *g, float *m, float *v, Py_ssize_t n,
         vi = beta2 * v[i] + one_minus_beta2 * gi * gi
         m[i] = mi
         v[i] = vi
-        denom = sqrtf(vi) / bias_correction2_sqrt + eps
+        denom = sqrtf(vi) * inv_bias_correction2_sqrt + eps
         w[i] = w[i] - step_size * mi / denom
+
+
+def _adam_all(list flat, float b1, float b2, float eps, float wd, float step_size,
+              float inv_bc2_sqrt):
+    """Every (weight, gradient, exp_avg, exp_avg_sq) in `flat`, with the GIL released.
+    (A second thread taking half of each array measured 1.7x faster alone, but no faster
+    inside train_step: the BLAS worker threads still spin on the other core after the
+    backward products.  So: one thread.)"""
+    cdef float[::1] w, g, m, v
+    for w, g, m, v in flat:
+        with nogil:
+            _adam_pass(&w[0], &g[0], &m[0], &v[0], w.shape[0], b1, b2, eps, wd, step_size,
+                       inv_bc2_sqrt)
 
 
 cdef class Adam:
@@ -60,10 +74,9 @@ cdef class Adam:
         cdef Py_ssize_t k, n = len(self.shapes)
         if len(params) != n or len(grads) != n:
             raise ValueError(f"Adam.update: expected {n} parameters and gradients")
-        cdef float[::1] w, g, m, v
         cdef long step = self.step + 1
         cdef float step_size = self.lr / (1.0 - pow(self.beta1, step))
-        cdef float bc2_sqrt = sqrt(1.0 - pow(self.beta2, step))
+        cdef float inv_bc2_sqrt = 1.0 / sqrt(1.0 - pow(self.beta2, step))
         cdef float b1 = self.beta1, b2 = self.beta2, eps = self.eps, wd = self.weight_decay
         flat = []
         for k in range(n):
@@ -74,11 +87,7 @@ cdef class Adam:
                                      f"C-contiguous float32 array of shape {shape}")
             flat.append((params[k].reshape(-1), grads[k].reshape(-1),
                          self._exp_avg[k].reshape(-1), self._exp_avg_sq[k].reshape(-1)))
-        for k in range(n):
-            w, g, m, v = flat[k]
-            with nogil:
-                _adam_pass(&w[0], &g[0], &m[0], &v[0], w.shape[0], b1, b2, eps, wd,
-                           step_size, bc2_sqrt)
+        _adam_all(flat, b1, b2, eps, wd, step_size, inv_bc2_sqrt)
         self.step = step
 
     # -- state, in the state_dict's layout --------------------------------------------
