@@ -224,10 +224,12 @@ def test_digits_reaches_97_percent():
     from aiva_cy.datasets import load_digits
     X_train, y_train = load_digits(split="train")
     X_test, y_test = load_digits(split="test")
+    X_train, X_test = X_train / 4, X_test / 4       # the README's recipe: small inputs
     net = AIVANet(input_size=64, num_tools=10, seed=0)
-    history = net.fit(X_train, y_train, epochs=30, batch_size=32, seed=0, verbose=0)
+    history = net.fit(X_train, y_train, epochs=20, batch_size=32, seed=0, verbose=0)
     assert history["accuracy"][-1] > 0.99
-    assert net.evaluate(X_test, y_test)["accuracy"] >= 0.97
+    accuracy = net.evaluate(X_test, y_test)["accuracy"]
+    assert accuracy >= 0.97, accuracy
 
 
 # -- optional cross-check against PyTorch ---------------------------------------------------
