@@ -1,8 +1,8 @@
-"""aiva_cy — AIVA's spiking decision core: 512 features in, a probability per tool out.
+"""aiva_cy — AIVA's spiking decision core: 512 features in, a probability per tool out::
 
->>> from aiva_cy import AIVANet
->>> net = AIVANet(seed=0)
->>> tool, confidence, is_confident = net.decide(features)
+    from aiva_cy import AIVANet
+    net = AIVANet(seed=0)
+    tool, confidence, is_confident = net.decide(features)   # features: 512 numbers
 """
 from aiva_cy._core import blas_info
 from aiva_cy.net import AIVANet

@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import sys
-import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np

@@ -234,7 +234,7 @@ def test_digits_reaches_97_percent():
 
 # -- optional cross-check against PyTorch ---------------------------------------------------
 def test_gradients_and_adam_match_pytorch():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
     from peers import make_torch, torch_train_step
     net, _, w = make(SMALL, refractory_period=0, seed=7, slope=3.0)
