@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from aiva_cy import AIVANet
-from aiva_cy.reference import ReferenceNet
+from aiva_cy.reference import ReferenceNet, membrane_margin
 
 from conftest import DEFAULT, SMALL, firing_weights, safe_inputs
 
@@ -177,3 +177,29 @@ def test_refractory_mask_blocks_a_neuron_for_exactly_the_period():
                              "fc2.weight": np.array([[0.0, 5.0]])})
         fired = [net([2.0])[1] > 0.9 for _ in range(13)]
         assert fired == [t % (R + 1) == 0 for t in range(13)], R
+
+
+# -- property-based: any small shape, batch, period and sequence length ----------------------
+from hypothesis import HealthCheck, assume, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=st.tuples(st.integers(1, 12), st.integers(1, 24), st.integers(1, 24),
+                       st.integers(1, 6)),
+       batch=st.integers(1, 9), steps=st.integers(1, 7), period=st.integers(0, 4),
+       threshold=st.floats(-0.5, 1.0), seed=st.integers(0, 2**16))
+def test_any_small_shape_matches_reference(sizes, batch, steps, period, threshold, seed):
+    i, h, s, t = sizes
+    dims = dict(input_size=i, hidden_size=h, spiking_size=s, num_tools=t)
+    w = firing_weights(dims, seed, threshold)
+    xs = np.random.default_rng(seed).standard_normal((steps, batch, i))
+    assume(membrane_margin(w, xs.reshape(-1, i), threshold) > 1e-4)
+    net = AIVANet(**dims, threshold=threshold, refractory_period=period)
+    net.load_state_dict(w)
+    ref = ReferenceNet(w, threshold=threshold, refractory_period=period)
+    got = net.forward_sequence(xs)
+    want = np.stack([ref.step(x) for x in xs])
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    # and the stateless path agrees with a fresh reference on the first step
+    np.testing.assert_allclose(net.predict_proba(xs[0]),
+                               ReferenceNet(w, threshold=threshold).step(xs[0]), atol=1e-5, rtol=0)

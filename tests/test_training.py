@@ -251,3 +251,32 @@ def test_gradients_and_adam_match_pytorch():
         tw = {k: v.detach().numpy() for k, v in model.state_dict().items()}
         for k, v in net.state_dict().items():
             np.testing.assert_allclose(v, tw[k], rtol=0, atol=1e-5)
+
+
+from hypothesis import HealthCheck, assume, given, settings, strategies as st  # noqa: E402
+
+from aiva_cy.reference import membrane_margin  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=st.tuples(st.integers(1, 10), st.integers(1, 20), st.integers(1, 20),
+                       st.integers(2, 6)),
+       batch=st.integers(1, 9), period=st.integers(0, 3), slope=st.floats(0.0, 30.0),
+       seed=st.integers(0, 2**16))
+def test_any_small_shape_gradients_match_reference(sizes, batch, period, slope, seed):
+    i, h, s, t = sizes
+    dims = dict(input_size=i, hidden_size=h, spiking_size=s, num_tools=t)
+    w = firing_weights(dims, seed)
+    xs = np.random.default_rng(seed).standard_normal((2, batch, i))
+    y = np.random.default_rng(seed + 1).integers(0, t, batch)
+    assume(membrane_margin(w, xs.reshape(-1, i), 0.5) > 1e-4)
+    net = AIVANet(**dims, refractory_period=period, surrogate_slope=slope)
+    net.load_state_dict(w)
+    ref = ReferenceNet(w, threshold=0.5, refractory_period=period, surrogate_slope=slope)
+    for x in xs:                       # the second step runs with the mask of the first
+        loss_ref, g_ref = ref.loss_and_grad(x, y)
+        loss, g = net.loss_and_grad(x, y)
+        assert loss == pytest.approx(loss_ref, rel=1e-5, abs=1e-6)
+        for k in g:
+            np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-4,
+                                       atol=1e-5 * max(np.abs(g_ref[k]).max(), 1e-3))
