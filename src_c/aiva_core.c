@@ -150,8 +150,8 @@ static void tanh_backward(float *restrict da, const float *restrict h, long n)
 
 /* z (B, T) = spikes (B, S) @ fc2 (S, T) for 0/1 spikes: each row of z is the sum of the fc2
  * rows its spikes select.  At the usual 10-20% firing this reads a fraction of fc2 and does
- * no multiplies.  Used at batch 1, where it beats gemv; at batch 64 and 256 a gemm measured
- * faster (the branch on random 0/1 spikes mispredicts once per active neuron). */
+ * no multiplies.  Used at batch 1 only: at batch 64 and 256 a gemm measured faster (the
+ * branch on random 0/1 spikes mispredicts once per active neuron). */
 AIVA_VECTOR_PASS
 static void spike_readout(const float *restrict spikes, const float *restrict fc2, int batch,
                           int S, int T, float *restrict z)
