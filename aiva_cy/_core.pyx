@@ -187,7 +187,8 @@ cdef class Engine:
     cdef aiva_net net
     cdef readonly int input_size, hidden_size, spiking_size, num_tools, refractory_period
     cdef readonly float threshold, surrogate_slope
-    cdef object fc1_t, spiking_t, fc2           # float32, engine layout, never reallocated
+    cdef object fc1_t, spiking_t, fc2           # float32, engine layout
+    cdef object _weights                        # (fc1_t, spiking_t, fc2), swapped as one
     cdef object g_fc1_t, g_spiking_t, g_fc2     # allocated by the first backward
     cdef object refractory_left                 # int32 (B, spiking), or None: empty state
     cdef Workspace ws                           # for the stateful calls, under _lock
@@ -210,24 +211,21 @@ cdef class Engine:
         self.fc1_t = np.empty((hidden_size, input_size), np.float32)
         self.spiking_t = np.empty((spiking_size, hidden_size), np.float32)
         self.fc2 = np.empty((spiking_size, num_tools), np.float32)
+        self.net.input_size, self.net.hidden_size = input_size, hidden_size
+        self.net.spiking_size, self.net.num_tools = spiking_size, num_tools
+        self.net.threshold, self.net.refractory_period = threshold, refractory_period
+        self.net.surrogate_slope = surrogate_slope
         if not copy and _adoptable(weights["fc1.weight"].T, self.fc1_t.shape) \
                 and _adoptable(weights["spiking.weight"].T, self.spiking_t.shape) \
                 and _adoptable(weights["fc2.weight"], self.fc2.shape):
-            self.fc1_t = weights["fc1.weight"].T
-            self.spiking_t = weights["spiking.weight"].T
-            self.fc2 = weights["fc2.weight"]
+            self._install(weights["fc1.weight"].T, weights["spiking.weight"].T,
+                          weights["fc2.weight"])
         else:
             self.set_weights(weights)
         self.g_fc1_t = self.g_spiking_t = self.g_fc2 = None
         self.refractory_left = None
         self.ws = Workspace(hidden_size, spiking_size, num_tools)
         self._pool = []
-        self.net.input_size, self.net.hidden_size = input_size, hidden_size
-        self.net.spiking_size, self.net.num_tools = spiking_size, num_tools
-        self.net.threshold, self.net.refractory_period = threshold, refractory_period
-        self.net.surrogate_slope = surrogate_slope
-        cdef float[:, ::1] a = self.fc1_t, b = self.spiking_t, c = self.fc2
-        self.net.fc1_t, self.net.spiking_t, self.net.fc2 = &a[0, 0], &b[0, 0], &c[0, 0]
 
     # -- weights ------------------------------------------------------------------------
     def param_shapes(self):
@@ -239,24 +237,34 @@ cdef class Engine:
         return [self.fc1_t, self.spiking_t, self.fc2]
 
     def get_weights(self):
-        """state_dict-layout copies."""
-        return {"fc1.weight": np.ascontiguousarray(self.fc1_t.T),
-                "spiking.weight": np.ascontiguousarray(self.spiking_t.T),
-                "fc2.weight": self.fc2.copy()}
+        """state_dict-layout copies (of one generation of weights)."""
+        fc1_t, spiking_t, fc2 = self._weights
+        return {"fc1.weight": np.ascontiguousarray(fc1_t.T),
+                "spiking.weight": np.ascontiguousarray(spiking_t.T),
+                "fc2.weight": fc2.copy()}
 
     def set_weights(self, weights):
-        """Copy state_dict-layout float32 arrays in, in place (the C pointers stay valid).
-        Shapes are checked here; finiteness and dtypes by the caller."""
+        """Copy state_dict-layout arrays in.  Shapes are checked here; finiteness and dtypes
+        by the caller.  The copies are new arrays, swapped in as one under the lock, so a
+        predict running meanwhile in another thread sees the old weights or the new ones,
+        never a mix."""
         want = {"fc1.weight": (self.input_size, self.hidden_size),
                 "spiking.weight": (self.hidden_size, self.spiking_size),
                 "fc2.weight": (self.spiking_size, self.num_tools)}
         for k, shape in want.items():
             if weights[k].shape != shape:
                 raise ValueError(f"{k} must have shape {shape}, got {weights[k].shape}")
+        fc1_t = np.array(weights["fc1.weight"].T, dtype=np.float32, order="C")
+        spiking_t = np.array(weights["spiking.weight"].T, dtype=np.float32, order="C")
+        fc2 = np.array(weights["fc2.weight"], dtype=np.float32, order="C")
         with self._lock:
-            np.copyto(self.fc1_t, weights["fc1.weight"].T, casting="same_kind")
-            np.copyto(self.spiking_t, weights["spiking.weight"].T, casting="same_kind")
-            np.copyto(self.fc2, weights["fc2.weight"], casting="same_kind")
+            self._install(fc1_t, spiking_t, fc2)
+
+    cdef _install(self, fc1_t, spiking_t, fc2):
+        cdef float[:, ::1] a = fc1_t, b = spiking_t, c = fc2
+        self.fc1_t, self.spiking_t, self.fc2 = fc1_t, spiking_t, fc2
+        self.net.fc1_t, self.net.spiking_t, self.net.fc2 = &a[0, 0], &b[0, 0], &c[0, 0]
+        self._weights = (fc1_t, spiking_t, fc2)
 
     def gradients(self):
         """state_dict-layout copies of the last computed gradients."""
@@ -365,13 +373,18 @@ cdef class Engine:
         cdef float[:, ::1] p = probs
         cdef float[:, ::1] zl
         cdef Workspace ws
+        # One generation of weights, held for the call: set_weights may swap in another.
+        cdef aiva_net net = self.net
+        cdef float[:, ::1] a, b, c
+        a, b, c = self._weights
+        net.fc1_t, net.spiking_t, net.fc2 = &a[0, 0], &b[0, 0], &c[0, 0]
         try:
             ws = self._pool.pop()   # list.pop is atomic under the GIL
         except IndexError:
             ws = Workspace(self.hidden_size, self.spiking_size, self.num_tools)
         ws.reserve(batch)
         with nogil:
-            code = aiva_forward(&_blas, &self.net, &x[0, 0], batch, NULL, &ws.ws, &p[0, 0])
+            code = aiva_forward(&_blas, &net, &x[0, 0], batch, NULL, &ws.ws, &p[0, 0])
         if code != AIVA_OK:
             self._pool.append(ws)
             _raise(code)

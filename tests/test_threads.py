@@ -66,3 +66,42 @@ def test_concurrent_stateful_calls_do_not_corrupt_each_other():
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_predict_during_load_state_dict_sees_old_or_new_weights_never_a_mix():
+    net = AIVANet(input_size=32, num_tools=6, hidden_size=256, spiking_size=128, seed=2)
+    weights_a = net.state_dict()
+    weights_b = AIVANet(input_size=32, num_tools=6, hidden_size=256, spiking_size=128,
+                        seed=3).state_dict()
+    x = np.random.default_rng(2).standard_normal((16, 32))
+    p_a = net.predict_proba(x)
+    net.load_state_dict(weights_b)
+    p_b = net.predict_proba(x)
+    assert not np.array_equal(p_a, p_b)
+    stop = threading.Event()
+    seen, errors = [], []
+
+    def swapper():
+        while not stop.is_set():
+            net.load_state_dict(weights_a)
+            net.load_state_dict(weights_b)
+
+    def predictor():
+        try:
+            for _ in range(200):
+                seen.append(net.predict_proba(x))
+        except Exception as exc:  # pragma: no cover
+            errors.append(exc)
+
+    swap = threading.Thread(target=swapper)
+    preds = [threading.Thread(target=predictor) for _ in range(2)]
+    swap.start()
+    for t in preds:
+        t.start()
+    for t in preds:
+        t.join()
+    stop.set()
+    swap.join()
+    assert not errors and len(seen) == 400
+    for p in seen:
+        assert np.array_equal(p, p_a) or np.array_equal(p, p_b)

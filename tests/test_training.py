@@ -277,6 +277,9 @@ def test_any_small_shape_gradients_match_reference(sizes, batch, period, slope, 
         loss_ref, g_ref = ref.loss_and_grad(x, y)
         loss, g = net.loss_and_grad(x, y)
         assert loss == pytest.approx(loss_ref, rel=1e-5, abs=1e-6)
+        # rtol 1e-3 here, where the fixed-shape tests above hold 1e-4: with one or two hidden
+        # units a saturated tanh makes 1 - h^2 a difference of nearly equal numbers, and a few
+        # ulp of float32 in h become ~1e-4 of the gradient (hypothesis found sizes 5-1-1-2).
         for k in g:
-            np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-4,
+            np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-3,
                                        atol=1e-5 * max(np.abs(g_ref[k]).max(), 1e-3))
