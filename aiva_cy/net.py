@@ -42,6 +42,8 @@ def _float_arg(name: str, value: Any, minimum: float = -math.inf) -> float:
 
 def _numeric_array(name: str, value: Any) -> np.ndarray:
     """Any array-like of real numbers (bool, int, float; any order or strides)."""
+    if type(value).__module__.startswith("cupy"):
+        value = value.get()      # a GPU array handed to a CPU net, or headed for validation
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as exc:   # ragged nesting and the like
@@ -195,9 +197,7 @@ class AIVANet:
         return arr, one
 
     def _as_y(self, y: Any, batch: int, name: str = "y") -> Any:
-        if type(y).__module__.startswith("cupy"):
-            y = y.get()      # labels are small: checked on the host, sent back below
-        arr = _numeric_array(name, y)
+        arr = _numeric_array(name, y)   # on the host: labels are small; sent back below
         if arr.ndim == 0:
             arr = arr.reshape(1)
         if arr.shape != (batch,):
