@@ -355,10 +355,7 @@ class AIVANet:
         shapes = self._state_dict_shapes()
         new = {}
         for k in PARAM_NAMES:
-            value = state_dict[k]
-            if self._device != "cpu" and type(value).__module__.startswith("cupy"):
-                value = value.get()
-            arr = _numeric_array(f"state_dict[{k!r}]", value)
+            arr = _numeric_array(f"state_dict[{k!r}]", state_dict[k])
             if arr.shape != shapes[k]:
                 raise ValueError(f"state_dict[{k!r}] must have shape {shapes[k]}, got {arr.shape}")
             arr = np.asarray(arr, dtype=np.float32)
