@@ -203,14 +203,22 @@ static int all_finite(const float *a, long n)
     return !bad;
 }
 
+/* max |a[i]| for finite a.  Compared as integers: the bits of a non-negative float order
+ * like its value, and an integer max reduction vectorises where a float one (with its NaN
+ * and signed-zero rules) does not. */
+AIVA_VECTOR_PASS
 static float max_abs(const float *a, long n)
 {
-    float m = 0.0f;
+    int32_t m = 0;
     for (long i = 0; i < n; i++) {
-        float v = fabsf(a[i]);
-        m = v > m ? v : m;
+        int32_t bits;
+        memcpy(&bits, &a[i], sizeof bits);
+        bits &= 0x7fffffff;
+        m = bits > m ? bits : m;
     }
-    return m;
+    float r;
+    memcpy(&r, &m, sizeof r);
+    return r;
 }
 
 int aiva_forward(const aiva_blas *blas, const aiva_net *net, const float *x, int batch,
