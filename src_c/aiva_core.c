@@ -203,9 +203,10 @@ static int all_finite(const float *a, long n)
     return !bad;
 }
 
-/* max |a[i]| for finite a.  Compared as integers: the bits of a non-negative float order
- * like its value, and an integer max reduction vectorises where a float one (with its NaN
- * and signed-zero rules) does not. */
+/* max |a[i]|, compared as integers: the bits of a non-negative float order like its value,
+ * and an integer max reduction vectorises where a float one (with its NaN and signed-zero
+ * rules) does not.  A NaN's bits sort above +Inf's, so the result is Inf or NaN exactly
+ * when some a[i] is not finite. */
 AIVA_VECTOR_PASS
 static float max_abs(const float *a, long n)
 {
@@ -309,9 +310,11 @@ int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x, co
      * entry (and every partial sum BLAS forms): finite inputs under the bound mean finite,
      * non-overflowing gradients, checked in O(B * width) instead of a pass over 3M weights.
      * |spikes| <= 1 and |h| <= 1; the fc2 gradient is bounded by 1 outright. */
-    if (!all_finite(dv, nS) || !all_finite(da, nH)) return AIVA_ERR_GRAD_NONFINITE;
-    double bound_spiking = (double)batch * max_abs(dv, nS);
-    double bound_fc1 = (double)batch * max_abs(da, nH) * max_abs(x, (long)batch * I);
+    const float max_dv = max_abs(dv, nS), max_da = max_abs(da, nH);
+    if (!(max_dv < INFINITY) || !(max_da < INFINITY))   /* an Inf, or NaN bits above it */
+        return AIVA_ERR_GRAD_NONFINITE;
+    double bound_spiking = (double)batch * max_dv;
+    double bound_fc1 = (double)batch * max_da * max_abs(x, (long)batch * I);
     if (bound_spiking > AIVA_GRAD_LIMIT || bound_fc1 > AIVA_GRAD_LIMIT)
         return AIVA_ERR_GRAD_NONFINITE;
     return AIVA_OK;
