@@ -26,7 +26,7 @@ def train(out_dir: Path, epochs: int = 20, quiet: bool = False) -> Path:
     X_test, y_test = load_digits(split="test")
     # Inputs in [0, 0.25]: the initial membrane potentials then sit below threshold, and
     # training recruits the neurons it needs (README, "Training").
-    X_train, X_test = X_train / 4, X_test / 4
+    X_train, X_test = X_train / np.float32(4), X_test / np.float32(4)
     print(f"digits: {len(X_train)} training and {len(X_test)} test images, 64 features, 10 classes")
     net = AIVANet(input_size=64, num_tools=10, seed=0)
     print(f"{net!r}: {net.num_parameters:,} weights")

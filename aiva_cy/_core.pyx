@@ -171,10 +171,10 @@ PARAM_NAMES = ("fc1.weight", "spiking.weight", "fc2.weight")
 PARAM_TRANSPOSED = (True, True, False)   # kept as (out, in): see src_c/aiva_core.h
 
 
-def batch_mismatch(int batch, int held):
+def batch_mismatch(int batch, int held, str name="x"):
     """The error for a call whose batch size differs from the refractory state's."""
-    return ValueError(f"x has batch size {batch} but the net's refractory state holds {held} "
-                      f"streams; call reset_state() first to change the batch size")
+    return ValueError(f"{name} has batch size {batch} but the net's refractory state holds "
+                      f"{held} streams; call reset_state() first to change the batch size")
 
 
 def _adoptable(a, shape):

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from aiva_cy._adam import Adam
-from aiva_cy._core import PARAM_NAMES, PARAM_TRANSPOSED, Engine
+from aiva_cy._core import PARAM_NAMES, PARAM_TRANSPOSED, Engine, batch_mismatch
 
 _CONFIG_KEYS = ("input_size", "num_tools", "hidden_size", "spiking_size", "threshold",
                 "refractory_period", "surrogate_slope")
@@ -173,9 +173,6 @@ class AIVANet:
                 f"surrogate_slope={c['surrogate_slope']}, device={self._device!r})")
 
     # -- input conversion ------------------------------------------------------------------
-    def _xp(self):
-        return np if self._device == "cpu" else self._engine.xp
-
     def _as_x(self, x: Any, name: str = "x") -> Tuple[Any, bool]:
         """(B, input_size) float32 C-contiguous on the net's device, and whether x was 1-D."""
         if self._device != "cpu" and type(x).__module__.startswith("cupy"):
@@ -190,11 +187,16 @@ class AIVANet:
         else:
             raise ValueError(f"{name} must have shape ({n_in},) or (batch >= 1, {n_in}), "
                              f"got {arr.shape}")
+        return self._to_engine(name, arr), one
+
+    def _to_engine(self, name: str, arr: np.ndarray) -> Any:
+        """float32, C order, on the net's device.  On the CPU the C core checks for NaN and
+        Inf in the same pass that reads the input; other devices check here."""
         arr = _as_float32(name, arr)
         if self._device != "cpu":
             _check_finite(name, arr)
             arr = self._engine.to_device(arr)
-        return arr, one
+        return arr
 
     def _as_y(self, y: Any, batch: int, name: str = "y") -> Any:
         arr = _numeric_array(name, y)   # on the host: labels are small; sent back below
@@ -240,15 +242,12 @@ class AIVANet:
         else:
             raise ValueError(f"xs must have shape (steps >= 1, {n_in}) or (steps >= 1, batch >= 1, "
                              f"{n_in}), got {arr.shape}")
-        arr = _as_float32("xs", arr)
-        if self._device != "cpu":
-            _check_finite("xs", arr)
-            arr = self._engine.to_device(arr)
-        try:
-            probs = self._engine.forward_sequence(arr)
-        except ValueError as exc:
-            raise ValueError(str(exc).replace("x contains", "xs contains", 1)
-                             .replace("x has batch", "xs has batch", 1)) from None
+        # Checked here rather than by the engine, whose messages speak of a single step's x.
+        _check_finite("xs", arr)
+        held = self._engine.state_batch_size
+        if held is not None and held != arr.shape[1]:
+            raise batch_mismatch(arr.shape[1], held, "xs")
+        probs = self._engine.forward_sequence(self._to_engine("xs", arr))
         return probs[:, 0, :] if one else probs
 
     def predict_proba(self, x: Any) -> Any:
