@@ -52,10 +52,7 @@ def _dataset(net: "AIVANet", X: Any, y: Any, xname: str, yname: str) -> Tuple[np
         raise ValueError(f"{xname} must have shape (n >= 1, {net.input_size}), got {arr.shape}")
     arr = _as_float32(xname, arr)
     _check_finite(xname, arr)
-    labels = net._as_y(y, arr.shape[0], name=yname)
-    if net.device != "cpu":
-        labels = labels.get()
-    return arr, labels
+    return arr, net._as_y(y, arr.shape[0], name=yname, on_host=True)
 
 
 def evaluate(net: "AIVANet", X: Any, y: Any, batch_size: int = 256) -> Dict[str, float]:

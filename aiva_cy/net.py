@@ -198,7 +198,7 @@ class AIVANet:
             arr = self._engine.to_device(arr)
         return arr
 
-    def _as_y(self, y: Any, batch: int, name: str = "y") -> Any:
+    def _as_y(self, y: Any, batch: int, name: str = "y", on_host: bool = False) -> Any:
         arr = _numeric_array(name, y)   # on the host: labels are small; sent back below
         if arr.ndim == 0:
             arr = arr.reshape(1)
@@ -216,7 +216,7 @@ class AIVANet:
             raise ValueError(f"{name} must hold integer labels in [0, {self.num_tools}), got "
                              f"values from {lo} to {hi}")
         arr = np.ascontiguousarray(arr, dtype=np.int64)
-        return arr if self._device == "cpu" else self._engine.to_device(arr)
+        return arr if on_host or self._device == "cpu" else self._engine.to_device(arr)
 
     # -- inference -------------------------------------------------------------------------
     def forward(self, x: Any) -> Any:
