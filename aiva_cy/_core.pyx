@@ -208,16 +208,13 @@ cdef class Engine:
         self.spiking_size, self.num_tools = spiking_size, num_tools
         self.threshold, self.refractory_period = threshold, refractory_period
         self.surrogate_slope = surrogate_slope
-        self.fc1_t = np.empty((hidden_size, input_size), np.float32)
-        self.spiking_t = np.empty((spiking_size, hidden_size), np.float32)
-        self.fc2 = np.empty((spiking_size, num_tools), np.float32)
         self.net.input_size, self.net.hidden_size = input_size, hidden_size
         self.net.spiking_size, self.net.num_tools = spiking_size, num_tools
         self.net.threshold, self.net.refractory_period = threshold, refractory_period
         self.net.surrogate_slope = surrogate_slope
-        if not copy and _adoptable(weights["fc1.weight"].T, self.fc1_t.shape) \
-                and _adoptable(weights["spiking.weight"].T, self.spiking_t.shape) \
-                and _adoptable(weights["fc2.weight"], self.fc2.shape):
+        if not copy and _adoptable(weights["fc1.weight"].T, (hidden_size, input_size)) \
+                and _adoptable(weights["spiking.weight"].T, (spiking_size, hidden_size)) \
+                and _adoptable(weights["fc2.weight"], (spiking_size, num_tools)):
             self._install(weights["fc1.weight"].T, weights["spiking.weight"].T,
                           weights["fc2.weight"])
         else:
