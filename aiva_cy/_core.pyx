@@ -187,8 +187,8 @@ cdef class Engine:
     cdef aiva_net net
     cdef readonly int input_size, hidden_size, spiking_size, num_tools, refractory_period
     cdef readonly float threshold, surrogate_slope
-    cdef object fc1_t, spiking_t, fc2           # float32, engine layout
-    cdef object _weights                        # (fc1_t, spiking_t, fc2), swapped as one
+    cdef object _weights                        # (fc1_t, spiking_t, fc2): float32, engine
+                                                # layout, swapped in as one tuple
     cdef object g_fc1_t, g_spiking_t, g_fc2     # allocated by the first backward
     cdef object refractory_left                 # int32 (B, spiking), or None: empty state
     cdef Workspace ws                           # for the stateful calls, under _lock
@@ -227,11 +227,11 @@ cdef class Engine:
     # -- weights ------------------------------------------------------------------------
     def param_shapes(self):
         """Engine-layout shapes, in PARAM_NAMES order."""
-        return (self.fc1_t.shape, self.spiking_t.shape, self.fc2.shape)
+        return tuple(w.shape for w in self._weights)
 
     def params(self):
         """The live engine-layout arrays (no copies): for the optimizer."""
-        return [self.fc1_t, self.spiking_t, self.fc2]
+        return list(self._weights)
 
     def get_weights(self):
         """state_dict-layout copies (of one generation of weights)."""
@@ -259,7 +259,6 @@ cdef class Engine:
 
     cdef _install(self, fc1_t, spiking_t, fc2):
         cdef float[:, ::1] a = fc1_t, b = spiking_t, c = fc2
-        self.fc1_t, self.spiking_t, self.fc2 = fc1_t, spiking_t, fc2
         self.net.fc1_t, self.net.spiking_t, self.net.fc2 = &a[0, 0], &b[0, 0], &c[0, 0]
         self._weights = (fc1_t, spiking_t, fc2)
 
@@ -402,9 +401,7 @@ cdef class Engine:
         if y.shape[0] != batch:
             raise ValueError(f"y has {y.shape[0]} labels for a batch of {batch}")
         if self.g_fc1_t is None:
-            self.g_fc1_t = np.zeros_like(self.fc1_t)
-            self.g_spiking_t = np.zeros_like(self.spiking_t)
-            self.g_fc2 = np.zeros_like(self.fc2)
+            self.g_fc1_t, self.g_spiking_t, self.g_fc2 = (np.zeros_like(w) for w in self._weights)
         cdef float[:, ::1] g1 = self.g_fc1_t, g2 = self.g_spiking_t, g3 = self.g_fc2
         cdef aiva_grads grads
         grads.fc1_t, grads.spiking_t, grads.fc2 = &g1[0, 0], &g2[0, 0], &g3[0, 0]
@@ -453,8 +450,7 @@ cdef class Engine:
             state = self._state_for(x.shape[0])
             refr = state
             correct = self._forward_backward(x, y, &refr[0, 0], &loss)
-            optimizer.update([self.fc1_t, self.spiking_t, self.fc2],
-                             [self.g_fc1_t, self.g_spiking_t, self.g_fc2])
+            optimizer.update(self.params(), [self.g_fc1_t, self.g_spiking_t, self.g_fc2])
             with nogil:
                 aiva_commit_state(&self.net, &self.ws.ws, x.shape[0], &refr[0, 0])
             self.refractory_left = state

@@ -168,17 +168,22 @@ static void spike_readout(const float *restrict spikes, const float *restrict fc
     }
 }
 
+AIVA_VECTOR_PASS
+static int all_finite(const float *a, long n)
+{
+    int bad = 0;
+    for (long i = 0; i < n; i++) {
+        float d = a[i] - a[i];  /* NaN exactly when a[i] is NaN or +-Inf */
+        bad |= (d != d);
+    }
+    return !bad;
+}
+
 /* probs = softmax of each row of z (B, T).  Returns 0 if a logit is not finite. */
 AIVA_VECTOR_PASS
 static int softmax_rows(const float *restrict z, int batch, int T, float *restrict p)
 {
-    const long n = (long)batch * T;
-    int bad = 0;
-    for (long i = 0; i < n; i++) {
-        float d = z[i] - z[i];
-        bad |= (d != d);
-    }
-    if (bad) return 0;
+    if (!all_finite(z, (long)batch * T)) return 0;
     for (int b = 0; b < batch; b++) {
         const float *zb = z + (long)b * T;
         float *pb = p + (long)b * T;
@@ -190,17 +195,6 @@ static int softmax_rows(const float *restrict z, int batch, int T, float *restri
         for (int t = 0; t < T; t++) pb[t] *= inv;
     }
     return 1;
-}
-
-AIVA_VECTOR_PASS
-static int all_finite(const float *a, long n)
-{
-    int bad = 0;
-    for (long i = 0; i < n; i++) {
-        float d = a[i] - a[i];  /* NaN exactly when a[i] is NaN or +-Inf */
-        bad |= (d != d);
-    }
-    return !bad;
 }
 
 /* max |a[i]|, compared as integers: the bits of a non-negative float order like its value,
