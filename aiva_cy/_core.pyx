@@ -19,9 +19,10 @@ from aiva_cy._adam cimport Adam
 # costs ~160 ms of start-up.  In order of preference:
 #   numpy     the OpenBLAS inside NumPy's own wheel (ILP64): already loaded by `import numpy`,
 #             so no second library to initialise and no second pool of worker threads
-#             competing for the cores with NumPy's;
-#   openblas32  the scipy-openblas32 wheel (a dependency: the fallback where NumPy's build
-#             carries no OpenBLAS of its own, e.g. conda's);
+#             competing for the cores with NumPy's (NumPy 2 names its symbols scipy_sgemm_64_,
+#             NumPy 1.x wheels sgemm_64_);
+#   openblas32  the scipy-openblas32 wheel (a dependency only where NumPy's wheel may carry no
+#             OpenBLAS we can find, see pyproject.toml; also the fallback for e.g. conda's);
 #   scipy     scipy.linalg.cython_blas.
 # AIVA_CY_BLAS=numpy|openblas32|scipy forces one.
 # ---------------------------------------------------------------------------------------
@@ -30,10 +31,10 @@ _blas_info = {}
 _PROVIDERS = ("numpy", "openblas32", "scipy")
 
 
-def _numpy_openblas_path():
+def _numpy_openblas_path(prefix="libscipy_openblas64_"):
     libdir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
     try:
-        names = sorted(n for n in os.listdir(libdir) if n.startswith("libscipy_openblas64_"))
+        names = sorted(n for n in os.listdir(libdir) if n.startswith(prefix))
     except OSError:
         return None
     return os.path.join(libdir, names[0]) if names else None
@@ -59,9 +60,9 @@ cdef void *_capsule_pointer(object capi, str name) except NULL:
     return PyCapsule_GetPointer(cap, PyCapsule_GetName(cap))
 
 
-cdef bint _try_open(str provider, object path, bytes suffix, int ilp64):
+cdef bint _try_open(str provider, object path, bytes suffix, int ilp64, bytes prefix=b"scipy_"):
     cdef aiva_blas found
-    if path is None or aiva_blas_open(os.fsencode(path), b"scipy_", suffix, ilp64, &found) != 0:
+    if path is None or aiva_blas_open(os.fsencode(path), prefix, suffix, ilp64, &found) != 0:
         return False
     _blas.sgemm, _blas.sgemv = found.sgemm, found.sgemv
     _blas.sgemm64, _blas.sgemv64 = found.sgemm64, found.sgemv64
@@ -75,6 +76,9 @@ cdef int _load_blas() except -1:
         raise ImportError(f"AIVA_CY_BLAS must be 'auto', 'numpy', 'openblas32' or 'scipy', "
                           f"got {choice!r}")
     if choice in ("auto", "numpy") and _try_open("numpy", _numpy_openblas_path(), b"_64_", 1):
+        return 0
+    if choice in ("auto", "numpy") and _try_open("numpy", _numpy_openblas_path("libopenblas64_"),
+                                                 b"_64_", 1, b""):
         return 0
     if choice in ("auto", "openblas32") and _try_open("scipy-openblas32", _openblas32_path(), b"_", 0):
         return 0

@@ -126,7 +126,9 @@ def _write_npz(f: IO[bytes], arrays: Mapping[str, np.ndarray], header: Mapping[s
     # The JSON goes in as 0-d unicode arrays: np.load reads those without pickle.
     entries: Dict[str, np.ndarray] = {k: np.array(v) for k, v in header.items()}
     entries.update(arrays)
-    np.savez(f, allow_pickle=False, **entries)
+    # No allow_pickle=: NumPy before 2.2 stores that keyword as one more array named
+    # "allow_pickle". Nothing here is an object array, so no pickle is written anyway.
+    np.savez(f, **entries)  # type: ignore[arg-type]  # (numpy's stub types **kwds as bool)
 
 
 def _current_umask() -> int:

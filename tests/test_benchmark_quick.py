@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/compare.py: it runs and its result has the promised shape.
+"""Smoke test of the benchmark (aiva_cy.bench.compare): it runs and its result has the promised shape.
 
 The numbers themselves are not checked (SPEC section 6: benchmarks, not timed tests);
 one round of a few rows keeps this well under 20 s on 2 cores.
@@ -7,15 +7,12 @@ one round of a few rows keeps this well under 20 s on 2 cores.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import compare  # noqa: E402
+from aiva_cy.bench import compare
 
 ROWS = ("forward_b1", "predict_b64", "train_b64", "startup", "memory", "weights")
 

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 
 from aiva_cy import AIVANet
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bioneuron_numpy import BioNeuron  # noqa: E402
+from aiva_cy.bench.bioneuron_numpy import BioNeuron
 
 SIZES = dict(input_size=16, num_tools=5, hidden_size=32, spiking_size=24)
 SUFFIXES = [".npz", ".safetensors"]

@@ -1,4 +1,4 @@
-"""Tests of the benchmark peers (benchmarks/bioneuron_numpy.py, benchmarks/peers.py).
+"""Tests of the benchmark peers (aiva_cy.bench.bioneuron_numpy, aiva_cy.bench.peers).
 
 None of these need aiva_cy: the peers are checked against float64 numpy versions of
 SPEC sections 2 and 4 written out below.
@@ -6,17 +6,13 @@ SPEC sections 2 and 4 written out below.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import bioneuron_numpy as bn  # noqa: E402
-import peers  # noqa: E402
+from aiva_cy.bench import bioneuron_numpy as bn
+from aiva_cy.bench import peers
 
 # Small model so that the tests run in well under a second.
 N_IN, N_HID, N_SPK, N_TOOLS, BATCH = 16, 32, 24, 5, 8

@@ -1,8 +1,6 @@
 """SPEC §4: loss and gradients against the float64 reference, Adam against its formulas
 (and against PyTorch where installed), FloatingPointError leaving everything untouched, and
 fit/evaluate learning a real data set."""
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -235,8 +233,7 @@ def test_digits_reaches_97_percent():
 # -- optional cross-check against PyTorch ---------------------------------------------------
 def test_gradients_and_adam_match_pytorch():
     pytest.importorskip("torch")
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
-    from peers import make_torch, torch_train_step
+    from aiva_cy.bench.peers import make_torch, torch_train_step
     net, _, w = make(SMALL, refractory_period=0, seed=7, slope=3.0)
     model, opt = make_torch(w, 0.5, 3.0, 0, lr=0.01, weight_decay=0.01)
     net.optimizer.lr, net.optimizer.weight_decay = 0.01, 0.01

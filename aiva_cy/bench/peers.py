@@ -1,0 +1,369 @@
+"""The aiva_cy model (SPEC sections 2 and 4) written in peer libraries, for benchmarks and cross-checks.
+
+Every peer is built from a plain weights dict::
+
+    {"fc1.weight": (input_size, hidden_size),
+     "spiking.weight": (hidden_size, spiking_size),
+     "fc2.weight": (spiking_size, num_tools)}      # float32, "x @ W" layout
+
+plus the scalars ``threshold``, ``surrogate_slope`` and ``refractory_period``.
+
+* PyTorch eager: :func:`make_torch` -> (``TorchAIVANet``, ``torch.optim.Adam``),
+  :func:`torch_train_step`, :func:`torch_predict_proba`, :func:`torch_loss_and_grad`.
+* ONNX Runtime (inference only): :func:`make_onnx_session`, :func:`onnx_predict`.
+
+torch, onnx and onnxruntime are imported lazily so that this module (and the
+benchmark that imports it) works where they are missing; :func:`available_peers`
+says which ones can be used.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import onnxruntime
+    import torch
+
+__all__ = [
+    "WEIGHT_KEYS",
+    "available_peers",
+    "make_torch",
+    "torch_train_step",
+    "torch_predict_proba",
+    "torch_loss_and_grad",
+    "make_onnx_session",
+    "onnx_predict",
+    "TorchAIVANet",
+]
+
+WEIGHT_KEYS: Tuple[str, str, str] = ("fc1.weight", "spiking.weight", "fc2.weight")
+
+
+def available_peers() -> Dict[str, bool]:
+    """Which peer libraries are importable here (without importing them)."""
+
+    def has(name: str) -> bool:
+        return importlib.util.find_spec(name) is not None
+
+    return {
+        "torch": has("torch"),
+        # The ONNX peer builds its graph with onnx.helper, so it needs both.
+        "onnxruntime": has("onnxruntime") and has("onnx"),
+    }
+
+
+def _check_weights(weights: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    """float32 C-contiguous copies of the three weights, with their shapes checked."""
+    missing = [k for k in WEIGHT_KEYS if k not in weights]
+    if missing:
+        raise KeyError(f"weights: missing keys {missing}, expected {list(WEIGHT_KEYS)}")
+    w = {k: np.array(weights[k], dtype=np.float32, order="C", copy=True) for k in WEIGHT_KEYS}
+    for k, a in w.items():
+        if a.ndim != 2:
+            raise ValueError(f"weights[{k!r}]: expected a 2-D array, got shape {a.shape}")
+    if w["fc1.weight"].shape[1] != w["spiking.weight"].shape[0]:
+        raise ValueError(
+            f"weights: fc1.weight {w['fc1.weight'].shape} and spiking.weight "
+            f"{w['spiking.weight'].shape} do not chain"
+        )
+    if w["spiking.weight"].shape[1] != w["fc2.weight"].shape[0]:
+        raise ValueError(
+            f"weights: spiking.weight {w['spiking.weight'].shape} and fc2.weight "
+            f"{w['fc2.weight'].shape} do not chain"
+        )
+    return w
+
+
+# --------------------------------------------------------------------------- PyTorch
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_classes() -> Tuple[type, type]:
+    """Define the torch classes on first use, so that importing this module needs no torch."""
+    import torch
+
+    class SpikeFastSigmoid(torch.autograd.Function):
+        """out = (v >= threshold) * mask; backward: fast-sigmoid surrogate (SPEC section 4)."""
+
+        @staticmethod
+        def forward(ctx: Any, v: "torch.Tensor", mask: "torch.Tensor", threshold: float, slope: float) -> "torch.Tensor":  # type: ignore[override]
+            ctx.save_for_backward(v, mask)
+            ctx.threshold = threshold
+            ctx.slope = slope
+            return (v >= threshold).to(v.dtype) * mask
+
+        @staticmethod
+        def backward(ctx: Any, grad_out: "torch.Tensor") -> Tuple[Optional["torch.Tensor"], None, None, None]:  # type: ignore[override]
+            v, mask = ctx.saved_tensors
+            surrogate = 1.0 / (1.0 + ctx.slope * torch.abs(v - ctx.threshold)) ** 2
+            # The mask is a constant of the state: it only gates the gradient.
+            return grad_out * surrogate * mask, None, None, None
+
+    class _Linear(torch.nn.Module):
+        """A bias-free weight in "x @ W" layout; as a submodule its key reads "<name>.weight"."""
+
+        def __init__(self, weight: "torch.Tensor") -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(weight)
+
+    class TorchAIVANet(torch.nn.Module):
+        """SPEC section 2 in PyTorch eager; ``state_dict()`` keys match aiva_cy's."""
+
+        def __init__(
+            self,
+            weights: Mapping[str, Any],
+            threshold: float,
+            surrogate_slope: float,
+            refractory_period: int,
+            *,
+            dtype: "torch.dtype" = torch.float32,
+            device: str = "cpu",
+        ) -> None:
+            super().__init__()
+            w = _check_weights(weights)
+            to_t = lambda a: torch.from_numpy(a).to(device=device, dtype=dtype)  # noqa: E731
+            self.fc1 = _Linear(to_t(w["fc1.weight"]))
+            self.spiking = _Linear(to_t(w["spiking.weight"]))
+            self.fc2 = _Linear(to_t(w["fc2.weight"]))
+            self.threshold = float(threshold)
+            self.surrogate_slope = float(surrogate_slope)
+            self.refractory_period = int(refractory_period)
+
+        def forward(  # type: ignore[override]
+            self, x: "torch.Tensor", refractory_left: Optional["torch.Tensor"] = None
+        ) -> Tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+            """One step. Returns (logits, probabilities, new refractory countdown).
+
+            ``refractory_left`` is a per-neuron countdown (B, spiking_size) or
+            (spiking_size,): a neuron may fire only where it is 0. None means an
+            empty state (everything may fire). The countdown form is equivalent to
+            the SPEC's ring buffer of the last ``refractory_period`` outputs.
+            """
+            squeeze = x.dim() == 1
+            if squeeze:
+                x = x.unsqueeze(0)
+            h = torch.tanh(x @ self.fc1.weight)
+            v = h @ self.spiking.weight
+            if refractory_left is None:
+                left = torch.zeros_like(v)
+            else:
+                left = refractory_left.to(device=v.device, dtype=v.dtype).expand_as(v)
+            mask = (left == 0).to(v.dtype)
+            out = SpikeFastSigmoid.apply(v, mask, self.threshold, self.surrogate_slope)
+            logits = out @ self.fc2.weight
+            probs = torch.softmax(logits, dim=-1)
+            with torch.no_grad():
+                new_left = torch.where(
+                    out.detach() > 0,
+                    torch.full_like(left, float(self.refractory_period)),
+                    torch.clamp(left - 1, min=0),
+                )
+            if squeeze:
+                return logits[0], probs[0], new_left[0]
+            return logits, probs, new_left
+
+        def weights_numpy(self) -> Dict[str, np.ndarray]:
+            """float32 numpy copies of the weights under the aiva_cy keys."""
+            return {
+                k: v.detach().to("cpu", torch.float32).numpy().copy()
+                for k, v in self.state_dict().items()
+            }
+
+    return SpikeFastSigmoid, TorchAIVANet
+
+
+def __getattr__(name: str) -> Any:
+    # Module-level lazy attributes: `peers.TorchAIVANet` imports torch only when asked for.
+    if name == "TorchAIVANet":
+        return _torch_classes()[1]
+    if name == "SpikeFastSigmoid":
+        return _torch_classes()[0]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def make_torch(
+    weights: Mapping[str, Any],
+    threshold: float,
+    slope: float,
+    refractory_period: int,
+    lr: float = 1e-3,
+    *,
+    betas: Tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> Tuple["torch.nn.Module", "torch.optim.Optimizer"]:
+    """Build the PyTorch peer and its ``torch.optim.Adam`` optimizer (amsgrad off)."""
+    import torch
+
+    model = _torch_classes()[1](
+        weights, threshold, slope, refractory_period, dtype=getattr(torch, dtype), device=device
+    )
+    opt = torch.optim.Adam(
+        model.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay
+    )
+    return model, opt
+
+
+def _as_tensor(model: "torch.nn.Module", x: Any) -> "torch.Tensor":
+    import torch
+
+    w: "torch.Tensor" = model.fc1.weight  # type: ignore[union-attr, assignment]
+    if isinstance(x, torch.Tensor):
+        return x.to(device=w.device, dtype=w.dtype)
+    return torch.as_tensor(np.asarray(x), dtype=w.dtype, device=w.device)
+
+
+def torch_train_step(
+    model: "torch.nn.Module",
+    opt: "torch.optim.Optimizer",
+    x: Any,
+    y: Any,
+    refractory_left: Optional["torch.Tensor"] = None,
+) -> float:
+    """One step from the given (default: empty) state: CE from logits (mean), backward, Adam step."""
+    import torch
+
+    xt = _as_tensor(model, x)
+    yt = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y), dtype=torch.long)
+    yt = yt.to(device=xt.device, dtype=torch.long)
+    opt.zero_grad(set_to_none=True)
+    logits, _, _ = model(xt, refractory_left)
+    if logits.dim() == 1:
+        logits = logits.unsqueeze(0)
+        yt = yt.reshape(1)
+    loss = torch.nn.functional.cross_entropy(logits, yt, reduction="mean")
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def torch_predict_proba(model: "torch.nn.Module", x: Any) -> "torch.Tensor":
+    """Probabilities for one step from an empty state, without autograd bookkeeping."""
+    import torch
+
+    with torch.inference_mode():
+        return model(_as_tensor(model, x))[1]
+
+
+def torch_loss_and_grad(
+    weights: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    x: Any,
+    y: Any,
+    refractory_left: Any = None,
+    *,
+    dtype: str = "float32",
+) -> Tuple[float, Dict[str, np.ndarray]]:
+    """Loss and gradients of one step (SPEC section 4) computed by torch autograd.
+
+    ``cfg`` holds ``threshold``, ``surrogate_slope`` and optionally
+    ``refractory_period`` (irrelevant for one step; default 0). ``refractory_left``
+    is the countdown described in ``TorchAIVANet.forward`` (array-like or None).
+    The computation runs in ``dtype`` (float32 like aiva_cy, or float64 for a tight
+    reference); the results come back as float64 numpy.
+    """
+    import torch
+
+    model, _ = make_torch(
+        weights,
+        float(cfg["threshold"]),
+        float(cfg["surrogate_slope"]),
+        int(cfg.get("refractory_period", 0)),
+        dtype=dtype,
+    )
+    xt = _as_tensor(model, x)
+    yt = torch.as_tensor(np.asarray(y), dtype=torch.long).reshape(-1)
+    left = None if refractory_left is None else _as_tensor(model, refractory_left)
+    logits, _, _ = model(xt, left)
+    if logits.dim() == 1:
+        logits = logits.unsqueeze(0)
+    loss = torch.nn.functional.cross_entropy(logits, yt, reduction="mean")
+    loss.backward()
+    grads = {}
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name   # every weight is on the loss's path
+        grads[name] = p.grad.detach().to("cpu", torch.float64).numpy().copy()
+    return float(loss.detach().to(torch.float64)), grads
+
+
+# --------------------------------------------------------------------------- ONNX Runtime
+
+# opset 17 / IR 8 is read by every onnxruntime of the last years; GreaterOrEqual needs >= 12
+# and Softmax over the last axis has its modern meaning from 13 on.
+_ONNX_OPSET = 17
+_ONNX_IR_VERSION = 8
+
+
+def make_onnx_session(
+    weights: Mapping[str, Any],
+    threshold: float,
+    intra_op_threads: Optional[int] = None,
+) -> "onnxruntime.InferenceSession":
+    """An ONNX Runtime session for one step from an empty state (inference only).
+
+    Graph: MatMul -> Tanh -> MatMul -> GreaterOrEqual(threshold) -> Cast(float)
+    -> MatMul -> Softmax(axis=-1), float32, input "x" of shape (batch, input_size),
+    output "probs" of shape (batch, num_tools). Built with onnx.helper, no torch.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = _check_weights(weights)
+    n_in = w["fc1.weight"].shape[0]
+    n_tools = w["fc2.weight"].shape[1]
+    initializers = [
+        numpy_helper.from_array(w["fc1.weight"], name="fc1_weight"),
+        numpy_helper.from_array(w["spiking.weight"], name="spiking_weight"),
+        numpy_helper.from_array(w["fc2.weight"], name="fc2_weight"),
+        numpy_helper.from_array(np.array(threshold, dtype=np.float32), name="threshold"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "fc1_weight"], ["pre1"]),
+        helper.make_node("Tanh", ["pre1"], ["h"]),
+        helper.make_node("MatMul", ["h", "spiking_weight"], ["v"]),
+        helper.make_node("GreaterOrEqual", ["v", "threshold"], ["raw"]),
+        helper.make_node("Cast", ["raw"], ["spikes"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["spikes", "fc2_weight"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "aiva_step",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_in])],
+        outputs=[helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", n_tools])],
+        initializer=initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", _ONNX_OPSET)],
+        producer_name="aiva_cy-benchmarks",
+    )
+    model.ir_version = _ONNX_IR_VERSION
+    onnx.checker.check_model(model)
+
+    so = ort.SessionOptions()
+    if intra_op_threads is not None:
+        so.intra_op_num_threads = int(intra_op_threads)
+    # Spinning pool threads would steal the CPU from the next peer measured (SPEC section 6).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(
+        model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"]
+    )
+
+
+def onnx_predict(sess: "onnxruntime.InferenceSession", x: Any) -> np.ndarray:
+    """Probabilities from the session; a 1-D input is a batch of one and gives a 1-D result."""
+    xa = np.ascontiguousarray(x, dtype=np.float32)
+    squeeze = xa.ndim == 1
+    if squeeze:
+        xa = xa[None, :]
+    (probs,) = sess.run(["probs"], {"x": xa})
+    return probs[0] if squeeze else probs
