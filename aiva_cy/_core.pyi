@@ -1,4 +1,4 @@
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, TypedDict, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -8,7 +8,12 @@ from aiva_cy._adam import Adam
 PARAM_NAMES: Tuple[str, str, str]
 PARAM_TRANSPOSED: Tuple[bool, bool, bool]
 
-def blas_info() -> Dict[str, str]: ...
+class BlasInfo(TypedDict):
+    provider: str   # "numpy", "scipy-openblas32" or "scipy.linalg.cython_blas"
+    path: str       # the library file (or the cython_blas module) it came from
+    ilp64: bool     # 64-bit integer interface
+
+def blas_info() -> BlasInfo: ...
 def batch_mismatch(batch: int, held: int, name: str = ...) -> ValueError: ...
 
 class Workspace:

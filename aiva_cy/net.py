@@ -9,12 +9,18 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from aiva_cy._adam import Adam
 from aiva_cy._core import PARAM_NAMES, PARAM_TRANSPOSED, Engine, batch_mismatch
+
+# Static types of the input: a flat list of numbers is one stream, a list of lists a batch.
+# An array's number of dimensions is not in its static type, so an array gets the union.
+_Row = Sequence[float]
+_Rows = Sequence[Sequence[float]]
 
 _CONFIG_KEYS = ("input_size", "num_tools", "hidden_size", "spiking_size", "threshold",
                 "refractory_period", "surrogate_slope")
@@ -219,7 +225,7 @@ class AIVANet:
         return arr if on_host or self._device == "cpu" else self._engine.to_device(arr)
 
     # -- inference -------------------------------------------------------------------------
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: ArrayLike) -> NDArray[np.float32]:
         """One time step: probabilities (B, num_tools), or (num_tools,) for a 1-D x.
 
         Advances the refractory state.  The state follows the batch size: a call with a
@@ -231,7 +237,7 @@ class AIVANet:
 
     __call__ = forward
 
-    def forward_sequence(self, xs: Any) -> Any:
+    def forward_sequence(self, xs: ArrayLike) -> NDArray[np.float32]:
         """T steps from the current state: xs (T, B, in) → (T, B, tools); (T, in) → (T, tools)."""
         arr = _numeric_array("xs", xs)
         n_in = self.input_size
@@ -250,7 +256,7 @@ class AIVANet:
         probs = self._engine.forward_sequence(self._to_engine("xs", arr))
         return probs[:, 0, :] if one else probs
 
-    def predict_proba(self, x: Any) -> Any:
+    def predict_proba(self, x: ArrayLike) -> NDArray[np.float32]:
         """Probabilities of one step from an empty state.
 
         Reads and changes no state, so it is safe to call from many threads at once.
@@ -259,13 +265,32 @@ class AIVANet:
         probs = self._engine.predict(arr)
         return probs[0] if one else probs
 
-    def predict(self, x: Any) -> Any:
+    @overload
+    def predict(self, x: _Row) -> int: ...
+    @overload
+    def predict(self, x: _Rows) -> NDArray[np.int64]: ...
+    @overload
+    def predict(self, x: ArrayLike) -> Union[int, NDArray[np.int64]]: ...
+
+    def predict(self, x: ArrayLike) -> Union[int, NDArray[np.int64]]:
         """Index of the most probable tool: an int for a 1-D x, else an int64 array (B,)."""
         arr, one = self._as_x(x)
         idx = self._engine.predict(arr).argmax(axis=1)
         return int(idx[0]) if one else idx
 
-    def decide(self, x: Any, confidence: float = 0.7) -> Tuple[Any, Any, Any]:
+    @overload
+    def decide(self, x: _Row, confidence: float = ...) -> Tuple[int, float, bool]: ...
+    @overload
+    def decide(self, x: _Rows, confidence: float = ...
+               ) -> Tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.bool_]]: ...
+    @overload
+    def decide(self, x: ArrayLike, confidence: float = ...) -> Union[
+            Tuple[int, float, bool],
+            Tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.bool_]]]: ...
+
+    def decide(self, x: ArrayLike, confidence: float = 0.7) -> Union[
+            Tuple[int, float, bool],
+            Tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.bool_]]]:
         """AIVA's anti-hallucination check: ``(tool, confidence, is_confident)``.
 
         ``confidence`` is the top probability; ``is_confident`` says whether it reaches the
