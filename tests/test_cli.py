@@ -1,0 +1,162 @@
+"""The command line (``aiva-cy`` / ``python -m aiva_cy``): commands, names, bad values, and
+that a run which cannot train never touches the saved weights."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+import aiva_cy
+from aiva_cy import __main__ as cli
+from aiva_cy.bench import compare
+
+
+def run_cli(argv: List[str], capsys: pytest.CaptureFixture[str], prog: str = "aiva-cy"):
+    """(exit status, stdout, stderr) of main(argv); argparse's SystemExit becomes the status."""
+    try:
+        status = cli.main(argv, prog=prog)
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(["--help"], capsys)
+    assert status == 0
+    assert out.startswith("usage: aiva-cy ")
+    for command in ("run", "train", "bench"):
+        assert f"    {command}" in out, out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(["--version"], capsys)
+    assert status == 0 and out.strip() == f"aiva-cy {aiva_cy.__version__}"
+
+
+def test_python_dash_m_names_itself() -> None:
+    done = subprocess.run([sys.executable, "-m", "aiva_cy", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m aiva_cy ")
+
+
+def test_console_script_name(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", [os.path.join("venv", "bin", "aiva-cy"), "--help"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert capsys.readouterr().out.startswith("usage: aiva-cy ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
+    (["train", "--epochs", "-1"], "--epochs: expected an integer >= 1, got -1"),
+    (["train", "--epochs", "two"], "--epochs: expected an integer >= 1, got 'two'"),
+    (["--epochs", "0"], "--epochs"),
+    (["train", "--quick"], "unrecognized arguments: --quick"),
+    (["run", "--threads", "0"], "--threads: expected an integer >= 1, got 0"),
+    (["bench", "--rounds", "0"], "--rounds"),
+    (["bench", "--rows", "nope"], "--rows: expected a comma-separated subset of"),
+    (["bench", "--wait-quiet", "-1"], "--wait-quiet"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_values_are_argparse_errors(argv: List[str], message: str, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli(argv, capsys)
+    assert status == 2
+    assert message in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "weights").exists()      # nothing trained, nothing written
+
+
+def test_a_refused_run_leaves_saved_weights_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = tmp_path / "weights" / cli.WEIGHTS_FILE
+    saved.parent.mkdir()
+    saved.write_bytes(b"the weights of a long training run")
+    monkeypatch.chdir(tmp_path)
+    for argv in (["--epochs", "0"], ["train", "--epochs", "0"], ["run", "--rows", "nope"]):
+        status, _, _ = run_cli(argv, capsys)
+        assert status == 2
+    assert saved.read_bytes() == b"the weights of a long training run"
+
+
+def test_train_function_refuses_zero_epochs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
+        cli.train(tmp_path, epochs=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_writes_a_checked_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(["train", "--epochs", "1", "-q", "--weights-dir", str(tmp_path / "w")],
+                             capsys)
+    assert status == 0
+    assert (tmp_path / "w" / cli.WEIGHTS_FILE).stat().st_size > 0
+    assert "weights identical, predictions identical" in out
+    loaded = aiva_cy.AIVANet.load(tmp_path / "w" / cli.WEIGHTS_FILE)
+    assert loaded.optimizer.step > 0          # trained, not a fresh net
+
+
+def test_weights_dir_must_be_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    status, _, err = run_cli(["train", "--weights-dir", str(a_file)], capsys)
+    assert status == 2 and "expected a folder" in err
+
+
+def test_missing_benchmark_parts_are_said_before_training(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    events: List[str] = []
+    monkeypatch.setattr(compare, "optional_parts",
+                        lambda chart=True: events.append("checked") or ["no chart: test"])
+    monkeypatch.setattr(cli, "train", lambda *a, **k: events.append("trained"))
+    monkeypatch.setattr(compare, "run_from_args", lambda args: events.append("benchmarked") or 0)
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli([], capsys)          # no command: the main job
+    assert status == 0
+    assert events == ["checked", "trained", "benchmarked"]
+    assert "benchmark: no chart: test" in err
+
+
+def test_no_command_with_options_is_the_main_job(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    seen: List[argparse.Namespace] = []
+    monkeypatch.setattr(cli, "_run_all", lambda args: seen.append(args) or 0)
+    ap = cli.build_parser()
+    args = ap.parse_args(["run", "--epochs", "3", "--quick", "--no-chart"])
+    assert (args.epochs, args.quick, args.no_chart) == (3, True, True)
+    # The dispatch in main() inserts "run" when the first word is an option.
+    monkeypatch.setattr(cli, "build_parser", lambda prog="aiva-cy": _parser_with(seen))
+    status, _, _ = run_cli(["--epochs", "3"], capsys)
+    assert status == 0 and seen[-1].command == "run" and seen[-1].epochs == 3
+
+
+def _parser_with(seen: List[argparse.Namespace]) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="aiva-cy")
+    sub = ap.add_subparsers(dest="command")
+    p = sub.add_parser("run")
+    p.add_argument("--epochs", type=compare.positive_int)
+    p.set_defaults(func=lambda args: seen.append(args) or 0)
+    return ap
+
+
+def test_a_new_command_plugs_in(monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The extension point: a module's add_parser(subparsers) appended to COMMANDS."""
+    def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+        p = sub.add_parser("hello", help="say hello")
+        p.add_argument("--name", default="world")
+        p.set_defaults(func=lambda args: print(f"hello {args.name}") or 0)
+
+    monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, add_parser])
+    status, out, _ = run_cli(["--help"], capsys)
+    assert status == 0 and "hello" in out
+    status, out, _ = run_cli(["hello", "--name", "aiva"], capsys)
+    assert status == 0 and out.strip() == "hello aiva"
