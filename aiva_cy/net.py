@@ -313,7 +313,7 @@ class AIVANet:
 
     # -- training --------------------------------------------------------------------------
     def loss_and_grad(self, x: Any, y: Any) -> Tuple[float, Dict[str, Any]]:
-        """One step like :meth:`forward` with the backward pass of SPEC §4; no update.
+        """One step like :meth:`forward` with the backward pass of docs/contract.md ("Training"); no update.
 
         Returns the mean cross-entropy of the logits and ``{state_dict key: gradient}``.
         Raises FloatingPointError (and changes nothing) if the loss or a gradient is not finite.

@@ -1,4 +1,4 @@
-"""A plain float64 NumPy reference of SPEC §2 and §4 — readable, slow, and the yardstick the
+"""A plain float64 NumPy reference of one time step and training (docs/contract.md) — readable, slow, and the yardstick the
 C engine is tested against.  It keeps the refractory state as a literal ring buffer of past
 output spikes, so the engine's countdown representation is checked against the definition.
 """
@@ -18,7 +18,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 class ReferenceNet:
-    """SPEC §2 one step at a time, with the ring buffer of the last `refractory_period` outputs."""
+    """One time step (docs/contract.md) at a time, with the ring buffer of the last `refractory_period` outputs."""
 
     def __init__(self, weights: Mapping[str, np.ndarray], *, threshold: float = 0.5,
                  refractory_period: int = 2, surrogate_slope: float = 25.0):
@@ -40,7 +40,7 @@ class ReferenceNet:
         return ~fired
 
     def forward_cache(self, x: np.ndarray) -> Dict[str, np.ndarray]:
-        """One step without touching the ring: every intermediate of SPEC §2."""
+        """One step without touching the ring: every intermediate of docs/contract.md, "One time step"."""
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
         h = np.tanh(x @ self.w["fc1.weight"])
         v = h @ self.w["spiking.weight"]
@@ -62,7 +62,7 @@ class ReferenceNet:
         return c["p"]
 
     def loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> Tuple[float, Dict[str, np.ndarray]]:
-        """SPEC §4: mean cross-entropy from the logits and the surrogate gradients."""
+        """docs/contract.md, "Training": mean cross-entropy from the logits and the surrogate gradients."""
         c = self.forward_cache(x)
         self.push(c["out"])
         y = np.asarray(y, dtype=np.int64).reshape(-1)

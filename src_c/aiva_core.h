@@ -85,7 +85,7 @@ enum {
 
 /* The refractory ring buffer is stored as a per-neuron countdown: refractory_left[b, j] is
  * how many more steps neuron j of stream b stays silent.  It is exactly the ring buffer of
- * the SPEC ("no output spike in the last R steps") in O(1) per neuron instead of O(R). */
+ * the contract ("no output spike in the last R steps") in O(1) per neuron instead of O(R). */
 
 /* One step forward.  refractory_left is (B, spiking) or NULL for an empty state (all open).
  * Writes probs (B, tools).  Does not change refractory_left: call aiva_commit_state once the
@@ -98,7 +98,7 @@ void aiva_commit_state(const aiva_net *net, const aiva_workspace *ws, int batch,
                        int32_t *refractory_left);
 
 /* Backward of the step last run by aiva_forward on the same ws and x: mean cross-entropy of
- * the logits against labels y (B,), and the gradients of SPEC §4 (mask held constant).
+ * the logits against labels y (B,), and the gradients of docs/contract.md, "Training" (mask held constant).
  * On an error the gradients may hold garbage, but nothing else is touched. */
 int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x, const int64_t *y,
                   int batch, aiva_workspace *ws, aiva_grads *grads, double *loss);

@@ -1,6 +1,6 @@
 """Smoke test of the benchmark (aiva_cy.bench.compare): it runs and its result has the promised shape.
 
-The numbers themselves are not checked (SPEC section 6: benchmarks, not timed tests);
+The numbers themselves are not checked (docs/contract.md, "Speed": benchmarks, not timed tests);
 one round of a few rows keeps this well under 20 s on 2 cores.
 """
 

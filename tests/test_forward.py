@@ -1,4 +1,4 @@
-"""The C engine's forward pass against the float64 reference of SPEC §2."""
+"""The C engine's forward pass against the float64 reference of docs/contract.md, "One time step"."""
 import numpy as np
 import pytest
 

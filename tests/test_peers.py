@@ -1,7 +1,7 @@
 """Tests of the benchmark peers (aiva_cy.bench.bioneuron_numpy, aiva_cy.bench.peers).
 
 None of these need aiva_cy: the peers are checked against float64 numpy versions of
-SPEC sections 2 and 4 written out below.
+docs/contract.md, "One time step" and "Training" written out below.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ THRESHOLD, SLOPE, REFRACTORY = 0.5, 25.0, 2
 def ref_forward(
     w: Dict[str, np.ndarray], x: np.ndarray, threshold: float, mask: Optional[np.ndarray] = None
 ) -> Dict[str, np.ndarray]:
-    """SPEC section 2, one step, float64."""
+    """docs/contract.md, "One time step", one step, float64."""
     x = np.asarray(x, dtype=np.float64)
     h = np.tanh(x @ w["fc1.weight"].astype(np.float64))
     v = h @ w["spiking.weight"].astype(np.float64)
@@ -46,7 +46,7 @@ def ref_loss_and_grad(
     slope: float,
     mask: Optional[np.ndarray] = None,
 ) -> Tuple[float, Dict[str, np.ndarray]]:
-    """SPEC section 4, float64."""
+    """docs/contract.md, "Training", float64."""
     f = ref_forward(w, x, threshold, mask)
     b = x.shape[0]
     zs = f["z"] - f["z"].max(axis=-1, keepdims=True)
@@ -207,7 +207,7 @@ def test_torch_refractory_countdown_matches_ring_buffer() -> None:
     w, x, _ = make_case(1)
     model, _ = peers.make_torch(w, THRESHOLD, SLOPE, REFRACTORY)
     # Feed the same input repeatedly: neurons that fire must be silent for exactly
-    # REFRACTORY steps afterwards (SPEC section 2's ring buffer of past outputs).
+    # REFRACTORY steps afterwards (the history of past outputs in docs/contract.md, "One time step" of past outputs).
     history: list = []
     left = None
     for _ in range(7):

@@ -1,4 +1,4 @@
-"""SPEC §4: loss and gradients against the float64 reference, Adam against its formulas
+"""docs/contract.md, "Training": loss and gradients against the float64 reference, Adam against its formulas
 (and against PyTorch where installed), FloatingPointError leaving everything untouched, and
 fit/evaluate learning a real data set."""
 

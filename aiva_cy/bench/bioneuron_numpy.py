@@ -1,7 +1,7 @@
 """The NumPy BioNeuron as AIVA ran it: a faithful re-creation for benchmarking.
 
 This module reproduces the original pure-NumPy decision core of AIVA so that
-``aiva_cy`` can be measured against it side by side (SPEC section 6) and so that
+``aiva_cy`` can be measured against it side by side (docs/contract.md, "Speed") and so that
 ``AIVANet.from_bioneuron`` has a realistic source object to import weights from.
 It deliberately keeps the original's behaviour, including the parts that the
 ``aiva_cy`` spec calls wrong:

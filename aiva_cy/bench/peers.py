@@ -1,4 +1,4 @@
-"""The aiva_cy model (SPEC sections 2 and 4) written in peer libraries, for benchmarks and cross-checks.
+"""The aiva_cy model (docs/contract.md: one time step, training) in peer libraries, for benchmarks and cross-checks.
 
 Every peer is built from a plain weights dict::
 
@@ -88,7 +88,7 @@ def _torch_classes() -> Tuple[type, type]:
     import torch
 
     class SpikeFastSigmoid(torch.autograd.Function):
-        """out = (v >= threshold) * mask; backward: fast-sigmoid surrogate (SPEC section 4)."""
+        """out = (v >= threshold) * mask; backward: fast-sigmoid surrogate (docs/contract.md, "Training")."""
 
         @staticmethod
         def forward(ctx: Any, v: "torch.Tensor", mask: "torch.Tensor", threshold: float, slope: float) -> "torch.Tensor":  # type: ignore[override]
@@ -112,7 +112,7 @@ def _torch_classes() -> Tuple[type, type]:
             self.weight = torch.nn.Parameter(weight)
 
     class TorchAIVANet(torch.nn.Module):
-        """SPEC section 2 in PyTorch eager; ``state_dict()`` keys match aiva_cy's."""
+        """One time step (docs/contract.md) in PyTorch eager; ``state_dict()`` keys match aiva_cy's."""
 
         def __init__(
             self,
@@ -142,7 +142,7 @@ def _torch_classes() -> Tuple[type, type]:
             ``refractory_left`` is a per-neuron countdown (B, spiking_size) or
             (spiking_size,): a neuron may fire only where it is 0. None means an
             empty state (everything may fire). The countdown form is equivalent to
-            the SPEC's ring buffer of the last ``refractory_period`` outputs.
+            the contract's history of the last ``refractory_period`` outputs.
             """
             squeeze = x.dim() == 1
             if squeeze:
@@ -261,7 +261,7 @@ def torch_loss_and_grad(
     *,
     dtype: str = "float32",
 ) -> Tuple[float, Dict[str, np.ndarray]]:
-    """Loss and gradients of one step (SPEC section 4) computed by torch autograd.
+    """Loss and gradients of one step (docs/contract.md, "Training") computed by torch autograd.
 
     ``cfg`` holds ``threshold``, ``surrogate_slope`` and optionally
     ``refractory_period`` (irrelevant for one step; default 0). ``refractory_left``
@@ -352,7 +352,7 @@ def make_onnx_session(
     so = ort.SessionOptions()
     if intra_op_threads is not None:
         so.intra_op_num_threads = int(intra_op_threads)
-    # Spinning pool threads would steal the CPU from the next peer measured (SPEC section 6).
+    # Spinning pool threads would steal the CPU from the next peer measured (docs/contract.md, "Speed").
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(
         model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"]

@@ -12,7 +12,7 @@ from aiva_cy.bench.timing import NOISY_MARK, Cell
 
 @dataclass
 class Target:
-    """One SPEC target: the condition in words, the measured quantity, and whether it holds."""
+    """One target: the condition in words, the measured quantity, and whether it holds."""
 
     text: str
     value: Optional[float]           # the quantity the condition is about (None: not measured)
@@ -20,7 +20,7 @@ class Target:
 
 
 def targets_of(row: str, cells: Mapping[str, Cell]) -> List[Target]:
-    """The SPEC section 6 targets of one row, checked against its cells."""
+    """The targets (docs/contract.md, "Speed") of one row, checked against its cells."""
 
     def ratio(peer: str) -> Optional[float]:        # peer / aiva_cy
         c = cells.get(peer)
@@ -98,9 +98,9 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 
 def render_table(result: Mapping[str, Any]) -> str:
-    """The SPEC section 6 table of a result from :func:`run`."""
+    """The speed table of a result from :func:`run`."""
     cols = [p for p in PEER_ORDER if p in result["columns"]]
-    header = ["work"] + [PEER_LABELS[p] for p in cols] + ["SPEC target (aiva_cy vs peer)"]
+    header = ["work"] + [PEER_LABELS[p] for p in cols] + ["target (aiva_cy vs peer)"]
     body = []
     for row, data in result["rows"].items():
         cells = {p: Cell(**c) for p, c in data["cells"].items()}
@@ -136,7 +136,7 @@ def render_footer(result: Mapping[str, Any]) -> str:
     """How to read the table, and how much other processes disturbed the run."""
     meta, st = result["meta"], result["settings"]
     lines = ["Cells: median time per call (peer time / aiva_cy time: > 1 means aiva_cy is "
-             "faster or smaller); SPEC targets: ✓ met, ✗ missed, measured quantity in brackets."]
+             "faster or smaller); targets: ✓ met, ✗ missed, measured quantity in brackets."]
     if meta.get("samples"):
         lines.append(
             f"Other processes: median {_pct(meta.get('other_load_median'))} of the CPU during a "

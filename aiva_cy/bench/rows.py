@@ -15,10 +15,10 @@ import numpy as np
 from aiva_cy.bench import bioneuron_numpy as bn
 from aiva_cy.bench import peers
 
-#: Parameters of the default net (SPEC section 1): 512*2048 + 2048*1024 + 1024*20.
+#: Parameters of the default net (docs/contract.md, "The model"): 512*2048 + 2048*1024 + 1024*20.
 N_PARAMS: int = 512 * 2048 + 2048 * 1024 + 1024 * 20
 assert N_PARAMS == 3_166_208
-#: Multiply-adds of one train_step per stream (SPEC section 4): the forward products, then
+#: Multiply-adds of one train_step per stream (docs/contract.md, "Training"): the forward products, then
 #: for the spiking layer and fc2 both the weight and the input gradient, for fc1 only the
 #: weight gradient (x needs none): 3,166,208 + 2*2,097,152 + 1,048,576 + 2*20,480,
 #: 2.67x a forward ("about 3x"). The Adam update is memory-bound and not counted.
