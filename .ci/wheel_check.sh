@@ -78,7 +78,9 @@ case "$TAG" in manylinux*) ;; *) echo "not a manylinux wheel: $TAG" >&2; exit 1 
 if [ "$BYTES" -ge "$MAX_WHEEL_BYTES" ]; then echo "the wheel is over 1 MiB" >&2; exit 1; fi
 
 echo "--- cibuildwheel --print-build-identifiers (the config parses)"
-for platform in linux macos windows; do
-    echo "[$platform]"
-    "$WORK/tools/bin/cibuildwheel" --print-build-identifiers --platform "$platform" .
+# The architectures wheels.yml builds, each on its own native runner.
+for spec in "linux x86_64,aarch64" "macos arm64,x86_64" "windows AMD64"; do
+    set -- $spec
+    echo "[$1: $2]"
+    "$WORK/tools/bin/cibuildwheel" --print-build-identifiers --platform "$1" --archs "$2" .
 done
