@@ -13,10 +13,13 @@ after each product one fused kernel does the elementwise work of the step:
                       the three gradients, "finish" folding the rows into loss and accuracy)
     update         -> Adam, one fused pass per weight ("adam"); the countdown ("commit")
 
-A train step blocks on the host once: the 4-number summary of the step (loss, correct rows,
-error flags) is fetched before Adam runs, so a failed step still changes nothing.  Inference
-does not block at all once the weights are known not to overflow the logits (checked once
-per set of weights, see ``_logits_bounded``): the caller decides when to wait for the result.
+Every call blocks on the host once, at its end, to fetch the error flags its kernels
+gathered on the device (input NaN/Inf, overflowing logits; in training also labels and
+gradients): a train step fetches its 3-number summary (loss, correct rows, flags) before Adam
+runs, a stateful step before it commits the refractory state, so a failed call changes
+nothing.  The inputs are checked on the device, in the same queue as the step: a CuPy input
+never makes a round trip through the host, and the one fetch waits for the step to finish,
+which the caller would do anyway to read the result.
 
 Weights are kept in the state_dict's "x @ W" layout: cuBLAS handles either layout at the same
 speed.  Every public method runs inside its device's context, so ``cuda:1`` works like
@@ -47,9 +50,6 @@ BAD_X, BAD_LOGITS, BAD_LABEL, BAD_GRAD = 1, 2, 4, 8
 # A gradient entry at or above this (or NaN) fails the step: Adam squares it, and 1e18**2
 # is still finite in float32.  The CPU engine uses the same limit.
 GRAD_LIMIT = 1e18
-# fc2 columns whose absolute sums stay below this cannot make a logit overflow: a logit is a
-# sum of fc2 entries picked by 0/1 spikes, so every partial sum is bounded by that sum.
-_LOGIT_BOUND = 1e37
 
 _INSTALL_HINT = ("install CuPy with its CUDA libraries: pip install \"aiva_cy[cuda]\" (CUDA 12) "
                  "or \"aiva_cy[cuda13]\" (CUDA 13)")
@@ -361,33 +361,20 @@ class CupyEngine:
         return cp.asarray(arr)
 
     @_on_device
-    def as_x(self, x: Any, name: str, n_in: int, check: bool = True) -> Tuple[Any, bool]:
-        """A CuPy input, validated on the device (no round trip through the host).  With
-        ``check=False`` the finiteness check is left to the caller's step, which gathers it
-        with the step's other checks (training)."""
+    def as_x(self, x: Any, name: str, n_in: int) -> Tuple[Any, bool]:
+        """A CuPy input, float32 in C order, still on the device: each step checks it for
+        NaN/Inf itself, with the step's other checks."""
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers (bool, int or float), got dtype {x.dtype}")
         one = x.ndim == 1
         if not ((one and x.shape[0] == n_in) or (x.ndim == 2 and x.shape[1] == n_in and x.shape[0] >= 1)):
             raise ValueError(f"{name} must have shape ({n_in},) or (batch >= 1, {n_in}), got {x.shape}")
-        x = cp.ascontiguousarray(x.reshape(1, n_in) if one else x, dtype=cp.float32)
-        if check:
-            self.check_finite(x, name)
-        return x, one
+        return cp.ascontiguousarray(x.reshape(1, n_in) if one else x, dtype=cp.float32), one
 
     @_on_device
     def as_xs(self, xs: Any) -> Any:
-        """A CuPy sequence (T, B, in), float32 C order, checked on the device."""
-        xs = cp.ascontiguousarray(xs, dtype=cp.float32)
-        self.check_finite(xs, "xs")
-        return xs
-
-    @_on_device
-    def check_finite(self, a: Any, name: str) -> None:
-        flags = cp.zeros(1, cp.int32)
-        _flag_nonfinite(a, np.inf, BAD_X, flags)
-        if _fetch(flags)[0]:
-            raise ValueError(f"{name} contains NaN or Inf (or a value too large for float32)")
+        """A CuPy sequence (T, B, in), float32 in C order (checked by forward_sequence)."""
+        return cp.ascontiguousarray(xs, dtype=cp.float32)
 
     @_on_device
     def as_y(self, y: Any, batch: int, name: str, num_tools: int) -> Any:
@@ -431,7 +418,6 @@ class CupyEngine:
         with self._lock:
             # One reference swap: a predict running meanwhile uses the old tuple or the new.
             self._weights = new
-            self._logits_bounded: Optional[bool] = None
 
     def set_weights(self, weights: Dict[str, np.ndarray]) -> None:
         for k, shape in zip(PARAM_NAMES, ((self.input_size, self.hidden_size),
@@ -484,17 +470,6 @@ class CupyEngine:
         return left
 
     # -- one step ------------------------------------------------------------------------
-    def _logits_safe(self, weights: Tuple[Any, Any, Any]) -> bool:
-        """Whether these weights can never overflow a logit (then inference needs no check
-        and no sync).  Computed once per set of weights, on first use."""
-        bounded = self._logits_bounded
-        if bounded is None:
-            col = cp.abs(weights[2]).sum(axis=0, dtype=cp.float64).max()
-            bounded = bool(_fetch(col) < _LOGIT_BOUND)
-            if weights is self._weights:
-                self._logits_bounded = bounded
-        return bounded
-
     def _hidden_and_spikes(self, weights: Tuple[Any, Any, Any], x: Any, left: Any
                            ) -> Tuple[Any, Any, Any]:
         fc1, spiking, _ = weights
@@ -511,8 +486,14 @@ class CupyEngine:
         _k("softmax_rows")(*_rows_launch(B), (z, np.int32(B), np.int32(T), out, flags))
         return z
 
-    def _raise_if_overflow(self, flags: Any) -> None:
-        if _fetch(flags)[0] & BAD_LOGITS:
+    @staticmethod
+    def _raise_for(flags: Any, name: str) -> None:
+        """The call's one host block: its error flags.  Inference reports overflowing logits
+        like bad input (ValueError), as the CPU engine does."""
+        bad = int(_fetch(flags)[0])
+        if bad & BAD_X:
+            raise ValueError(f"{name} contains NaN or Inf (or a value too large for float32)")
+        if bad & BAD_LOGITS:
             raise ValueError("the logits are not finite: the weights are too large for float32")
 
     def _commit(self, left: Any, spikes: Any) -> Any:
@@ -528,11 +509,11 @@ class CupyEngine:
             weights = self._weights
             left = self._state_for(x.shape[0])
             flags = cp.zeros(1, cp.int32)
+            _flag_nonfinite(x, np.inf, BAD_X, flags)
             probs = cp.empty((x.shape[0], self.num_tools), cp.float32)
             _, _, spikes = self._hidden_and_spikes(weights, x, left)
             self._probs(weights, spikes, probs, flags)
-            if not self._logits_safe(weights):
-                self._raise_if_overflow(flags)
+            self._raise_for(flags, "x")
             self.refractory_left = self._commit(left, spikes)
         return probs
 
@@ -541,15 +522,15 @@ class CupyEngine:
         with self._lock:
             weights = self._weights
             held = self._state_for(xs.shape[1])
-            left = None if held is None else held.copy()   # committed only if all steps pass
+            left = None if held is None else held.copy()   # adopted only if all steps pass
             flags = cp.zeros(1, cp.int32)
+            _flag_nonfinite(xs, np.inf, BAD_X, flags)
             out = cp.empty((xs.shape[0], xs.shape[1], self.num_tools), cp.float32)
             for t in range(xs.shape[0]):
                 _, _, spikes = self._hidden_and_spikes(weights, xs[t], left)
                 self._probs(weights, spikes, out[t], flags)
                 left = self._commit(left, spikes)
-            if not self._logits_safe(weights):
-                self._raise_if_overflow(flags)       # once, for all the steps
+            self._raise_for(flags, "xs")                   # once, for all the steps
             self.refractory_left = left
         return out
 
@@ -557,11 +538,11 @@ class CupyEngine:
     def predict(self, x: Any, with_logits: bool = False) -> Any:
         weights = self._weights            # one read: a concurrent set_weights can't mix sets
         flags = cp.zeros(1, cp.int32)
+        _flag_nonfinite(x, np.inf, BAD_X, flags)
         probs = cp.empty((x.shape[0], self.num_tools), cp.float32)
         _, _, spikes = self._hidden_and_spikes(weights, x, None)
         z = self._probs(weights, spikes, probs, flags)
-        if not self._logits_safe(weights):
-            self._raise_if_overflow(flags)
+        self._raise_for(flags, "x")
         return (probs, z) if with_logits else probs
 
     def _forward_backward(self, x: Any, y: Any, left: Any) -> Tuple[float, int, Any]:
@@ -623,7 +604,6 @@ class CupyEngine:
             grads = self.grads
             assert grads is not None   # set by _forward_backward
             optimizer.update(self.params(), [grads[k] for k in PARAM_NAMES])
-            self._logits_bounded = None                  # the weights moved
             self.refractory_left = self._commit(left, spikes)
         return loss, correct
 

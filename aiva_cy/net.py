@@ -177,12 +177,11 @@ class AIVANet:
                 f"surrogate_slope={c['surrogate_slope']}, device={self._device!r})")
 
     # -- input conversion ------------------------------------------------------------------
-    def _as_x(self, x: Any, name: str = "x", check: bool = True) -> Tuple[Any, bool]:
+    def _as_x(self, x: Any, name: str = "x") -> Tuple[Any, bool]:
         """(B, input_size) float32 C-contiguous on the net's device, and whether x was 1-D.
-        A CuPy x on a CUDA net stays on the device; ``check=False`` leaves its NaN/Inf check
-        to the training step, which gathers it with the step's other checks."""
+        A CuPy x on a CUDA net stays on the device, where the step checks it for NaN/Inf."""
         if self._device != "cpu" and _is_cupy(x):
-            return self._engine.as_x(x, name, self.input_size, check)
+            return self._engine.as_x(x, name, self.input_size)
         arr = _numeric_array(name, x)
         n_in = self.input_size
         if arr.ndim == 1 and arr.shape[0] == n_in:
@@ -308,7 +307,7 @@ class AIVANet:
         Returns the mean cross-entropy of the logits and ``{state_dict key: gradient}``.
         Raises FloatingPointError (and changes nothing) if the loss or a gradient is not finite.
         """
-        arr, _ = self._as_x(x, check=False)
+        arr, _ = self._as_x(x)
         labels = self._as_y(y, arr.shape[0])
         loss = self._engine.loss_and_grad(arr, labels)
         return float(loss), self._engine.gradients()
@@ -319,7 +318,7 @@ class AIVANet:
         Raises FloatingPointError if the loss or a gradient is not finite; the weights, the
         optimizer and the state are then exactly as they were.
         """
-        arr, _ = self._as_x(x, check=False)
+        arr, _ = self._as_x(x)
         labels = self._as_y(y, arr.shape[0])
         loss, _ = self._engine.train_step(arr, labels, self._optimizer)
         return float(loss)

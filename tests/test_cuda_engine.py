@@ -281,31 +281,20 @@ def _assert_same(a, b):
             np.testing.assert_array_equal(x, y)
 
 
-def test_a_train_step_blocks_once_and_inference_at_most_once(cuda):
+def test_every_call_blocks_on_the_host_once(cuda):
     _, gpu, w = pair(seed=3)
     host_x = safe_inputs(w, (8, SMALL["input_size"]), seed=3).astype(np.float32)
     x = cuda.cp.asarray(host_x)
     y = cuda.cp.asarray(np.arange(8) % SMALL["num_tools"])
-    gpu.predict_proba(host_x)           # first call after new weights: one bound check
-    before = cuda.fetch_count
-    for _ in range(3):                  # host input is checked on the host: no fetch at all
-        gpu.predict_proba(host_x)
-        gpu(host_x)
-    assert cuda.fetch_count == before
-    for _ in range(3):                  # device input: one fetch for its NaN check
-        gpu.predict_proba(x)
-    assert cuda.fetch_count == before + 3
-    gpu.reset_state()
-    before = cuda.fetch_count
-    gpu.train_step(x, y)                # every check of the step in one fetch
-    assert cuda.fetch_count == before + 1
-    gpu.reset_state()
     xs = np.stack([host_x] * 4)
-    before = cuda.fetch_count
-    gpu.forward_sequence(xs)            # the weights moved: one bound check, then none
-    gpu.reset_state()
-    gpu.forward_sequence(xs)
-    assert cuda.fetch_count == before + 1
+    calls = [lambda: gpu.predict_proba(host_x), lambda: gpu.predict_proba(x), lambda: gpu(x),
+             lambda: gpu.forward_sequence(xs), lambda: gpu.forward_sequence(cuda.cp.asarray(xs)),
+             lambda: gpu.train_step(x, y), lambda: gpu.loss_and_grad(host_x, y)]
+    for call in calls:
+        gpu.reset_state()
+        before = cuda.fetch_count
+        call()
+        assert cuda.fetch_count == before + 1
 
 
 def test_bad_device_labels_and_inputs_change_nothing(cuda):
