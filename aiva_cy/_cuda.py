@@ -46,7 +46,7 @@ else:
 from aiva_cy._core import PARAM_NAMES, PARAM_TRANSPOSED, batch_mismatch
 
 # Bits of the error word a step gathers on the device.
-BAD_X, BAD_LOGITS, BAD_LABEL, BAD_GRAD = 1, 2, 4, 8
+BAD_X, BAD_LOGITS, BAD_LABEL, BAD_GRAD, BAD_UPDATE = 1, 2, 4, 8, 16
 # A gradient entry at or above this (or NaN) fails the step: Adam squares it, and 1e18**2
 # is still finite in float32.  The CPU engine uses the same limit.
 GRAD_LIMIT = 1e18
@@ -102,11 +102,30 @@ def _require_cuda(device: str) -> int:
 # ---------------------------------------------------------------------------------------
 # the fused kernels, compiled once per process on first use
 # ---------------------------------------------------------------------------------------
-_ROW_KERNELS = r"""
+# torch.optim.Adam's arithmetic for one weight, as the CPU twin in _adam.pyx: lerp for the
+# first moment, 1 - beta computed in double by the caller, the bias correction of the second
+# moment as a multiply by its reciprocal.  One definition for the update and for the check
+# that runs before it, so the check predicts exactly what the update would write.
+_ADAM_MATH = r"""
+__device__ __forceinline__ void aiva_adam_math(
+        float g, float w, float m, float v, float one_minus_b1, float b2, float one_minus_b2,
+        float eps, float wd, float step_size, float inv_bc2_sqrt,
+        float *w_new, float *m_new, float *v_new) {
+    float gi = g + wd * w;
+    float mi = m + one_minus_b1 * (gi - m);
+    float vi = b2 * v + one_minus_b2 * gi * gi;
+    *m_new = mi;
+    *v_new = vi;
+    *w_new = w - step_size * mi / (sqrtf(vi) * inv_bc2_sqrt + eps);
+}
+"""
+
+_ROW_KERNELS = _ADAM_MATH + r"""
 #define BAD_X 1
 #define BAD_LOGITS 2
 #define BAD_LABEL 4
 #define BAD_GRAD 8
+#define BAD_UPDATE 16
 
 // One thread per row: num_tools is small (20), so a row fits in registers and a block per
 // row would leave most of its threads idle.
@@ -165,6 +184,23 @@ extern "C" __global__ void aiva_flag_nonfinite(const float *a, long long n, floa
     if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(flags, bit);
 }
 
+// Sets BAD_UPDATE if the Adam step would leave any weight or moment NaN or Inf.  Reads
+// only: a step that fails here has written nothing.
+extern "C" __global__ void aiva_adam_flag(const float *g, const float *w, const float *m,
+                                          const float *v, long long n, float one_minus_b1,
+                                          float b2, float one_minus_b2, float eps, float wd,
+                                          float step_size, float inv_bc2_sqrt, int *flags) {
+    int bad = 0;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        float nw, nm, nv;
+        aiva_adam_math(g[i], w[i], m[i], v[i], one_minus_b1, b2, one_minus_b2, eps, wd,
+                       step_size, inv_bc2_sqrt, &nw, &nm, &nv);
+        bad |= !(isfinite(nw) && isfinite(nm) && isfinite(nv));
+    }
+    if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(flags, BAD_UPDATE);
+}
+
 // One block folds the rows into the step's summary: mean loss, correct rows, error flags.
 // A fixed-order tree, so the loss is the same number on every run.
 extern "C" __global__ void aiva_finish(const double *loss_row, const int *correct_row, int B,
@@ -211,15 +247,15 @@ def _k(name: str) -> Any:
                                   "float a = 1.0f + k * fabsf(v - thr); d = d / (a * a)",
                                   "aiva_surrogate_fresh"),
             "tanh_back": ek("float32 h", "float32 d", "d = d * (1.0f - h * h)", "aiva_tanh_back"),
-            # torch.optim.Adam's arithmetic in one pass, as the CPU twin in _adam.pyx: lerp for
-            # the first moment, 1 - beta computed in double by the caller, the bias
-            # correction of the second moment as a multiply by its reciprocal.
+            # Adam, one fused pass per weight array
             "adam": ek("float32 g, float32 one_minus_b1, float32 b2, float32 one_minus_b2, "
                        "float32 eps, float32 wd, float32 step_size, float32 inv_bc2_sqrt",
                        "float32 w, float32 m, float32 v",
-                       "float gi = g + wd * w; float mi = m + one_minus_b1 * (gi - m);"
-                       "float vi = b2 * v + one_minus_b2 * gi * gi; m = mi; v = vi;"
-                       "w = w - step_size * mi / (sqrtf(vi) * inv_bc2_sqrt + eps);", "aiva_adam"),
+                       "float nw, nm, nv;"
+                       "aiva_adam_math(g, w, m, v, one_minus_b1, b2, one_minus_b2, eps, wd,"
+                       "               step_size, inv_bc2_sqrt, &nw, &nm, &nv);"
+                       "w = nw; m = nm; v = nv;", "aiva_adam", preamble=_ADAM_MATH),
+            "adam_flag": module.get_function("aiva_adam_flag"),
             "softmax_rows": module.get_function("aiva_softmax_rows"),
             "xent_rows": module.get_function("aiva_xent_rows"),
             "flag_nonfinite": module.get_function("aiva_flag_nonfinite"),
@@ -277,19 +313,31 @@ class CupyAdam:
     def betas(self, value: Tuple[float, float]) -> None:
         self.beta1, self.beta2 = value
 
-    def update(self, params: List[Any], grads: List[Any]) -> None:
+    def _scalars(self) -> Tuple[np.float32, ...]:
+        """The next step's scalars, computed in double and rounded once (1 - 0.999f would
+        be 1.3e-5 off torch's 1 - beta)."""
         step = self.step + 1
         beta1, beta2 = float(self.beta1), float(self.beta2)
         step_size = float(self.lr) / (1.0 - beta1 ** step)
         inv_bc2_sqrt = 1.0 / math.sqrt(1.0 - beta2 ** step)
+        return tuple(np.float32(a) for a in (1.0 - beta1, beta2, 1.0 - beta2, self.eps,
+                                             self.weight_decay, step_size, inv_bc2_sqrt))
+
+    def flag_update(self, params: List[Any], grads: List[Any], flags: Any) -> None:
+        """Queue the read-only check of the next update: sets BAD_UPDATE in ``flags`` if it
+        would leave a weight or moment non-finite."""
+        scalars = self._scalars()
+        for w, g, m, v in zip(params, grads, self._exp_avg, self._exp_avg_sq):
+            n = w.size
+            _k("adam_flag")((max(1, min(1024, (n + 255) // 256)),), (256,),
+                            (g, w, m, v, np.int64(n)) + scalars + (flags,))
+
+    def update(self, params: List[Any], grads: List[Any]) -> None:
+        scalars = self._scalars()
         with cp.cuda.Device(self.device_index):
             for w, g, m, v in zip(params, grads, self._exp_avg, self._exp_avg_sq):
-                # 1 - beta in double, then rounded once: 1 - 0.999f is 1.3e-5 off torch's
-                _k("adam")(g, np.float32(1.0 - beta1), np.float32(beta2),
-                           np.float32(1.0 - beta2), np.float32(self.eps),
-                           np.float32(self.weight_decay), np.float32(step_size),
-                           np.float32(inv_bc2_sqrt), w, m, v)
-        self.step = step
+                _k("adam")(g, *scalars, w, m, v)
+        self.step += 1
 
     def state_dict(self) -> Dict[str, Any]:
         return {"lr": self.lr, "betas": (self.beta1, self.beta2), "eps": self.eps,
@@ -545,9 +593,11 @@ class CupyEngine:
         self._raise_for(flags, "x")
         return (probs, z) if with_logits else probs
 
-    def _forward_backward(self, x: Any, y: Any, left: Any) -> Tuple[float, int, Any]:
-        """Forward, loss and gradients, then every check of the step in one fetch.  Raises
-        (with nothing changed) on a bad x, label, logit or gradient."""
+    def _forward_backward(self, x: Any, y: Any, left: Any, optimizer: Optional[CupyAdam] = None
+                          ) -> Tuple[float, int, Any]:
+        """Forward, loss and gradients, then every check of the step in one fetch: x,
+        labels, logits, gradients and, with an optimizer, the update it would make.  Raises
+        (with nothing changed) if any fails."""
         weights = self._weights
         fc1, spiking, fc2 = weights
         B, T = x.shape[0], self.num_tools
@@ -572,6 +622,8 @@ class CupyEngine:
                  "fc2.weight": spikes.T @ dz}
         for g in grads.values():
             _flag_nonfinite(g, GRAD_LIMIT, BAD_GRAD, flags)
+        if optimizer is not None:
+            optimizer.flag_update(self.params(), [grads[k] for k in PARAM_NAMES], flags)
         summary = cp.empty(3, cp.float64)
         _k("finish")((1,), (256,), (loss_row, correct_row, np.int32(B), flags, summary))
         loss, correct, bad = _fetch(summary)             # the step's one host block
@@ -585,6 +637,10 @@ class CupyEngine:
         if bad & (BAD_LOGITS | BAD_GRAD) or not math.isfinite(loss):
             raise FloatingPointError("the loss or a gradient is not finite (or overflows "
                                      "float32); the net was left unchanged")
+        if bad & BAD_UPDATE:
+            raise FloatingPointError("this Adam step would leave a weight or moment that is "
+                                     "not finite (check lr, eps and weight_decay); the net "
+                                     "was left unchanged")
         self.grads = grads
         return float(loss), int(correct), spikes
 
@@ -600,7 +656,7 @@ class CupyEngine:
     def train_step(self, x: Any, y: Any, optimizer: CupyAdam) -> Tuple[float, int]:
         with self._lock:
             left = self._state_for(x.shape[0])
-            loss, correct, spikes = self._forward_backward(x, y, left)
+            loss, correct, spikes = self._forward_backward(x, y, left, optimizer)
             grads = self.grads
             assert grads is not None   # set by _forward_backward
             optimizer.update(self.params(), [grads[k] for k in PARAM_NAMES])

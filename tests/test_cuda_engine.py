@@ -41,7 +41,7 @@ def _wrap(a):
 f32 = np.float32
 
 
-def _elementwise(in_params, out_params, operation, name):
+def _elementwise(in_params, out_params, operation, name, preamble=""):
     """Each fused ElementwiseKernel as the NumPy expression its CUDA source computes, in
     float32.  Outputs passed in are written in place (as CuPy does) and returned."""
     A = np.asarray
@@ -116,6 +116,16 @@ def _raw(name):
         loss_row[...] = m[:, 0].astype(np.float64) + np.log(s[:, 0].astype(np.float64)) - z[rows, y]
         correct_row[...] = z.argmax(axis=1) == y
 
+    def adam_flag(grid, block, args):
+        g, w, m, v, n, omb1, b2, omb2, eps, wd, step_size, inv_bc2, flags = args
+        with np.errstate(all="ignore"):
+            gi = A(g) + wd * A(w)
+            mi = A(m) + omb1 * (gi - A(m))
+            vi = b2 * A(v) + omb2 * gi * gi
+            wi = A(w) - step_size * mi / (np.sqrt(vi) * inv_bc2 + eps)
+        if not (np.isfinite(wi).all() and np.isfinite(mi).all() and np.isfinite(vi).all()):
+            flags[0] |= 16
+
     def flag_nonfinite(grid, block, args):
         a, n, limit, bit, flags = args
         if not (np.abs(A(a)) < limit).all():
@@ -126,7 +136,8 @@ def _raw(name):
         summary[...] = [A(loss_row).sum() / B, A(correct_row).sum(), flags[0]]
 
     return {"aiva_softmax_rows": softmax_rows, "aiva_xent_rows": xent_rows,
-            "aiva_flag_nonfinite": flag_nonfinite, "aiva_finish": finish}[name]
+            "aiva_flag_nonfinite": flag_nonfinite, "aiva_finish": finish,
+            "aiva_adam_flag": adam_flag}[name]
 
 
 class _RawModule:
@@ -457,3 +468,18 @@ def test_fit_save_pickle_and_moves(cuda, tmp_path):
     again = back.to("cuda")
     np.testing.assert_array_equal(again._engine.get_state().get(), state)
     _assert_same(_snapshot(again), before)
+
+
+def test_an_adam_step_that_would_overflow_changes_nothing(cuda):
+    _, gpu, w = pair(seed=13)
+    x = safe_inputs(w, (6, SMALL["input_size"]), seed=13)
+    y = np.arange(6) % SMALL["num_tools"]
+    gpu.train_step(x, y)
+    gpu.reset_state()
+    gpu(x)
+    opt = gpu.optimizer
+    opt.lr = 3e38            # finite, but the first update takes every weight past float32
+    before = _snapshot(gpu)
+    with pytest.raises(FloatingPointError, match="Adam step"):
+        gpu.train_step(x, y)
+    _assert_same(_snapshot(gpu), before)
