@@ -320,8 +320,9 @@ class CupyAdam:
         beta1, beta2 = float(self.beta1), float(self.beta2)
         step_size = float(self.lr) / (1.0 - beta1 ** step)
         inv_bc2_sqrt = 1.0 / math.sqrt(1.0 - beta2 ** step)
-        return tuple(np.float32(a) for a in (1.0 - beta1, beta2, 1.0 - beta2, self.eps,
-                                             self.weight_decay, step_size, inv_bc2_sqrt))
+        with np.errstate(over="ignore"):     # an Inf step size is caught by flag_update
+            return tuple(np.float32(a) for a in (1.0 - beta1, beta2, 1.0 - beta2, self.eps,
+                                                 self.weight_decay, step_size, inv_bc2_sqrt))
 
     def flag_update(self, params: List[Any], grads: List[Any], flags: Any) -> None:
         """Queue the read-only check of the next update: sets BAD_UPDATE in ``flags`` if it
