@@ -246,10 +246,11 @@ class AIVANet:
 
     def forward_sequence(self, xs: ArrayLike) -> NDArray[np.float32]:
         """T steps from the current state: xs (T, B, in) → (T, B, tools); (T, in) → (T, tools)."""
-        on_device = self._device != "cpu" and _is_cupy(xs)
-        if on_device and xs.dtype.kind not in "biuf":
-            raise TypeError(f"xs must hold real numbers (bool, int or float), got dtype {xs.dtype}")
-        arr = xs if on_device else _numeric_array("xs", xs)
+        src: Any = xs   # a CuPy array stays one on a CUDA net (ArrayLike does not name CuPy)
+        on_device = self._device != "cpu" and _is_cupy(src)
+        if on_device and src.dtype.kind not in "biuf":
+            raise TypeError(f"xs must hold real numbers (bool, int or float), got dtype {src.dtype}")
+        arr: Any = src if on_device else _numeric_array("xs", src)
         n_in = self.input_size
         if arr.ndim == 2 and arr.shape[1] == n_in and arr.shape[0] >= 1:
             arr, one = arr[:, None, :], True
