@@ -313,10 +313,10 @@ class AIVANet:
         r = self.refractory_period
         if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
             raise ValueError(f"state must hold integers in [0, {r}], got non-integer values")
-        lo, hi = arr.min(), arr.max()
+        lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > r:
             raise ValueError(f"state must hold integers in [0, {r}] (refractory_period), got "
-                             f"values from {lo:g} to {hi:g}")
+                             f"values from {lo} to {hi}")
         self._engine.set_state(np.ascontiguousarray(arr, dtype=np.int32))
 
     def export_onnx(self, path: Union[str, os.PathLike], *, stateful: bool = False,
