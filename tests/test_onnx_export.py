@@ -14,6 +14,7 @@ from aiva_cy import AIVANet
 from aiva_cy.reference import ReferenceNet
 
 from conftest import DEFAULT, SMALL, firing_weights
+from test_cuda_engine import cuda, pair  # noqa: F401  (cuda: the CUDA tests' fixture)
 
 # Every comparison below records its largest difference here; the last test prints them.
 MAX_DIFF: dict = {}
@@ -395,33 +396,24 @@ def test_zz_report_max_differences(ort):
 
 
 # ---------------------------------------------------------------------------------------
-# a CUDA net (on the stand-in for CuPy that the CUDA engine's tests use)
+# a CUDA net: on the NumPy stand-in for CuPy that the CUDA engine's tests use, and on a real
+# GPU where CuPy finds one
 # ---------------------------------------------------------------------------------------
-def test_cuda_net_exports_and_hands_its_state_over(ort, tmp_path, monkeypatch):
-    fake = pytest.importorskip("test_cuda_engine_on_fake_cupy")
-    monkeypatch.setitem(sys.modules, "cupy", fake._fake_cupy())
-    import importlib
-
-    import aiva_cy._cuda as cuda_module
-    importlib.reload(cuda_module)
-    cuda_module._kernels.clear()
-    try:
-        cpu, gpu, w = fake.pair(seed=5, period=3)
-        cpu.export_onnx(tmp_path / "cpu.onnx", stateful=True)
-        gpu.export_onnx(tmp_path / "gpu.onnx", stateful=True)
-        assert (tmp_path / "cpu.onnx").read_bytes() == (tmp_path / "gpu.onnx").read_bytes()
-        xs = screened_streams(w, 4, 3, seed=5)
-        xs[1] = xs[0]
-        gpu.forward_sequence(xs[:2])
-        state = gpu.get_state()
-        assert type(state).__module__.startswith("cupy")      # on the net's device
-        cpu.set_state(state)                                   # a device array is accepted
-        _, s_onnx = run_stateful(session(ort, tmp_path / "gpu.onnx"), xs[2:], state=state.get())
-        gpu.set_state(np.asarray(state.get(), np.int64))
-        np.testing.assert_allclose(gpu.forward_sequence(xs[2:]).get(),
-                                   cpu.forward_sequence(xs[2:]), rtol=0, atol=1e-5)
-        np.testing.assert_array_equal(gpu.get_state().get(), s_onnx)
-        np.testing.assert_array_equal(cpu.get_state(), s_onnx)
-    finally:
-        monkeypatch.delitem(sys.modules, "cupy")
-        importlib.reload(cuda_module)
+def test_cuda_net_exports_and_hands_its_state_over(ort, cuda, tmp_path):
+    cpu, gpu, w = pair(seed=5, period=3)
+    cpu.export_onnx(tmp_path / "cpu.onnx", stateful=True)
+    gpu.export_onnx(tmp_path / "gpu.onnx", stateful=True)
+    assert (tmp_path / "cpu.onnx").read_bytes() == (tmp_path / "gpu.onnx").read_bytes()
+    xs = screened_streams(w, 4, 3, seed=5)
+    xs[1] = xs[0]
+    gpu.forward_sequence(xs[:2])
+    state = gpu.get_state()
+    assert type(state).__module__.startswith("cupy")      # on the net's device
+    cpu.set_state(state)                                   # a device array is accepted
+    _, s_onnx = run_stateful(session(ort, tmp_path / "gpu.onnx"), xs[2:], state=state.get())
+    gpu.set_state(np.asarray(state.get(), np.int64))
+    np.testing.assert_allclose(gpu.forward_sequence(xs[2:]).get(),
+                               cpu.forward_sequence(xs[2:]), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(gpu.get_state().get(), s_onnx)
+    np.testing.assert_array_equal(cpu.get_state(), s_onnx)
+    assert s_onnx.any()
