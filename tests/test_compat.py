@@ -26,6 +26,8 @@ from aiva_cy.reference import membrane_margin
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bioneuron_numpy import BioNeuron  # noqa: E402
+from conftest import firing_weights, safe_inputs  # noqa: E402
+from test_cuda_engine import cuda  # noqa: E402,F401  (fixture: NumPy stand-in, or a real GPU)
 
 SMALL: Dict[str, Any] = dict(input_size=24, num_tools=5, hidden_size=40, spiking_size=30)
 
@@ -516,6 +518,30 @@ def test_from_bioneuron_in_memory() -> None:
     net = AIVANet.from_bioneuron(bio)
     x = np.random.default_rng(0).standard_normal(SMALL["input_size"])
     np.testing.assert_array_equal(core.forward(x), net.forward(x))
+
+
+def test_a_cuda_net_answers_in_numpy(cuda: Any) -> None:
+    sizes = dict(input_size=24, num_tools=5, hidden_size=40, spiking_size=30)
+    w = firing_weights(sizes, seed=0)
+    cpu = ScalableBioNet(24, 5, hidden_size=40, spiking_size=30)
+    gpu = ScalableBioNet(24, 5, hidden_size=40, spiking_size=30, device="cuda")
+    cpu.net.load_state_dict(w)
+    gpu.net.load_state_dict(w)
+    assert gpu.net.device == "cuda"
+    xs = safe_inputs(w, (3, 24), seed=1)
+    for x in xs:                                  # three steps of one stream
+        got = gpu.forward(x)
+        assert type(got) is np.ndarray and got.shape == (5,)
+        np.testing.assert_allclose(got, cpu.forward(x), atol=1e-5, rtol=0)
+    for name in ("fc1", "fc2"):
+        assert type(getattr(gpu, name)) is np.ndarray
+        np.testing.assert_array_equal(getattr(gpu, name), getattr(cpu, name))
+    assert all(type(v) is np.ndarray for v in gpu.state_dict().values())
+    gpu.fc2 = cpu.fc2 * 2
+    np.testing.assert_array_equal(gpu.fc2, cpu.fc2 * 2)
+    # check() takes the net's own (CuPy) output as well.
+    passed, confidence = AntiHallucinationModule(0.5).check(gpu.net.predict_proba(xs[0]))
+    assert confidence == pytest.approx(float(gpu.net.predict_proba(xs[0]).get().max()))
 
 
 # ---------------------------------------------------------------------------------------
