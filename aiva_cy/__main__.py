@@ -3,6 +3,7 @@
     aiva-cy [run]      the main job: train on the bundled digits, save, reload, check, benchmark
     aiva-cy train      only the training part (train, save, reload, check)
     aiva-cy bench      only the benchmark
+    aiva-cy convert    AIVA's pickled weights to an aiva_cy checkpoint (aiva_cy.convert)
 
 A command is a function ``add_parser(subparsers)`` that adds its subparser and sets
 ``func`` (called with the parsed arguments, returns the exit status); :data:`COMMANDS`
@@ -15,11 +16,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 
 from aiva_cy import __version__
+from aiva_cy import convert
 from aiva_cy.bench import compare
 
 #: The file the main job writes into --weights-dir.
@@ -137,10 +139,11 @@ def add_bench_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
 
 
 #: The subcommands, in --help order. A new one adds its ``add_parser(subparsers)`` here.
-COMMANDS: List[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
+COMMANDS: List[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Any]] = [
     add_run_parser,
     add_train_parser,
     add_bench_parser,
+    convert.add_parser,
 ]
 
 

@@ -30,7 +30,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run_cli(["--help"], capsys)
     assert status == 0
     assert out.startswith("usage: aiva-cy ")
-    for command in ("run", "train", "bench"):
+    for command in ("run", "train", "bench", "convert"):
         assert f"    {command}" in out, out
 
 
@@ -173,3 +173,11 @@ def test_checkout_entry_point() -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: python benchmarks/compare.py ")
+
+
+def test_convert_is_a_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """aiva-cy convert comes from aiva_cy.convert.add_parser; without --trust-pickle it refuses."""
+    status, _, err = run_cli(["convert", str(tmp_path / "old.pkl"), str(tmp_path / "new.npz")],
+                             capsys)
+    assert status == 2 and "refusing" in err
+    assert list(tmp_path.iterdir()) == []
