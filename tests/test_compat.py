@@ -629,6 +629,10 @@ def test_multi_layer_validation_and_stats() -> None:
 # ---------------------------------------------------------------------------------------
 # README: the integration section's Python blocks run as written
 # ---------------------------------------------------------------------------------------
+_needs_readme = pytest.mark.skipif(not (REPO / "README.md").exists(),
+                                   reason="the README is not next to these tests (installed copy)")
+
+
 def _integration_blocks() -> List[str]:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     start = text.index("## Integrating with AIVA")
@@ -637,6 +641,7 @@ def _integration_blocks() -> List[str]:
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
+@_needs_readme
 def test_readme_integration_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = _integration_blocks()
     assert len(blocks) >= 3
@@ -645,6 +650,7 @@ def test_readme_integration_blocks_run(tmp_path: Path, monkeypatch: pytest.Monke
         exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
 
 
+@_needs_readme
 def test_readme_convert_command_is_the_real_one() -> None:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text[text.index("## Integrating with AIVA"):]
