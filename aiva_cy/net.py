@@ -7,63 +7,23 @@ engine expects and errors into messages that name the argument.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from aiva_cy._adam import Adam
+from aiva_cy._checks import adam_args as _adam_args
+from aiva_cy._checks import as_float32 as _as_float32
+from aiva_cy._checks import check_finite as _check_finite
+from aiva_cy._checks import float_arg as _float_arg
+from aiva_cy._checks import int_arg as _int_arg
+from aiva_cy._checks import numeric_array as _numeric_array
+from aiva_cy._checks import parse_device as _parse_device
 from aiva_cy._core import PARAM_NAMES, PARAM_TRANSPOSED, Engine, batch_mismatch
 
 _CONFIG_KEYS = ("input_size", "num_tools", "hidden_size", "spiking_size", "threshold",
                 "refractory_period", "surrogate_slope")
-
-
-# ---------------------------------------------------------------------------------------
-# argument checks
-# ---------------------------------------------------------------------------------------
-def _int_arg(name: str, value: Any, minimum: int, maximum: int = 2**31 - 1) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if not minimum <= int(value) <= maximum:
-        raise ValueError(f"{name} must be in [{minimum}, {maximum}], got {value!r}")
-    return int(value)
-
-
-def _float_arg(name: str, value: Any, minimum: float = -math.inf) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be finite and >= {minimum}, got {value!r}")
-    return value
-
-
-def _numeric_array(name: str, value: Any) -> np.ndarray:
-    """Any array-like of real numbers (bool, int, float; any order or strides)."""
-    if type(value).__module__.startswith("cupy"):
-        value = value.get()      # a GPU array handed to a CPU net, or headed for validation
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError) as exc:   # ragged nesting and the like
-        raise ValueError(f"{name} must be a rectangular array of numbers: {exc}") from None
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers (bool, int or float), got dtype "
-                        f"{arr.dtype}")
-    return arr
-
-
-def _as_float32(name: str, arr: np.ndarray) -> np.ndarray:
-    if arr.dtype == np.float32 and arr.flags.c_contiguous:
-        return arr
-    with np.errstate(over="ignore"):   # float64 past float32's range becomes Inf: reported below
-        return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def _check_finite(name: str, arr: np.ndarray) -> None:
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf (or a value too large for float32)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -437,28 +397,6 @@ def _to_numpy(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _to_numpy(v) for k, v in obj.items()}
     return obj.get() if type(obj).__module__.startswith("cupy") else obj
-
-
-def _adam_args(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> Dict[str, Any]:
-    lr = _float_arg("lr", lr, 0.0)
-    try:
-        b1, b2 = betas
-    except (TypeError, ValueError):
-        raise TypeError(f"betas must be a pair of floats, got {betas!r}") from None
-    b1, b2 = _float_arg("betas[0]", b1, 0.0), _float_arg("betas[1]", b2, 0.0)
-    if b1 >= 1.0 or b2 >= 1.0:
-        raise ValueError(f"betas must be in [0, 1), got {betas!r}")
-    return {"lr": lr, "betas": (b1, b2), "eps": _float_arg("eps", eps, 0.0),
-            "weight_decay": _float_arg("weight_decay", weight_decay, 0.0)}
-
-
-def _parse_device(device: Any) -> str:
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
-    d = device.strip().lower()
-    if d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
-        return d
-    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 def _init_weights(config: Mapping[str, Any], seed: Optional[int]) -> Dict[str, np.ndarray]:
