@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -24,10 +24,42 @@ def int_arg(name: str, value: Any, minimum: int, maximum: int = 2**31 - 1) -> in
 def float_arg(name: str, value: Any, minimum: float = -math.inf) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be finite and >= {minimum}, got {value!r}")
-    return value
+    try:
+        number = float(value)
+    except OverflowError:        # an int such as 10**400: no float holds it
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got an integer too "
+                         f"large for a float ({_short(value)})") from None
+    if not math.isfinite(number) or number < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {number!r}")
+    return number
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-10:]} ({len(text)} digits)"
+
+
+#: Every Adam hyper-parameter is used in float32 by the update: a value past this becomes Inf.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_TINY = float(np.finfo(np.float32).smallest_subnormal)
+
+
+def adam_value(name: str, value: Any) -> float:
+    """One Adam hyper-parameter: ``lr``, ``eps``, ``weight_decay``, ``betas[0]``/``beta1``,
+    ``betas[1]``/``beta2``.  torch.optim.Adam's ranges, narrowed to what float32 holds and
+    to what cannot turn the weights NaN by itself: eps = 0 divides zero by zero wherever a
+    weight never had a gradient, and a negative lr climbs the loss."""
+    number = float_arg(name, value, 0.0)
+    if name in ("lr", "weight_decay", "eps"):
+        if number > FLOAT32_MAX:
+            raise ValueError(f"{name} must be at most {FLOAT32_MAX:.4g} (float32's largest "
+                             f"value), got {number!r}")
+        if name == "eps" and np.float32(number) == 0:   # rounds to 0 in float32
+            raise ValueError(f"eps must be > 0 (at least {_FLOAT32_TINY:.3g}, float32's "
+                             f"smallest positive value), got {number!r}")
+    elif number >= 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {number!r}")
+    return number
 
 
 def numeric_array(name: str, value: Any) -> np.ndarray:
@@ -56,17 +88,20 @@ def check_finite(name: str, arr: np.ndarray) -> None:
         raise ValueError(f"{name} contains NaN or Inf (or a value too large for float32)")
 
 
-def adam_args(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> Dict[str, Any]:
-    lr = float_arg("lr", lr, 0.0)
+def adam_betas(betas: Any) -> Tuple[float, float]:
+    if isinstance(betas, (str, bytes)):
+        raise TypeError(f"betas must be a pair of floats, got {betas!r}")
     try:
         b1, b2 = betas
     except (TypeError, ValueError):
         raise TypeError(f"betas must be a pair of floats, got {betas!r}") from None
-    b1, b2 = float_arg("betas[0]", b1, 0.0), float_arg("betas[1]", b2, 0.0)
-    if b1 >= 1.0 or b2 >= 1.0:
-        raise ValueError(f"betas must be in [0, 1), got {betas!r}")
-    return {"lr": lr, "betas": (b1, b2), "eps": float_arg("eps", eps, 0.0),
-            "weight_decay": float_arg("weight_decay", weight_decay, 0.0)}
+    return adam_value("betas[0]", b1), adam_value("betas[1]", b2)
+
+
+def adam_args(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> Dict[str, Any]:
+    return {"lr": adam_value("lr", lr), "betas": adam_betas(betas),
+            "eps": adam_value("eps", eps),
+            "weight_decay": adam_value("weight_decay", weight_decay)}
 
 
 def parse_device(device: Any) -> str:
