@@ -294,7 +294,9 @@ cdef class Adam:
     def state_dict(self):
         """Hyper-parameters, step and moments (copies, keyed like the net's state_dict)."""
         def export(a, t):
-            return np.ascontiguousarray(a.T if t else a)
+            # Always a copy: ascontiguousarray would hand out the live, untransposed moment,
+            # which the next step changes under a caller that is still writing it to a file.
+            return np.array(a.T if t else a, order="C", copy=True)
         return {
             "lr": self._lr, "betas": (self._beta1, self._beta2), "eps": self._eps,
             "weight_decay": self._weight_decay, "step": int(self.step),

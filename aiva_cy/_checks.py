@@ -66,6 +66,10 @@ def numeric_array(name: str, value: Any) -> np.ndarray:
     """Any array-like of real numbers (bool, int, float; any order or strides)."""
     if type(value).__module__.startswith("cupy"):
         value = value.get()      # a GPU array handed to a CPU net, or headed for validation
+    if isinstance(value, np.ma.MaskedArray):
+        # np.asarray would drop the mask and use whatever the masked slots hold.
+        raise TypeError(f"{name} is a masked array; its mask would be ignored: pass "
+                        f"{name}.filled(value) or drop the masked rows first")
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as exc:   # ragged nesting and the like
@@ -77,8 +81,10 @@ def numeric_array(name: str, value: Any) -> np.ndarray:
 
 
 def as_float32(name: str, arr: np.ndarray) -> np.ndarray:
+    # Misaligned data (np.frombuffer at an odd offset) is copied: C may not read a float
+    # from an address that is not a multiple of 4.
     if arr.dtype == np.float32 and arr.flags.c_contiguous:
-        return arr
+        return arr if arr.flags.aligned else arr.copy()   # ascontiguousarray would keep it
     with np.errstate(over="ignore"):   # float64 past float32's range becomes Inf: reported below
         return np.ascontiguousarray(arr, dtype=np.float32)
 

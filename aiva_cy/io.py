@@ -215,7 +215,8 @@ def save(net: "AIVANet", path: PathLike, *, include_optimizer: bool = True) -> N
     path, kind = _path_and_kind(path)
     # Checked before anything is written: a missing package must not leave a temp file.
     st = _import_safetensors() if kind == "safetensors" else None
-    arrays, header = _collect(net, bool(include_optimizer))
+    with net._lock:       # weights, state and moments of one step; written outside the lock
+        arrays, header = _collect(net, bool(include_optimizer))
     if st is None:
         _atomic_write(path, lambda f: _write_npz(f, arrays, header))
     else:

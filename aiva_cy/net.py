@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
@@ -85,6 +86,10 @@ class AIVANet:
         self._optimizer: Any = Adam(self._engine.param_shapes(), names=PARAM_NAMES,
                                transposed=PARAM_TRANSPOSED, **optimizer_args)
         self._device = "cpu"
+        # Held by every call that reads or changes more than one of weights, optimizer and
+        # state (snapshots included), and by fit for its whole run; predict_proba needs
+        # none.  Re-entrant: fit and save call methods that take it too.
+        self._lock = threading.RLock()
 
     # -- read-only properties ------------------------------------------------------------
     input_size = property(lambda self: self._config["input_size"], doc="Features per input.")
@@ -186,7 +191,8 @@ class AIVANet:
         different batch size raises ValueError until :meth:`reset_state`.
         """
         arr, one = self._as_x(x)
-        probs = self._engine.forward(arr)
+        with self._lock:
+            probs = self._engine.forward(arr)
         return probs[0] if one else probs
 
     __call__ = forward
@@ -204,10 +210,12 @@ class AIVANet:
                              f"{n_in}), got {arr.shape}")
         # Checked here rather than by the engine, whose messages speak of a single step's x.
         _check_finite("xs", arr)
-        held = self._engine.state_batch_size
-        if held is not None and held != arr.shape[1]:
-            raise batch_mismatch(arr.shape[1], held, "xs")
-        probs = self._engine.forward_sequence(self._to_engine("xs", arr))
+        arr = self._to_engine("xs", arr)
+        with self._lock:
+            held = self._engine.state_batch_size
+            if held is not None and held != arr.shape[1]:
+                raise batch_mismatch(arr.shape[1], held, "xs")
+            probs = self._engine.forward_sequence(arr)
         return probs[:, 0, :] if one else probs
 
     def predict_proba(self, x: Any) -> Any:
@@ -244,7 +252,8 @@ class AIVANet:
 
     def reset_state(self) -> None:
         """Empty the refractory ring buffer (the next call may use any batch size)."""
-        self._engine.reset_state()
+        with self._lock:
+            self._engine.reset_state()
 
     # -- training --------------------------------------------------------------------------
     def loss_and_grad(self, x: Any, y: Any) -> Tuple[float, Dict[str, Any]]:
@@ -255,8 +264,9 @@ class AIVANet:
         """
         arr, _ = self._as_x(x)
         labels = self._as_y(y, arr.shape[0])
-        loss = self._engine.loss_and_grad(arr, labels)
-        return float(loss), self._engine.gradients()
+        with self._lock:
+            loss = self._engine.loss_and_grad(arr, labels)
+            return float(loss), self._engine.gradients()
 
     def train_step(self, x: Any, y: Any) -> float:
         """One step, loss, backward and an Adam update; returns the loss.
@@ -266,7 +276,8 @@ class AIVANet:
         """
         arr, _ = self._as_x(x)
         labels = self._as_y(y, arr.shape[0])
-        loss, _ = self._engine.train_step(arr, labels, self._optimizer)
+        with self._lock:
+            loss, _ = self._engine.train_step(arr, labels, self._optimizer)
         return float(loss)
 
     def fit(self, X: Any, y: Any, epochs: int = 10, batch_size: int = 32, *,
@@ -287,20 +298,24 @@ class AIVANet:
         ``"val_loss"`` and ``"val_accuracy"`` with validation data.
         """
         from aiva_cy._training import fit
-        return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                   validation_data=validation_data, validation_split=validation_split,
-                   patience=patience, min_delta=min_delta,
-                   restore_best_weights=restore_best_weights, verbose=verbose)
+        with self._lock:      # the net is fit's until it returns: other threads' calls wait
+            return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                       validation_data=validation_data, validation_split=validation_split,
+                       patience=patience, min_delta=min_delta,
+                       restore_best_weights=restore_best_weights, verbose=verbose)
 
     def evaluate(self, X: Any, y: Any, batch_size: int = 256) -> Dict[str, float]:
         """Mean cross-entropy and accuracy, each row one step from an empty state."""
         from aiva_cy._training import evaluate
-        return evaluate(self, X, y, batch_size=batch_size)
+        with self._lock:
+            return evaluate(self, X, y, batch_size=batch_size)
 
     # -- weights ---------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """``{"fc1.weight", "spiking.weight", "fc2.weight"}``: float32 copies, "x @ W" layout."""
-        return self._engine.get_weights()
+        """``{"fc1.weight", "spiking.weight", "fc2.weight"}``: float32 copies, "x @ W" layout,
+        all of one training step (taken under the lock a training step holds)."""
+        with self._lock:
+            return self._engine.get_weights()
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         """Copy weights in.  Every array is checked (keys, shape, numbers, finite) before any
@@ -320,7 +335,8 @@ class AIVANet:
             arr = np.asarray(arr, dtype=np.float32)
             _check_finite(f"state_dict[{k!r}]", arr)
             new[k] = arr
-        self._engine.set_weights(new)
+        with self._lock:
+            self._engine.set_weights(new)
 
     def _state_dict_shapes(self) -> Dict[str, Tuple[int, int]]:
         c = self._config
@@ -358,6 +374,10 @@ class AIVANet:
     def to(self, device: str) -> "AIVANet":
         """Move weights, optimizer and state to ``"cpu"`` or ``"cuda"``; returns the net."""
         device = _parse_device(device)
+        with self._lock:
+            return self._move(device)
+
+    def _move(self, device: str) -> "AIVANet":
         if device == self._device:
             return self
         if device.startswith("cuda"):
@@ -377,13 +397,13 @@ class AIVANet:
 
     # -- pickle ----------------------------------------------------------------------------
     def __getstate__(self) -> Dict[str, Any]:
-        engine = self._engine
-        state = engine.get_state()
-        if self._device != "cpu":
-            state = None if state is None else state.get()
-        return {"format": 1, "config": dict(self._config), "device": self._device,
-                "weights": _to_numpy(self.state_dict()), "state": state,
-                "optimizer": _to_numpy(self._optimizer.state_dict())}
+        with self._lock:      # weights, state and optimizer of the same step
+            state = self._engine.get_state()
+            if self._device != "cpu":
+                state = None if state is None else state.get()
+            return {"format": 1, "config": dict(self._config), "device": self._device,
+                    "weights": _to_numpy(self.state_dict()), "state": state,
+                    "optimizer": _to_numpy(self._optimizer.state_dict())}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self._build(state["config"], state["weights"], {})

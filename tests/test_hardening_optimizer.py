@@ -181,3 +181,17 @@ def test_moments_match_a_float64_reference_of_torch_formula(betas, weight_decay)
             np.testing.assert_allclose(state["exp_avg"][str(i)], ref_m[i], rtol=2e-5,
                                        atol=1e-6 * np.abs(ref_m[i]).max())
             np.testing.assert_allclose(ws[i], ref_w[i], rtol=0, atol=2e-6)
+
+
+def test_optimizer_state_dict_is_a_copy():
+    # Before: the untransposed moment (fc2) was the live array, so a save taken during
+    # training wrote moments of a later step than its weights.
+    net = AIVANet(**SMALL, seed=0)
+    x, y = _batch()
+    net.train_step(x, y)
+    state = net.optimizer.state_dict()
+    kept = {m: {k: v.copy() for k, v in state[m].items()} for m in ("exp_avg", "exp_avg_sq")}
+    net.train_step(x, y)
+    for m in kept:
+        for k, v in kept[m].items():
+            np.testing.assert_array_equal(state[m][k], v)
