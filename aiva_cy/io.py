@@ -116,7 +116,13 @@ def _collect(net: "AIVANet", include_optimizer: bool) -> Tuple[Dict[str, np.ndar
     if state is not None:
         arrays[_STATE_KEY] = _host(state).astype(np.int32, copy=False)
     # allow_nan=False: a non-finite hyper-parameter would write a file no JSON reader accepts.
-    dump: Callable[[Any], str] = lambda obj: json.dumps(obj, allow_nan=False, sort_keys=True)
+    def dump(obj: Any) -> str:
+        try:
+            return json.dumps(obj, allow_nan=False, sort_keys=True)
+        except ValueError:   # "Out of range float values are not JSON compliant"
+            raise ValueError(f"cannot save: a setting is NaN or infinite ({obj!r}); a "
+                             f"checkpoint holds finite values only") from None
+
     header = {_FORMAT_KEY: dump({"format": FORMAT_NAME, "version": FORMAT_VERSION}),
               _CONFIG_KEY: dump(net.config)}
     if include_optimizer:
@@ -171,16 +177,65 @@ def _current_umask() -> int:
     return mask
 
 
+# Temporary files are named ".aiva_cy-save-<pid>-<random>.tmp" beside the target: short,
+# so that any legal target name still fits, and recognisable, so that those of a process
+# that died mid-save (kill -9) can be removed by a later save in the same directory.
+_TMP_PREFIX = ".aiva_cy-save-"
+_TMP_SUFFIX = ".tmp"
+
+
+def _remove_stale_temps(directory: str) -> None:
+    """Remove our temp files whose writing process no longer exists (best effort)."""
+    try:
+        names = [n for n in os.listdir(directory)
+                 if n.startswith(_TMP_PREFIX) and n.endswith(_TMP_SUFFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid_text = name[len(_TMP_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue                       # alive (or not ours to signal): leave it
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OSError, OverflowError):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+
+
+def _save_target(path: str) -> str:
+    """Where the bytes go: through a symlink to its target (what np.save and torch.save
+    users expect), and never over a file this user may not write."""
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    if os.path.exists(target):
+        if os.path.isdir(target):
+            raise IsADirectoryError(errno.EISDIR, "is a directory: cannot save a checkpoint "
+                                    "over it", path)
+        if not os.access(target, os.W_OK):
+            raise PermissionError(errno.EACCES, "no permission to write this file (save "
+                                  "replaces it by a rename, which would bypass that)", path)
+    return target
+
+
 def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through ``write(file)`` to a temporary file beside ``path``, then rename it over
-    ``path``: readers see the old file or the new one, never half of one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
+    """Write through ``write(file)`` to a temporary file beside ``path``'s target, then
+    rename it over the target: readers see the old file or the new one, never half of one.
+    An OSError names ``path``, not the temporary file."""
+    target = _save_target(path)
+    directory = os.path.dirname(os.path.abspath(target))
+    _remove_stale_temps(directory)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{_TMP_PREFIX}{os.getpid()}-",
+                                   suffix=_TMP_SUFFIX)
+    except OSError as exc:
+        raise _named(exc, path) from exc
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would have.
         try:
-            mode = os.stat(path).st_mode & 0o777
+            mode = os.stat(target).st_mode & 0o777
         except OSError:
             mode = 0o666 & ~_current_umask()
         with contextlib.suppress(OSError, AttributeError):   # no fchmod on Windows
@@ -190,12 +245,14 @@ def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        os.replace(tmp, target)
+    except BaseException as exc:
         if fd != -1:
             os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _named(exc, path) from exc
         raise
     # Make the rename itself durable; best effort (directories cannot be opened on Windows).
     with contextlib.suppress(OSError, AttributeError):
@@ -204,6 +261,13 @@ def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    """The same kind of OSError, naming the checkpoint's path instead of a temp file."""
+    if exc.errno is None:
+        return exc
+    return type(exc)(exc.errno, f"cannot save the checkpoint: {exc.strerror}", path)
 
 
 def save(net: "AIVANet", path: PathLike, *, include_optimizer: bool = True) -> None:
