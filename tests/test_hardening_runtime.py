@@ -44,27 +44,31 @@ def test_snapshots_during_training_match_a_training_step(tmp_path):
     stop = threading.Event()
 
     def train():
-        for _ in range(40):
-            net.train_step(x, y)
-            with net._lock:     # the trainer's own record of every step
-                seen[_digest(net.state_dict())] = net.optimizer.step
-                opt = net.optimizer.state_dict()
-                moments[opt["step"]] = _digest({**opt["exp_avg"], **{
-                    "sq." + k: v for k, v in opt["exp_avg_sq"].items()}})
-        stop.set()
+        try:
+            for _ in range(40):
+                net.train_step(x, y)
+                with net._lock:     # the trainer's own record of every step
+                    seen[_digest(net.state_dict())] = net.optimizer.step
+                    opt = net.optimizer.state_dict()
+                    moments[opt["step"]] = _digest({**opt["exp_avg"], **{
+                        "sq." + k: v for k, v in opt["exp_avg_sq"].items()}})
+        finally:
+            stop.set()
 
     snapshots, saved = [], []
     trainer = threading.Thread(target=train)
     trainer.start()
     i = 0
-    while not stop.is_set():
+    deadline = time.monotonic() + 60
+    while not stop.is_set() and time.monotonic() < deadline:
         snapshots.append(_digest(net.state_dict()))
-        if i % 5 == 0:
+        if i % 5 == 0 and len(saved) < 25:     # bounded: a few MB each
             buf = tmp_path / f"snap{i}.npz"
             net.save(buf)
             saved.append(buf)
         i += 1
     trainer.join()
+    assert net.optimizer.step == 40
     torn = [s for s in snapshots if s not in seen]
     assert not torn, f"{len(torn)} of {len(snapshots)} snapshots match no training step"
     for path in saved:
@@ -109,7 +113,8 @@ def test_predict_proba_does_not_wait_for_fit():
     fitter = threading.Thread(target=net.fit, args=(X, y),
                               kwargs=dict(epochs=4, batch_size=16, verbose=0))
     fitter.start()
-    while net.optimizer.step == 0:
+    deadline = time.monotonic() + 30
+    while net.optimizer.step == 0 and time.monotonic() < deadline:
         time.sleep(0.001)
     net.predict_proba(X[:4])
     assert fitter.is_alive() or net.optimizer.step == 4 * 32
