@@ -12,6 +12,7 @@ import io
 import math
 import os
 import pickle
+import shutil
 import sys
 import tempfile
 import warnings
@@ -362,7 +363,7 @@ def target_loaders(examples: int) -> None:
 
     @settings(max_examples=examples, deadline=None, database=None)
     @given(data=st.data(), suffix=st.sampled_from(suffixes))
-    def run(data, suffix):
+    def run(data, suffix):  # (tmp is removed after run_made_up below)
         blob = data.draw(corrupt(valid[suffix]))
         path = os.path.join(tmp, "fuzz" + suffix)
         with open(path, "wb") as f:
@@ -406,7 +407,10 @@ def target_loaders(examples: int) -> None:
             return
         assert all(np.isfinite(w).all() for w in net.state_dict().values())
 
-    run_made_up()
+    try:
+        run_made_up()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def target_bioneuron(examples: int) -> None:
