@@ -260,10 +260,10 @@ def target_optimizer(examples: int) -> None:
                     setattr(net.optimizer, k, v)
             else:
                 state = net.optimizer.state_dict()
+                b1, b2 = state["betas"]
                 for k, v in settings_.items():
                     if k in ("beta1", "beta2"):
-                        state["betas"] = (v, state["betas"][1]) if k == "beta1" else \
-                            (state["betas"][0], v)
+                        state["betas"] = (v, b2) if k == "beta1" else (b1, v)
                     else:
                         state[k] = v
                 net.optimizer.load_state_dict(state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from aiva_cy import AIVANet
 from conftest import DEFAULT, SMALL, firing_weights
 
 ROOT = Path(__file__).resolve().parents[1]
+UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
 MEDIUM = dict(input_size=256, num_tools=10, hidden_size=1024, spiking_size=512)
 
 
@@ -146,7 +148,8 @@ def _rss_child(body: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc")
+@pytest.mark.skipif(not Path("/proc/self/statm").exists() or UNDER_ASAN,
+                    reason="needs /proc, and RSS means nothing under AddressSanitizer")
 def test_large_predict_runs_in_bounded_memory_and_gives_it_back():
     # Before: predict_proba at batch 200,000 peaked at 3.85 GB and kept 3.4 GB; here a net
     # whose workspace is ~30 KB a row, at 8,000 rows: 238 MB for each of the two workspaces
@@ -165,7 +168,8 @@ def test_large_predict_runs_in_bounded_memory_and_gives_it_back():
     assert out["kept"] < 60, out
 
 
-@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc")
+@pytest.mark.skipif(not Path("/proc/self/statm").exists() or UNDER_ASAN,
+                    reason="needs /proc, and RSS means nothing under AddressSanitizer")
 def test_large_train_step_gives_its_workspace_back():
     # Before: train_step at 50,000 rows kept 1.5 GB until the net died.
     out = _rss_child("""
