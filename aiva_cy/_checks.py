@@ -62,9 +62,13 @@ def adam_value(name: str, value: Any) -> float:
     return number
 
 
+def is_cupy(value: Any) -> bool:
+    return type(value).__module__.startswith("cupy")
+
+
 def numeric_array(name: str, value: Any) -> np.ndarray:
     """Any array-like of real numbers (bool, int, float; any order or strides)."""
-    if type(value).__module__.startswith("cupy"):
+    if is_cupy(value):
         value = value.get()      # a GPU array handed to a CPU net, or headed for validation
     if isinstance(value, np.ma.MaskedArray):
         # np.asarray would drop the mask and use whatever the masked slots hold.

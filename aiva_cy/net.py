@@ -18,6 +18,7 @@ from aiva_cy._checks import adam_args as _adam_args
 from aiva_cy._checks import as_float32 as _as_float32
 from aiva_cy._checks import check_finite as _check_finite
 from aiva_cy._checks import float_arg as _float_arg
+from aiva_cy._checks import is_cupy as _is_cupy
 from aiva_cy._checks import int_arg as _int_arg
 from aiva_cy._checks import numeric_array as _numeric_array
 from aiva_cy._checks import parse_device as _parse_device
@@ -139,8 +140,9 @@ class AIVANet:
 
     # -- input conversion ------------------------------------------------------------------
     def _as_x(self, x: Any, name: str = "x") -> Tuple[Any, bool]:
-        """(B, input_size) float32 C-contiguous on the net's device, and whether x was 1-D."""
-        if self._device != "cpu" and type(x).__module__.startswith("cupy"):
+        """(B, input_size) float32 C-contiguous on the net's device, and whether x was 1-D.
+        A CuPy x on a CUDA net stays on the device, where the step checks it for NaN/Inf."""
+        if self._device != "cpu" and _is_cupy(x):
             return self._engine.as_x(x, name, self.input_size)
         arr = _numeric_array(name, x)
         n_in = self.input_size
@@ -164,6 +166,8 @@ class AIVANet:
         return arr
 
     def _as_y(self, y: Any, batch: int, name: str = "y", on_host: bool = False) -> Any:
+        if self._device != "cpu" and not on_host and _is_cupy(y):
+            return self._engine.as_y(y, batch, name, self.num_tools)
         arr = _numeric_array(name, y)   # on the host: labels are small; sent back below
         if arr.ndim == 0:
             arr = arr.reshape(1)
@@ -199,7 +203,10 @@ class AIVANet:
 
     def forward_sequence(self, xs: Any) -> Any:
         """T steps from the current state: xs (T, B, in) → (T, B, tools); (T, in) → (T, tools)."""
-        arr = _numeric_array("xs", xs)
+        on_device = self._device != "cpu" and _is_cupy(xs)
+        if on_device and xs.dtype.kind not in "biuf":
+            raise TypeError(f"xs must hold real numbers (bool, int or float), got dtype {xs.dtype}")
+        arr = xs if on_device else _numeric_array("xs", xs)
         n_in = self.input_size
         if arr.ndim == 2 and arr.shape[1] == n_in and arr.shape[0] >= 1:
             arr, one = arr[:, None, :], True
@@ -209,8 +216,11 @@ class AIVANet:
             raise ValueError(f"xs must have shape (steps >= 1, {n_in}) or (steps >= 1, batch >= 1, "
                              f"{n_in}), got {arr.shape}")
         # Checked here rather than by the engine, whose messages speak of a single step's x.
-        _check_finite("xs", arr)
-        arr = self._to_engine("xs", arr)
+        if on_device:
+            arr = self._engine.as_xs(arr)
+        else:
+            _check_finite("xs", arr)
+            arr = self._to_engine("xs", arr)
         with self._lock:
             held = self._engine.state_batch_size
             if held is not None and held != arr.shape[1]:
@@ -254,6 +264,55 @@ class AIVANet:
         """Empty the refractory ring buffer (the next call may use any batch size)."""
         with self._lock:
             self._engine.reset_state()
+
+    def get_state(self) -> Any:
+        """A copy of the refractory state: int32 (B, spiking_size), or None when it is empty.
+
+        Each entry counts the steps that neuron of that stream stays silent, in
+        ``[0, refractory_period]``: it may fire only at 0, firing sets it to
+        ``refractory_period``, and every step without a spike lowers it by one.  An all-zero
+        array is the empty state for B streams.  This is the ``refractory_state`` of the
+        stateful ONNX graph (:meth:`export_onnx`).  On CUDA the array is a CuPy array.
+        """
+        with self._lock:
+            return self._engine.get_state()
+
+    def set_state(self, state: Any) -> None:
+        """Take back a state from :meth:`get_state` (or a stateful ONNX graph) for the same
+        streams: integers in ``[0, refractory_period]`` of shape (B, spiking_size); None
+        empties the state like :meth:`reset_state`.  Later calls must use batch size B."""
+        if state is None:
+            self.reset_state()
+            return
+        arr = _numeric_array("state", state)
+        n = self.spiking_size
+        if arr.ndim != 2 or arr.shape[1] != n or arr.shape[0] < 1:
+            raise ValueError(f"state must have shape (batch >= 1, {n}), got {arr.shape}")
+        if arr.dtype.kind == "b":
+            raise TypeError("state must hold integer step counts, got dtype bool")
+        r = self.refractory_period
+        if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise ValueError(f"state must hold integers in [0, {r}], got non-integer values")
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > r:
+            raise ValueError(f"state must hold integers in [0, {r}] (refractory_period), got "
+                             f"values from {lo} to {hi}")
+        with self._lock:
+            self._engine.set_state(np.ascontiguousarray(arr, dtype=np.int32))
+
+    def export_onnx(self, path: Union[str, os.PathLike], *, stateful: bool = False,
+                    opset: int = 17) -> None:
+        """Write this net's step as an ONNX file (``.onnx``), atomically; needs ``onnx``
+        (``pip install "aiva_cy[onnx]"``).
+
+        ``stateful=False``: the :meth:`predict_proba` step, ``x`` (batch, input_size) →
+        ``probs`` (batch, num_tools).  ``stateful=True``: one :meth:`forward` step,
+        ``x`` and ``refractory_state`` (batch, spiking_size) int32 → ``probs`` and
+        ``next_refractory_state``, in the encoding of :meth:`get_state` (all zeros: empty).
+        The batch is dynamic, the weights are float32 initializers, ``opset`` is 13 or newer.
+        """
+        from aiva_cy.onnx_export import export_onnx
+        export_onnx(self, path, stateful=stateful, opset=opset)
 
     # -- training --------------------------------------------------------------------------
     def loss_and_grad(self, x: Any, y: Any) -> Tuple[float, Dict[str, Any]]:
