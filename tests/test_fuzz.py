@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-EXAMPLES = int(os.environ.get("AIVA_CY_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("AIVA_CY_FUZZ_EXAMPLES", "150"))
 TARGETS = ["inference", "training", "constructor", "optimizer", "state_dict", "loaders",
            "bioneuron", "pickle"]
 
