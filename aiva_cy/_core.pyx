@@ -495,6 +495,9 @@ cdef class Engine:
         cdef int batch = x.shape[0], code
         if y.shape[0] != batch:
             raise ValueError(f"y has {y.shape[0]} labels for a batch of {batch}")
+        if (<uintptr_t>&y[0]) % sizeof(int64_t) != 0:
+            raise ValueError("y must be an aligned int64 array (this one starts at an odd byte "
+                             "address); pass a copy, np.array(y)")
         if self.g_fc1_t is None:
             self.g_fc1_t, self.g_spiking_t, self.g_fc2 = (np.zeros_like(w) for w in self._weights)
         cdef float[:, ::1] g1 = self.g_fc1_t, g2 = self.g_spiking_t, g3 = self.g_fc2

@@ -185,6 +185,8 @@ class AIVANet:
             raise ValueError(f"{name} must hold integer labels in [0, {self.num_tools}), got "
                              f"values from {lo} to {hi}")
         arr = np.ascontiguousarray(arr, dtype=np.int64)
+        if not arr.flags.aligned:      # C may not read an int64 at an odd address
+            arr = arr.copy()
         return arr if on_host or self._device == "cpu" else self._engine.to_device(arr)
 
     # -- inference -------------------------------------------------------------------------

@@ -264,6 +264,22 @@ def test_engine_refuses_misaligned_memory():
             call(x)
 
 
+def test_misaligned_labels_are_copied_and_the_engine_refuses_them():
+    # Found by the fuzz under UBSan: int64 labels at an odd address reached C.
+    net = AIVANet(**SMALL, seed=0)
+    x = np.random.default_rng(6).standard_normal((3, SMALL["input_size"]))
+    labels = np.array([0, 2, 4], np.int64)
+    y = np.frombuffer(b"\0" + labels.tobytes(), np.int64, 3, offset=1)
+    assert not y.flags.aligned
+    loss, grads = net.loss_and_grad(x, y)
+    net.reset_state()
+    want, want_grads = net.loss_and_grad(x, labels)
+    assert loss == want
+    net.reset_state()
+    with pytest.raises(ValueError, match="aligned"):
+        net._engine.loss_and_grad(np.ascontiguousarray(x, dtype=np.float32), y)
+
+
 # ---------------------------------------------------------------------------------------
 # 8. error messages
 # ---------------------------------------------------------------------------------------
