@@ -68,4 +68,5 @@ cdef class Workspace:
     cdef aiva_workspace ws
     cdef void *block
     cdef readonly int hidden_size, spiking_size, num_tools
+    cdef void release(self) noexcept
     cdef int reserve(self, int batch) except -1

@@ -8,12 +8,16 @@ from aiva_cy._adam import Adam
 PARAM_NAMES: Tuple[str, str, str]
 PARAM_TRANSPOSED: Tuple[bool, bool, bool]
 
+WORKSPACE_LIMIT: int
+POOL_MAX: int
+
 class BlasInfo(TypedDict):
     provider: str   # "numpy", "scipy-openblas32" or "scipy.linalg.cython_blas"
     path: str       # the library file (or the cython_blas module) it came from
     ilp64: bool     # 64-bit integer interface
 
 def blas_info() -> BlasInfo: ...
+def _row_bytes(hidden_size: int, spiking_size: int, num_tools: int) -> int: ...
 def batch_mismatch(batch: int, held: int, name: str = ...) -> ValueError: ...
 
 class Workspace:
@@ -30,6 +34,9 @@ class Engine:
     refractory_period: int
     threshold: float
     surrogate_slope: float
+    max_train_batch: int
+    @property
+    def pooled_workspaces(self) -> int: ...
     def __init__(self, input_size: int, hidden_size: int, spiking_size: int, num_tools: int,
                  threshold: float, refractory_period: int, surrogate_slope: float,
                  weights: Mapping[str, npt.NDArray[Any]], copy: bool = ...) -> None: ...
