@@ -9,4 +9,4 @@ cdef class Adam:
     cdef readonly tuple transposed   # per parameter: kept as the transpose of state_dict's
     cdef readonly tuple shapes       # engine-layout shapes
 
-    cpdef update(self, list params, list grads)
+    cpdef update(self, list params, list grads, list bf16_out=*)

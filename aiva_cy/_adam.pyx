@@ -1,12 +1,22 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Adam, as ``torch.optim.Adam`` computes it (amsgrad off), in one fused pass per parameter."""
 from libc.math cimport sqrtf, sqrt, pow
+from libc.stdint cimport uint16_t, uint32_t
+from libc.string cimport memcpy
 
 import numpy as np
 
+cdef inline uint16_t _bf16(float x) noexcept nogil:
+    # Round to nearest even, as aiva_round_bf16 in src_c (weights are finite: no NaN case).
+    cdef uint32_t u
+    memcpy(&u, &x, 4)
+    return <uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16)
+
+
 cdef void _adam_pass(float *w, const float *g, float *m, float *v, Py_ssize_t n,
                      float beta1, float beta2, float eps, float weight_decay,
-                     float step_size, float inv_bias_correction2_sqrt) noexcept nogil:
+                     float step_size, float inv_bias_correction2_sqrt,
+                     uint16_t *w_bf16) noexcept nogil:
     # Each element is read once and written once: weight, gradient and both moments stream
     # through together, where torch's single-tensor Adam makes ~6 passes over 4 arrays.
     # The arithmetic follows torch's order (lerp for the first moment, the square root
@@ -25,6 +35,8 @@ cdef void _adam_pass(float *w, const float *g, float *m, float *v, Py_ssize_t n,
         v[i] = vi
         denom = sqrtf(vi) * inv_bias_correction2_sqrt + eps
         w[i] = w[i] - step_size * mi / denom
+        if w_bf16 != NULL:   # bfloat16 nets: the rounded copy, while w[i] is in a register
+            w_bf16[i] = _bf16(w[i])
 
 
 def _adam_all(list flat, float b1, float b2, float eps, float wd, float step_size,
@@ -36,10 +48,16 @@ def _adam_all(list flat, float b1, float b2, float eps, float wd, float step_siz
     train_step, where the BLAS worker threads still spin on the other core after the backward
     products), and an AVX2 build of this loop (5-10%: the divides were not the bound)."""
     cdef float[::1] w, g, m, v
-    for w, g, m, v in flat:
+    cdef uint16_t[::1] w16
+    cdef uint16_t *out16
+    for w, g, m, v, rounded in flat:
+        out16 = NULL
+        if rounded is not None:
+            w16 = rounded
+            out16 = &w16[0]
         with nogil:
             _adam_pass(&w[0], &g[0], &m[0], &v[0], w.shape[0], b1, b2, eps, wd, step_size,
-                       inv_bc2_sqrt)
+                       inv_bc2_sqrt, out16)
 
 
 cdef class Adam:
@@ -71,10 +89,11 @@ cdef class Adam:
     def betas(self, value):
         self.beta1, self.beta2 = value
 
-    cpdef update(self, list params, list grads):
-        """One Adam step: ``params[i] -= ...`` in place, from ``grads[i]``."""
+    cpdef update(self, list params, list grads, list bf16_out=None):
+        """One Adam step: ``params[i] -= ...`` in place, from ``grads[i]``; with ``bf16_out``,
+        also ``bf16_out[i][...] = params[i]`` rounded to bfloat16 (uint16 bits)."""
         cdef Py_ssize_t k, n = len(self.shapes)
-        if len(params) != n or len(grads) != n:
+        if len(params) != n or len(grads) != n or (bf16_out is not None and len(bf16_out) != n):
             raise ValueError(f"Adam.update: expected {n} parameters and gradients")
         cdef long step = self.step + 1
         cdef float step_size = self.lr / (1.0 - pow(self.beta1, step))
@@ -87,8 +106,15 @@ cdef class Adam:
                 if arr.shape != shape or arr.dtype != np.float32 or not arr.flags.c_contiguous:
                     raise ValueError(f"Adam.update: {what} {self.names[k]!r} must be a "
                                      f"C-contiguous float32 array of shape {shape}")
+            rounded = None
+            if bf16_out is not None:
+                rounded = bf16_out[k]
+                if rounded.shape != shape or rounded.dtype != np.uint16 or not rounded.flags.c_contiguous:
+                    raise ValueError(f"Adam.update: bf16 copy {self.names[k]!r} must be a "
+                                     f"C-contiguous uint16 array of shape {shape}")
+                rounded = rounded.reshape(-1)
             flat.append((params[k].reshape(-1), grads[k].reshape(-1),
-                         self._exp_avg[k].reshape(-1), self._exp_avg_sq[k].reshape(-1)))
+                         self._exp_avg[k].reshape(-1), self._exp_avg_sq[k].reshape(-1), rounded))
         _adam_all(flat, b1, b2, eps, wd, step_size, inv_bc2_sqrt)
         self.step = step
 

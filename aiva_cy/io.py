@@ -320,8 +320,10 @@ def _optimizer_header(path: str, opt: Any) -> Tuple[Dict[str, Any], int]:
             "weight_decay": opt["weight_decay"]}, step
 
 
-def load(cls: Type["AIVANet"], path: PathLike, *, device: str = "cpu") -> "AIVANet":
+def load(cls: Type["AIVANet"], path: PathLike, *, device: str = "cpu",
+         precision: Optional[str] = None) -> "AIVANet":
     """Read a checkpoint written by :func:`save`; every error names the path and the problem.
+    ``precision`` ("float32" or "bfloat16") overrides the one saved in the config.
 
     Raises FileNotFoundError for a missing file, ValueError for anything that is not a
     complete, valid aiva_cy checkpoint of a version this module reads, ImportError for a
@@ -348,11 +350,11 @@ def load(cls: Type["AIVANet"], path: PathLike, *, device: str = "cpu") -> "AIVAN
         raise ValueError(f"'{path}' is not a readable .{kind} checkpoint; it may be truncated, "
                          f"corrupt or written by another tool ({type(exc).__name__}: {exc})"
                          ) from exc
-    return _build(cls, path, arrays, header, device)
+    return _build(cls, path, arrays, header, device, precision)
 
 
 def _build(cls: Type["AIVANet"], path: str, arrays: Dict[str, np.ndarray],
-           header: Mapping[str, str], device: str) -> "AIVANet":
+           header: Mapping[str, str], device: str, precision: Optional[str] = None) -> "AIVANet":
     _check_format(path, header)
     if _CONFIG_KEY not in header:
         raise ValueError(f"'{path}': the {_CONFIG_KEY!r} entry is missing")
@@ -386,6 +388,8 @@ def _build(cls: Type["AIVANet"], path: str, arrays: Dict[str, np.ndarray],
         raise ValueError(f"'{path}': array {_STATE_KEY!r} must be int32, got {state.dtype}")
 
     try:
+        if precision is not None:
+            config["precision"] = precision
         net = cls(**config, **opt_args, seed=0)
         net.load_state_dict(weights)
         net._engine.set_state(state)
