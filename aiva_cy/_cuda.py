@@ -1,16 +1,37 @@
 """The CUDA engine: the same interface as ``aiva_cy._core.Engine``, on CuPy.
 
-cuBLAS does the products (``@`` on CuPy arrays); the elementwise work of a step — spike
-threshold with the refractory mask, the countdown update, the surrogate gradient, the tanh
-backward and Adam — runs as fused ``ElementwiseKernel``s, one launch each.  Weights are kept
-in the state_dict's "x @ W" layout: cuBLAS handles either layout at the same speed.
+cuBLAS does the products (``@`` on CuPy arrays, TF32 off unless CuPy is told otherwise);
+after each product one fused kernel does the elementwise work of the step:
 
-Nothing here is imported unless a net is moved to CUDA, so ``import aiva_cy`` never needs CuPy.
+    x @ fc1        -> tanh, in place
+    h @ spiking    -> spike threshold with the refractory mask          ("spike")
+    out @ fc2      -> softmax per row (inference), or softmax + cross-entropy + dz + the
+                      argmax check per row (training)                    ("softmax_rows",
+                                                                          "xent_rows")
+    backward       -> surrogate gradient with the mask ("surrogate"), tanh backward in place
+                      ("tanh_back"), then every check of the step ("flag_nonfinite" over x and
+                      the three gradients, "finish" folding the rows into loss and accuracy)
+    update         -> Adam, one fused pass per weight ("adam"); the countdown ("commit")
+
+Every call blocks on the host once, at its end, to fetch the error flags its kernels
+gathered on the device (input NaN/Inf, overflowing logits; in training also labels and
+gradients): a train step fetches its 3-number summary (loss, correct rows, flags) before Adam
+runs, a stateful step before it commits the refractory state, so a failed call changes
+nothing.  The inputs are checked on the device, in the same queue as the step: a CuPy input
+never makes a round trip through the host, and the one fetch waits for the step to finish,
+which the caller would do anyway to read the result.
+
+Weights are kept in the state_dict's "x @ W" layout: cuBLAS handles either layout at the same
+speed.  Every public method runs inside its device's context, so ``cuda:1`` works like
+``cuda:0``.  Nothing here is imported unless a net is moved to CUDA, so ``import aiva_cy``
+never needs CuPy.
 """
 from __future__ import annotations
 
+import functools
+import math
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
@@ -24,14 +45,37 @@ else:
 
 from aiva_cy._core import PARAM_NAMES, PARAM_TRANSPOSED, batch_mismatch
 
-_kernels: Dict[str, Any] = {}
+# Bits of the error word a step gathers on the device.
+BAD_X, BAD_LOGITS, BAD_LABEL, BAD_GRAD, BAD_UPDATE = 1, 2, 4, 8, 16
+# A gradient entry at or above this (or NaN) fails the step: Adam squares it, and 1e18**2
+# is still finite in float32.  The CPU engine uses the same limit.
+GRAD_LIMIT = 1e18
+
+_INSTALL_HINT = ("install CuPy with its CUDA libraries: pip install \"aiva_cy[cuda]\" (CUDA 12) "
+                 "or \"aiva_cy[cuda13]\" (CUDA 13)")
+
+# Host blocks (device-to-host fetches) made by this module: the GPU check reads it to report
+# syncs per step.  Every fetch goes through _fetch.
+fetch_count = 0
+
+
+def _fetch(a: Any) -> np.ndarray:
+    global fetch_count
+    fetch_count += 1
+    return a.get()
+
+
+_checked_devices: Dict[int, bool] = {}
 
 
 def _require_cuda(device: str) -> int:
+    """The device index, after proving that CuPy can compile and launch a kernel and run a
+    cuBLAS product there.  A CuPy installed without NVRTC or cuBLAS (plain ``cupy-cuda12x``
+    on a machine with only the driver) imports fine and fails at the first product; the
+    tiny kernel and matmul here turn that into this clear RuntimeError up front."""
     if cp is None:
         raise RuntimeError(f"device={device!r} needs CuPy with a CUDA GPU, and CuPy could not be "
-                           f"imported ({_IMPORT_ERROR!r}); install it with "
-                           f"'pip install cupy-cuda12x' (CUDA 12) and check the driver")
+                           f"imported ({_IMPORT_ERROR!r}); {_INSTALL_HINT}, and check the driver")
     try:
         count = cp.cuda.runtime.getDeviceCount()
     except Exception as exc:
@@ -39,46 +83,227 @@ def _require_cuda(device: str) -> int:
     index = int(device.split(":")[1]) if ":" in device else 0
     if not 0 <= index < count:
         raise RuntimeError(f"device={device!r}: there are {count} CUDA GPU(s)")
+    if not _checked_devices.get(index):
+        try:
+            with cp.cuda.Device(index):
+                a = cp.arange(4, dtype=cp.float32).reshape(2, 2)
+                got = _fetch(_k("tanh_back")(a, a @ a))    # NVRTC, a launch, cuBLAS
+        except Exception as exc:
+            raise RuntimeError(f"device={device!r}: CuPy cannot compile kernels or run cuBLAS "
+                               f"products on this GPU ({type(exc).__name__}: {exc}); "
+                               f"{_INSTALL_HINT}") from None
+        if not np.array_equal(got, [[2, 0], [-18, -88]]):
+            raise RuntimeError(f"device={device!r}: a test kernel computed {got.tolist()}, "
+                               f"not [[2, 0], [-18, -88]]")
+        _checked_devices[index] = True
     return index
 
 
+# ---------------------------------------------------------------------------------------
+# the fused kernels, compiled once per process on first use
+# ---------------------------------------------------------------------------------------
+# torch.optim.Adam's arithmetic for one weight, as the CPU twin in _adam.pyx: lerp for the
+# first moment, 1 - beta computed in double by the caller, the bias correction of the second
+# moment as a multiply by its reciprocal.  One definition for the update and for the check
+# that runs before it, so the check predicts exactly what the update would write.
+_ADAM_MATH = r"""
+__device__ __forceinline__ void aiva_adam_math(
+        float g, float w, float m, float v, float one_minus_b1, float b2, float one_minus_b2,
+        float eps, float wd, float step_size, float inv_bc2_sqrt,
+        float *w_new, float *m_new, float *v_new) {
+    float gi = g + wd * w;
+    float mi = m + one_minus_b1 * (gi - m);
+    float vi = b2 * v + one_minus_b2 * gi * gi;
+    *m_new = mi;
+    *v_new = vi;
+    *w_new = w - step_size * mi / (sqrtf(vi) * inv_bc2_sqrt + eps);
+}
+"""
+
+_ROW_KERNELS = _ADAM_MATH + r"""
+#define BAD_X 1
+#define BAD_LOGITS 2
+#define BAD_LABEL 4
+#define BAD_GRAD 8
+#define BAD_UPDATE 16
+
+// One thread per row: num_tools is small (20), so a row fits in registers and a block per
+// row would leave most of its threads idle.
+extern "C" __global__ void aiva_softmax_rows(const float *z, int B, int T, float *p, int *flags) {
+    int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= B) return;
+    const float *zr = z + (long long)b * T;
+    float *pr = p + (long long)b * T;
+    float m = zr[0];
+    bool finite = isfinite(zr[0]);
+    for (int t = 1; t < T; ++t) { finite &= isfinite(zr[t]); m = fmaxf(m, zr[t]); }
+    if (!finite) atomicOr(flags, BAD_LOGITS);
+    float s = 0.0f;
+    for (int t = 0; t < T; ++t) { float e = expf(zr[t] - m); pr[t] = e; s += e; }
+    float inv = 1.0f / s;
+    for (int t = 0; t < T; ++t) pr[t] *= inv;
+}
+
+// Softmax, cross-entropy from the logits (log-sum-exp), dz = (p - onehot(y)) / B and the
+// argmax check, in one pass per row.  A label out of range is flagged and read as 0, so no
+// thread reads outside the row.
+extern "C" __global__ void aiva_xent_rows(const float *z, const long long *y, int B, int T,
+                                          float inv_batch, float *dz, double *loss_row,
+                                          int *correct_row, int *flags) {
+    int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= B) return;
+    const float *zr = z + (long long)b * T;
+    float *dr = dz + (long long)b * T;
+    long long label = y[b];
+    if (label < 0 || label >= T) { atomicOr(flags, BAD_LABEL); label = 0; }
+    float m = zr[0];
+    int best = 0;
+    bool finite = isfinite(zr[0]);
+    for (int t = 1; t < T; ++t) {
+        finite &= isfinite(zr[t]);
+        if (zr[t] > m) { m = zr[t]; best = t; }   // first maximum, as numpy's argmax
+    }
+    if (!finite) atomicOr(flags, BAD_LOGITS);
+    float s = 0.0f;
+    for (int t = 0; t < T; ++t) s += expf(zr[t] - m);
+    float inv = 1.0f / s;
+    for (int t = 0; t < T; ++t)
+        dr[t] = (expf(zr[t] - m) * inv - (t == label ? 1.0f : 0.0f)) * inv_batch;
+    loss_row[b] = (double)m + log((double)s) - (double)zr[label];
+    correct_row[b] = best == label;
+}
+
+// Sets `bit` in flags if any |a[i]| is not below `limit` (NaN included).  One atomic per
+// block at most, so the usual all-clear case costs one read of `a`.
+extern "C" __global__ void aiva_flag_nonfinite(const float *a, long long n, float limit,
+                                               int bit, int *flags) {
+    int bad = 0;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        bad |= !(fabsf(a[i]) < limit);
+    if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(flags, bit);
+}
+
+// Sets BAD_UPDATE if the Adam step would leave any weight or moment NaN or Inf.  Reads
+// only: a step that fails here has written nothing.
+extern "C" __global__ void aiva_adam_flag(const float *g, const float *w, const float *m,
+                                          const float *v, long long n, float one_minus_b1,
+                                          float b2, float one_minus_b2, float eps, float wd,
+                                          float step_size, float inv_bc2_sqrt, int *flags) {
+    int bad = 0;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        float nw, nm, nv;
+        aiva_adam_math(g[i], w[i], m[i], v[i], one_minus_b1, b2, one_minus_b2, eps, wd,
+                       step_size, inv_bc2_sqrt, &nw, &nm, &nv);
+        bad |= !(isfinite(nw) && isfinite(nm) && isfinite(nv));
+    }
+    if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(flags, BAD_UPDATE);
+}
+
+// One block folds the rows into the step's summary: mean loss, correct rows, error flags.
+// A fixed-order tree, so the loss is the same number on every run.
+extern "C" __global__ void aiva_finish(const double *loss_row, const int *correct_row, int B,
+                                       const int *flags, double *summary) {
+    __shared__ double s_loss[256];
+    __shared__ int s_correct[256];
+    int t = threadIdx.x;
+    double l = 0.0;
+    int c = 0;
+    for (int i = t; i < B; i += 256) { l += loss_row[i]; c += correct_row[i]; }
+    s_loss[t] = l; s_correct[t] = c;
+    __syncthreads();
+    for (int half = 128; half > 0; half >>= 1) {
+        if (t < half) { s_loss[t] += s_loss[t + half]; s_correct[t] += s_correct[t + half]; }
+        __syncthreads();
+    }
+    if (t == 0) { summary[0] = s_loss[0] / B; summary[1] = s_correct[0]; summary[2] = flags[0]; }
+}
+"""
+
+_kernels: Dict[str, Any] = {}
+
+
 def _k(name: str) -> Any:
-    """Compile each fused kernel once per process, on first use."""
-    if name not in _kernels:
+    if not _kernels:
         ek = cp.ElementwiseKernel
+        module = cp.RawModule(code=_ROW_KERNELS, options=("--std=c++11",))
         _kernels.update({
-            "spike": ek("float32 v, int32 left, float32 thr", "float32 spikes, bool open",
-                        "open = left == 0; spikes = (open && v >= thr) ? 1.0f : 0.0f",
-                        "aiva_spike"),
+            # The refractory mask is read from the countdown the step starts from; a fresh
+            # (empty) state has no countdown array at all: the *_fresh twins.
+            "spike": ek("float32 v, int32 left, float32 thr", "float32 spikes",
+                        "spikes = (left == 0 && v >= thr) ? 1.0f : 0.0f", "aiva_spike"),
+            "spike_fresh": ek("float32 v, float32 thr", "float32 spikes",
+                              "spikes = v >= thr ? 1.0f : 0.0f", "aiva_spike_fresh"),
             "commit": ek("float32 spikes, int32 R", "int32 left",
                          "left = spikes != 0.0f ? R : (left > 0 ? left - 1 : 0)", "aiva_commit"),
-            "surrogate": ek("float32 d_spikes, float32 v, bool open, float32 thr, float32 k",
-                            "float32 dv",
-                            "float a = 1.0f + k * fabsf(v - thr); dv = open ? d_spikes / (a * a) : 0.0f",
+            "commit_fresh": ek("float32 spikes, int32 R", "int32 left",
+                               "left = spikes != 0.0f ? R : 0", "aiva_commit_fresh"),
+            # fast-sigmoid surrogate; d_spikes is overwritten by dv
+            "surrogate": ek("float32 v, int32 left, float32 thr, float32 k", "float32 d",
+                            "float a = 1.0f + k * fabsf(v - thr); d = left == 0 ? d / (a * a) : 0.0f",
                             "aiva_surrogate"),
-            "tanh_back": ek("float32 dh, float32 h", "float32 da", "da = dh * (1.0f - h * h)",
-                            "aiva_tanh_back"),
-            # torch.optim.Adam's arithmetic, one pass: see _adam.pyx for the CPU twin.
-            "adam": ek("float32 g, float32 b1, float32 b2, float32 eps, float32 wd, "
-                       "float32 step_size, float32 bc2_sqrt", "float32 w, float32 m, float32 v",
-                       "float gi = g + wd * w; float mi = m + (1.0f - b1) * (gi - m);"
-                       "float vi = b2 * v + (1.0f - b2) * gi * gi; m = mi; v = vi;"
-                       "w = w - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);", "aiva_adam"),
+            "surrogate_fresh": ek("float32 v, float32 thr, float32 k", "float32 d",
+                                  "float a = 1.0f + k * fabsf(v - thr); d = d / (a * a)",
+                                  "aiva_surrogate_fresh"),
+            "tanh_back": ek("float32 h", "float32 d", "d = d * (1.0f - h * h)", "aiva_tanh_back"),
+            # Adam, one fused pass per weight array
+            "adam": ek("float32 g, float32 one_minus_b1, float32 b2, float32 one_minus_b2, "
+                       "float32 eps, float32 wd, float32 step_size, float32 inv_bc2_sqrt",
+                       "float32 w, float32 m, float32 v",
+                       "float nw, nm, nv;"
+                       "aiva_adam_math(g, w, m, v, one_minus_b1, b2, one_minus_b2, eps, wd,"
+                       "               step_size, inv_bc2_sqrt, &nw, &nm, &nv);"
+                       "w = nw; m = nm; v = nv;", "aiva_adam", preamble=_ADAM_MATH),
+            "adam_flag": module.get_function("aiva_adam_flag"),
+            "softmax_rows": module.get_function("aiva_softmax_rows"),
+            "xent_rows": module.get_function("aiva_xent_rows"),
+            "flag_nonfinite": module.get_function("aiva_flag_nonfinite"),
+            "finish": module.get_function("aiva_finish"),
         })
     return _kernels[name]
 
 
+def _rows_launch(batch: int) -> Tuple[Tuple[int], Tuple[int]]:
+    return ((batch + 127) // 128,), (128,)
+
+
+def _flag_nonfinite(a: Any, limit: float, bit: int, flags: Any) -> None:
+    n = a.size
+    blocks = max(1, min(1024, (n + 255) // 256))
+    _k("flag_nonfinite")((blocks,), (256,), (a, np.int64(n), np.float32(limit), np.int32(bit),
+                                              flags))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _on_device(method: F) -> F:
+    """Run the method inside the engine's device context (so cuda:N works)."""
+    @functools.wraps(method)
+    def wrapper(self: "CupyEngine", *args: Any, **kwargs: Any) -> Any:
+        with cp.cuda.Device(self.device_index):
+            return method(self, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------
+# Adam
+# ---------------------------------------------------------------------------------------
 class CupyAdam:
     """Adam on the GPU: the same attributes and state_dict as ``aiva_cy._adam.Adam``."""
 
-    def __init__(self, shapes, *, names, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, shapes, *, names, device_index: int = 0, lr=1e-3, betas=(0.9, 0.999),
+                 eps=1e-8, weight_decay=0.0):
         self.shapes = tuple(tuple(s) for s in shapes)
         self.names = tuple(names)
         self.transposed = (False,) * len(self.shapes)
+        self.device_index = device_index
         self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
         self.weight_decay, self.step = weight_decay, 0
-        self._exp_avg = [cp.zeros(s, cp.float32) for s in self.shapes]
-        self._exp_avg_sq = [cp.zeros(s, cp.float32) for s in self.shapes]
+        with cp.cuda.Device(device_index):
+            self._exp_avg = [cp.zeros(s, cp.float32) for s in self.shapes]
+            self._exp_avg_sq = [cp.zeros(s, cp.float32) for s in self.shapes]
 
     @property
     def betas(self) -> Tuple[float, float]:
@@ -88,38 +313,60 @@ class CupyAdam:
     def betas(self, value: Tuple[float, float]) -> None:
         self.beta1, self.beta2 = value
 
-    def update(self, params: List[Any], grads: List[Any]) -> None:
+    def _scalars(self) -> Tuple[np.float32, ...]:
+        """The next step's scalars, computed in double and rounded once (1 - 0.999f would
+        be 1.3e-5 off torch's 1 - beta)."""
         step = self.step + 1
-        step_size = self.lr / (1.0 - self.beta1 ** step)
-        bc2_sqrt = (1.0 - self.beta2 ** step) ** 0.5
+        beta1, beta2 = float(self.beta1), float(self.beta2)
+        step_size = float(self.lr) / (1.0 - beta1 ** step)
+        inv_bc2_sqrt = 1.0 / math.sqrt(1.0 - beta2 ** step)
+        with np.errstate(over="ignore"):     # an Inf step size is caught by flag_update
+            return tuple(np.float32(a) for a in (1.0 - beta1, beta2, 1.0 - beta2, self.eps,
+                                                 self.weight_decay, step_size, inv_bc2_sqrt))
+
+    def flag_update(self, params: List[Any], grads: List[Any], flags: Any) -> None:
+        """Queue the read-only check of the next update: sets BAD_UPDATE in ``flags`` if it
+        would leave a weight or moment non-finite."""
+        scalars = self._scalars()
         for w, g, m, v in zip(params, grads, self._exp_avg, self._exp_avg_sq):
-            _k("adam")(g, np.float32(self.beta1), np.float32(self.beta2), np.float32(self.eps),
-                       np.float32(self.weight_decay), np.float32(step_size),
-                       np.float32(bc2_sqrt), w, m, v)
-        self.step = step
+            n = w.size
+            _k("adam_flag")((max(1, min(1024, (n + 255) // 256)),), (256,),
+                            (g, w, m, v, np.int64(n)) + scalars + (flags,))
+
+    def update(self, params: List[Any], grads: List[Any]) -> None:
+        scalars = self._scalars()
+        with cp.cuda.Device(self.device_index):
+            for w, g, m, v in zip(params, grads, self._exp_avg, self._exp_avg_sq):
+                _k("adam")(g, *scalars, w, m, v)
+        self.step += 1
 
     def state_dict(self) -> Dict[str, Any]:
         return {"lr": self.lr, "betas": (self.beta1, self.beta2), "eps": self.eps,
                 "weight_decay": self.weight_decay, "step": int(self.step),
-                "exp_avg": {k: a.get() for k, a in zip(self.names, self._exp_avg)},
-                "exp_avg_sq": {k: a.get() for k, a in zip(self.names, self._exp_avg_sq)}}
+                "exp_avg": {k: _fetch(a) for k, a in zip(self.names, self._exp_avg)},
+                "exp_avg_sq": {k: _fetch(a) for k, a in zip(self.names, self._exp_avg_sq)}}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        # Check through the CPU optimizer's validation, then upload.
+        # Checked in full by a CPU optimizer of the same shapes, then uploaded.
         from aiva_cy._adam import Adam
         check = Adam(self.shapes, names=self.names)
         check.load_state_dict(state)
         s = check.state_dict()
+        with cp.cuda.Device(self.device_index):
+            exp_avg = [cp.asarray(s["exp_avg"][k]) for k in self.names]
+            exp_avg_sq = [cp.asarray(s["exp_avg_sq"][k]) for k in self.names]
         self.lr, (self.beta1, self.beta2), self.eps = s["lr"], s["betas"], s["eps"]
         self.weight_decay, self.step = s["weight_decay"], s["step"]
-        self._exp_avg = [cp.asarray(s["exp_avg"][k]) for k in self.names]
-        self._exp_avg_sq = [cp.asarray(s["exp_avg_sq"][k]) for k in self.names]
+        self._exp_avg, self._exp_avg_sq = exp_avg, exp_avg_sq
 
     def __repr__(self) -> str:
         return (f"CupyAdam(lr={self.lr}, betas=({self.beta1}, {self.beta2}), eps={self.eps}, "
                 f"weight_decay={self.weight_decay}, step={self.step})")
 
 
+# ---------------------------------------------------------------------------------------
+# the engine
+# ---------------------------------------------------------------------------------------
 class CupyEngine:
     """One network's weights, refractory state and step on a CUDA device."""
 
@@ -128,24 +375,21 @@ class CupyEngine:
         self.xp = cp
         (self.input_size, self.hidden_size, self.spiking_size, self.num_tools,
          self.threshold, self.refractory_period, self.surrogate_slope) = config
-        self._lock = threading.Lock()
-        with cp.cuda.Device(self.device_index):
-            self.w = {k: cp.asarray(np.ascontiguousarray(weights[k], np.float32))
-                      for k in PARAM_NAMES}
+        self._lock = threading.RLock()
         self.grads: Optional[Dict[str, Any]] = None
-        self.refractory_left = None
+        self.refractory_left: Any = None
+        self._install(weights)
 
     # -- moving --------------------------------------------------------------------------
     @classmethod
     def from_cpu(cls, engine: Any, optimizer: Any, device: str) -> Tuple["CupyEngine", CupyAdam]:
-        _require_cuda(device)
+        index = _require_cuda(device)
         config = (engine.input_size, engine.hidden_size, engine.spiking_size, engine.num_tools,
                   engine.threshold, engine.refractory_period, engine.surrogate_slope)
         new = cls(config, engine.get_weights(), device)
         new.set_state(engine.get_state())
-        with cp.cuda.Device(new.device_index):
-            opt = CupyAdam([new.w[k].shape for k in PARAM_NAMES], names=PARAM_NAMES)
-            opt.load_state_dict(optimizer.state_dict())
+        opt = CupyAdam(new.param_shapes(), names=PARAM_NAMES, device_index=index)
+        opt.load_state_dict(optimizer.state_dict())
         return new, opt
 
     def to_cpu(self, optimizer: CupyAdam) -> Tuple[Any, Any]:
@@ -154,137 +398,254 @@ class CupyEngine:
         engine = Engine(self.input_size, self.hidden_size, self.spiking_size, self.num_tools,
                         self.threshold, self.refractory_period, self.surrogate_slope,
                         self.get_weights())
-        engine.set_state(None if self.refractory_left is None else self.refractory_left.get())
+        state = self.get_state()
+        engine.set_state(None if state is None else _fetch(state))
         opt = Adam(engine.param_shapes(), names=PARAM_NAMES, transposed=PARAM_TRANSPOSED)
         opt.load_state_dict(optimizer.state_dict())
         return engine, opt
 
     # -- arrays --------------------------------------------------------------------------
+    @_on_device
     def to_device(self, arr: np.ndarray) -> Any:
-        with cp.cuda.Device(self.device_index):
-            return cp.asarray(arr)
+        return cp.asarray(arr)
 
+    @_on_device
     def as_x(self, x: Any, name: str, n_in: int) -> Tuple[Any, bool]:
+        """A CuPy input, float32 in C order, still on the device: each step checks it for
+        NaN/Inf itself, with the step's other checks."""
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers (bool, int or float), got dtype {x.dtype}")
         one = x.ndim == 1
         if not ((one and x.shape[0] == n_in) or (x.ndim == 2 and x.shape[1] == n_in and x.shape[0] >= 1)):
             raise ValueError(f"{name} must have shape ({n_in},) or (batch >= 1, {n_in}), got {x.shape}")
-        x = cp.ascontiguousarray(x.reshape(1, n_in) if one else x, dtype=cp.float32)
-        if not bool(cp.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN or Inf (or a value too large for float32)")
-        return x, one
+        return cp.ascontiguousarray(x.reshape(1, n_in) if one else x, dtype=cp.float32), one
+
+    @_on_device
+    def as_xs(self, xs: Any) -> Any:
+        """A CuPy sequence (T, B, in), float32 in C order (checked by forward_sequence)."""
+        return cp.ascontiguousarray(xs, dtype=cp.float32)
+
+    @_on_device
+    def as_y(self, y: Any, batch: int, name: str, num_tools: int) -> Any:
+        """CuPy labels, kept on the device.  Integer labels are range-checked by the training
+        step itself (flagged, fetched with the step's summary); float labels must be
+        integral, which costs one check here."""
+        if y.ndim == 0:
+            y = y.reshape(1)
+        if y.shape != (batch,):
+            raise ValueError(f"{name} must hold one label per row of x: shape ({batch},), "
+                             f"got {y.shape}")
+        if y.dtype.kind == "b":
+            raise TypeError(f"{name} must hold integer labels, got dtype bool")
+        if y.dtype.kind == "f":
+            if not bool(_fetch(cp.all(cp.isfinite(y) & (y == cp.floor(y))))):
+                raise ValueError(f"{name} must hold integer labels in [0, {num_tools}), "
+                                 f"got non-integer values")
+            # integral floats beyond int64 wrap: clamp first so the range check sees them
+            y = cp.clip(y, -1, num_tools)
+        elif y.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integer labels, got dtype {y.dtype}")
+        elif y.dtype.kind == "u" and y.dtype.itemsize == 8:
+            y = cp.minimum(y, num_tools)          # uint64 beyond int64 would turn negative
+        return cp.ascontiguousarray(y, dtype=cp.int64)
 
     def param_shapes(self):
-        return tuple(self.w[k].shape for k in PARAM_NAMES)
+        return tuple(w.shape for w in self._weights)
 
     def params(self):
-        return [self.w[k] for k in PARAM_NAMES]
+        return list(self._weights)
 
+    @_on_device
     def get_weights(self) -> Dict[str, np.ndarray]:
-        return {k: self.w[k].get() for k in PARAM_NAMES}
+        weights = self._weights
+        return {k: _fetch(w) for k, w in zip(PARAM_NAMES, weights)}
+
+    @_on_device
+    def _install(self, weights: Dict[str, np.ndarray]) -> None:
+        new = tuple(cp.array(np.ascontiguousarray(weights[k], np.float32), dtype=cp.float32)
+                    for k in PARAM_NAMES)
+        with self._lock:
+            # One reference swap: a predict running meanwhile uses the old tuple or the new.
+            self._weights = new
 
     def set_weights(self, weights: Dict[str, np.ndarray]) -> None:
-        with self._lock:
-            for k in PARAM_NAMES:
-                self.w[k][...] = cp.asarray(weights[k], dtype=cp.float32)
+        for k, shape in zip(PARAM_NAMES, ((self.input_size, self.hidden_size),
+                                          (self.hidden_size, self.spiking_size),
+                                          (self.spiking_size, self.num_tools))):
+            if tuple(weights[k].shape) != shape:
+                raise ValueError(f"{k} must have shape {shape}, got {weights[k].shape}")
+        self._install(weights)
 
+    @_on_device
     def gradients(self) -> Optional[Dict[str, Any]]:
         return None if self.grads is None else {k: g.copy() for k, g in self.grads.items()}
 
     # -- state ---------------------------------------------------------------------------
     @property
     def state_batch_size(self) -> Optional[int]:
-        return None if self.refractory_left is None else int(self.refractory_left.shape[0])
+        left = self.refractory_left
+        return None if left is None else int(left.shape[0])
 
     def reset_state(self) -> None:
-        self.refractory_left = None
+        with self._lock:
+            self.refractory_left = None
 
+    @_on_device
     def get_state(self) -> Any:
-        return None if self.refractory_left is None else self.refractory_left.copy()
+        with self._lock:
+            return None if self.refractory_left is None else self.refractory_left.copy()
 
+    @_on_device
     def set_state(self, state: Any) -> None:
         if state is None:
-            self.refractory_left = None
+            with self._lock:
+                self.refractory_left = None
             return
-        from aiva_cy._core import Engine   # reuse the CPU checks on shape and range
-        probe = Engine(1, 1, self.spiking_size, 1, 0.0, self.refractory_period, 0.0,
-                       {"fc1.weight": np.zeros((1, 1), np.float32),
-                        "spiking.weight": np.zeros((1, self.spiking_size), np.float32),
-                        "fc2.weight": np.zeros((self.spiking_size, 1), np.float32)})
-        probe.set_state(state.get() if hasattr(state, "get") else state)
-        self.refractory_left = cp.asarray(probe.get_state())
+        host = _fetch(state) if hasattr(state, "get") else np.asarray(state)
+        if host.ndim != 2 or host.shape[1] != self.spiking_size or host.shape[0] < 1:
+            raise ValueError(f"refractory state must have shape (batch, {self.spiking_size}), "
+                             f"got {host.shape}")
+        if host.dtype.kind not in "iu" or (host.size and (host.min() < 0 or
+                                                          host.max() > self.refractory_period)):
+            raise ValueError(f"refractory state must hold integers in [0, {self.refractory_period}]")
+        left = cp.asarray(np.ascontiguousarray(host, np.int32))
+        with self._lock:
+            self.refractory_left = left
 
     def _state_for(self, batch: int) -> Any:
-        if self.refractory_left is None:
-            return cp.zeros((batch, self.spiking_size), cp.int32)
-        if self.refractory_left.shape[0] != batch:
-            raise batch_mismatch(batch, int(self.refractory_left.shape[0]))
-        return self.refractory_left
-
-    # -- one step ------------------------------------------------------------------------
-    def _step(self, x: Any, left: Any) -> Dict[str, Any]:
-        h = cp.tanh(x @ self.w["fc1.weight"])
-        v = h @ self.w["spiking.weight"]
-        spikes, open_ = _k("spike")(v, left, np.float32(self.threshold))
-        z = spikes @ self.w["fc2.weight"]
-        if not bool(cp.isfinite(z).all()):
-            raise ValueError("the logits are not finite: the weights are too large for float32")
-        e = cp.exp(z - z.max(axis=1, keepdims=True))
-        return {"h": h, "v": v, "spikes": spikes, "open": open_, "z": z,
-                "p": e / e.sum(axis=1, keepdims=True)}
-
-    def _commit(self, left: Any, spikes: Any) -> Any:
-        _k("commit")(spikes, np.int32(self.refractory_period), left)
+        left = self.refractory_left
+        if left is not None and left.shape[0] != batch:
+            raise batch_mismatch(batch, int(left.shape[0]))
         return left
 
+    # -- one step ------------------------------------------------------------------------
+    def _hidden_and_spikes(self, weights: Tuple[Any, Any, Any], x: Any, left: Any
+                           ) -> Tuple[Any, Any, Any]:
+        fc1, spiking, _ = weights
+        h = x @ fc1
+        cp.tanh(h, out=h)
+        v = h @ spiking
+        thr = np.float32(self.threshold)
+        spikes = _k("spike_fresh")(v, thr) if left is None else _k("spike")(v, left, thr)
+        return h, v, spikes
+
+    def _probs(self, weights: Tuple[Any, Any, Any], spikes: Any, out: Any, flags: Any) -> Any:
+        z = spikes @ weights[2]
+        B, T = z.shape
+        _k("softmax_rows")(*_rows_launch(B), (z, np.int32(B), np.int32(T), out, flags))
+        return z
+
+    @staticmethod
+    def _raise_for(flags: Any, name: str) -> None:
+        """The call's one host block: its error flags.  Inference reports overflowing logits
+        like bad input (ValueError), as the CPU engine does."""
+        bad = int(_fetch(flags)[0])
+        if bad & BAD_X:
+            raise ValueError(f"{name} contains NaN or Inf (or a value too large for float32)")
+        if bad & BAD_LOGITS:
+            raise ValueError("the logits are not finite: the weights are too large for float32")
+
+    def _commit(self, left: Any, spikes: Any) -> Any:
+        R = np.int32(self.refractory_period)
+        if left is None:
+            return _k("commit_fresh")(spikes, R)
+        _k("commit")(spikes, R, left)
+        return left
+
+    @_on_device
     def forward(self, x: Any) -> Any:
         with self._lock:
+            weights = self._weights
             left = self._state_for(x.shape[0])
-            c = self._step(x, left)
-            self.refractory_left = self._commit(left, c["spikes"])
-        return c["p"]
+            flags = cp.zeros(1, cp.int32)
+            _flag_nonfinite(x, np.inf, BAD_X, flags)
+            probs = cp.empty((x.shape[0], self.num_tools), cp.float32)
+            _, _, spikes = self._hidden_and_spikes(weights, x, left)
+            self._probs(weights, spikes, probs, flags)
+            self._raise_for(flags, "x")
+            self.refractory_left = self._commit(left, spikes)
+        return probs
 
+    @_on_device
     def forward_sequence(self, xs: Any) -> Any:
         with self._lock:
-            left = self._state_for(xs.shape[1]).copy()
+            weights = self._weights
+            held = self._state_for(xs.shape[1])
+            left = None if held is None else held.copy()   # adopted only if all steps pass
+            flags = cp.zeros(1, cp.int32)
+            _flag_nonfinite(xs, np.inf, BAD_X, flags)
             out = cp.empty((xs.shape[0], xs.shape[1], self.num_tools), cp.float32)
             for t in range(xs.shape[0]):
-                c = self._step(xs[t], left)
-                out[t] = c["p"]
-                self._commit(left, c["spikes"])
+                _, _, spikes = self._hidden_and_spikes(weights, xs[t], left)
+                self._probs(weights, spikes, out[t], flags)
+                left = self._commit(left, spikes)
+            self._raise_for(flags, "xs")                   # once, for all the steps
             self.refractory_left = left
         return out
 
+    @_on_device
     def predict(self, x: Any, with_logits: bool = False) -> Any:
-        c = self._step(x, cp.zeros((x.shape[0], self.spiking_size), cp.int32))
-        return (c["p"], c["z"]) if with_logits else c["p"]
+        weights = self._weights            # one read: a concurrent set_weights can't mix sets
+        flags = cp.zeros(1, cp.int32)
+        _flag_nonfinite(x, np.inf, BAD_X, flags)
+        probs = cp.empty((x.shape[0], self.num_tools), cp.float32)
+        _, _, spikes = self._hidden_and_spikes(weights, x, None)
+        z = self._probs(weights, spikes, probs, flags)
+        self._raise_for(flags, "x")
+        return (probs, z) if with_logits else probs
 
-    def _forward_backward(self, x: Any, y: Any, left: Any) -> Tuple[float, int, Any]:
-        c = self._step(x, left)
-        B = x.shape[0]
-        z = c["z"]
-        m = z.max(axis=1, keepdims=True)
-        lse = m[:, 0] + cp.log(cp.exp(z - m).sum(axis=1))
-        loss = float((lse - z[cp.arange(B), y]).mean())
-        dz = c["p"].copy()
-        dz[cp.arange(B), y] -= 1.0
-        dz /= B
-        d_spikes = dz @ self.w["fc2.weight"].T
-        dv = _k("surrogate")(d_spikes, c["v"], c["open"], np.float32(self.threshold),
-                             np.float32(self.surrogate_slope))
-        da = _k("tanh_back")(dv @ self.w["spiking.weight"].T, c["h"])
-        grads = {"fc1.weight": x.T @ da, "spiking.weight": c["h"].T @ dv,
-                 "fc2.weight": c["spikes"].T @ dz}
-        finite = np.isfinite(loss) and all(bool(cp.isfinite(g).all()) and
-                                           float(cp.abs(g).max()) < 1e18 for g in grads.values())
-        if not finite:
+    def _forward_backward(self, x: Any, y: Any, left: Any, optimizer: Optional[CupyAdam] = None
+                          ) -> Tuple[float, int, Any]:
+        """Forward, loss and gradients, then every check of the step in one fetch: x,
+        labels, logits, gradients and, with an optimizer, the update it would make.  Raises
+        (with nothing changed) if any fails."""
+        weights = self._weights
+        fc1, spiking, fc2 = weights
+        B, T = x.shape[0], self.num_tools
+        flags = cp.zeros(1, cp.int32)
+        _flag_nonfinite(x, np.inf, BAD_X, flags)
+        h, v, spikes = self._hidden_and_spikes(weights, x, left)
+        z = spikes @ fc2
+        dz = cp.empty((B, T), cp.float32)
+        loss_row = cp.empty(B, cp.float64)
+        correct_row = cp.empty(B, cp.int32)
+        _k("xent_rows")(*_rows_launch(B), (z, y, np.int32(B), np.int32(T), np.float32(1.0 / B),
+                                           dz, loss_row, correct_row, flags))
+        d = dz @ fc2.T                                   # d_spikes, then dv in place
+        thr, k = np.float32(self.threshold), np.float32(self.surrogate_slope)
+        if left is None:
+            _k("surrogate_fresh")(v, thr, k, d)
+        else:
+            _k("surrogate")(v, left, thr, k, d)
+        da = d @ spiking.T
+        _k("tanh_back")(h, da)
+        grads = {"fc1.weight": x.T @ da, "spiking.weight": h.T @ d,
+                 "fc2.weight": spikes.T @ dz}
+        for g in grads.values():
+            _flag_nonfinite(g, GRAD_LIMIT, BAD_GRAD, flags)
+        if optimizer is not None:
+            optimizer.flag_update(self.params(), [grads[k] for k in PARAM_NAMES], flags)
+        summary = cp.empty(3, cp.float64)
+        _k("finish")((1,), (256,), (loss_row, correct_row, np.int32(B), flags, summary))
+        loss, correct, bad = _fetch(summary)             # the step's one host block
+        bad = int(bad)
+        if bad & BAD_X:
+            raise ValueError("x contains NaN or Inf (or a value too large for float32)")
+        if bad & BAD_LABEL:
+            lo, hi = (int(a) for a in _fetch(cp.stack([y.min(), y.max()])))
+            raise ValueError(f"y must hold integer labels in [0, {T}), got values from "
+                             f"{lo} to {hi}")
+        if bad & (BAD_LOGITS | BAD_GRAD) or not math.isfinite(loss):
             raise FloatingPointError("the loss or a gradient is not finite (or overflows "
                                      "float32); the net was left unchanged")
-        correct = int((c["p"].argmax(axis=1) == y).sum())
+        if bad & BAD_UPDATE:
+            raise FloatingPointError("this Adam step would leave a weight or moment that is "
+                                     "not finite (check lr, eps and weight_decay); the net "
+                                     "was left unchanged")
         self.grads = grads
-        return loss, correct, c["spikes"]
+        return float(loss), int(correct), spikes
 
+    @_on_device
     def loss_and_grad(self, x: Any, y: Any) -> float:
         with self._lock:
             left = self._state_for(x.shape[0])
@@ -292,18 +653,21 @@ class CupyEngine:
             self.refractory_left = self._commit(left, spikes)
         return loss
 
+    @_on_device
     def train_step(self, x: Any, y: Any, optimizer: CupyAdam) -> Tuple[float, int]:
         with self._lock:
             left = self._state_for(x.shape[0])
-            loss, correct, spikes = self._forward_backward(x, y, left)
+            loss, correct, spikes = self._forward_backward(x, y, left, optimizer)
             grads = self.grads
             assert grads is not None   # set by _forward_backward
             optimizer.update(self.params(), [grads[k] for k in PARAM_NAMES])
             self.refractory_left = self._commit(left, spikes)
         return loss, correct
 
+    @_on_device
     def blas_products(self, x: Any) -> None:
         """The three products of a forward step alone (the benchmark's floor)."""
-        h = x @ self.w["fc1.weight"]
-        v = h @ self.w["spiking.weight"]
-        v @ self.w["fc2.weight"]
+        fc1, spiking, fc2 = self._weights
+        h = x @ fc1
+        v = h @ spiking
+        v @ fc2

@@ -49,9 +49,13 @@ def _precision_arg(value: Any) -> str:
     return value
 
 
+def _is_cupy(value: Any) -> bool:
+    return type(value).__module__.startswith("cupy")
+
+
 def _numeric_array(name: str, value: Any) -> np.ndarray:
     """Any array-like of real numbers (bool, int, float; any order or strides)."""
-    if type(value).__module__.startswith("cupy"):
+    if _is_cupy(value):
         value = value.get()      # a GPU array handed to a CPU net, or headed for validation
     try:
         arr = np.asarray(value)
@@ -211,8 +215,9 @@ class AIVANet:
 
     # -- input conversion ------------------------------------------------------------------
     def _as_x(self, x: Any, name: str = "x") -> Tuple[Any, bool]:
-        """(B, input_size) float32 C-contiguous on the net's device, and whether x was 1-D."""
-        if self._device != "cpu" and type(x).__module__.startswith("cupy"):
+        """(B, input_size) float32 C-contiguous on the net's device, and whether x was 1-D.
+        A CuPy x on a CUDA net stays on the device, where the step checks it for NaN/Inf."""
+        if self._device != "cpu" and _is_cupy(x):
             return self._engine.as_x(x, name, self.input_size)
         arr = _numeric_array(name, x)
         n_in = self.input_size
@@ -236,6 +241,8 @@ class AIVANet:
         return arr
 
     def _as_y(self, y: Any, batch: int, name: str = "y", on_host: bool = False) -> Any:
+        if self._device != "cpu" and not on_host and _is_cupy(y):
+            return self._engine.as_y(y, batch, name, self.num_tools)
         arr = _numeric_array(name, y)   # on the host: labels are small; sent back below
         if arr.ndim == 0:
             arr = arr.reshape(1)
@@ -270,7 +277,10 @@ class AIVANet:
 
     def forward_sequence(self, xs: Any) -> Any:
         """T steps from the current state: xs (T, B, in) → (T, B, tools); (T, in) → (T, tools)."""
-        arr = _numeric_array("xs", xs)
+        on_device = self._device != "cpu" and _is_cupy(xs)
+        if on_device and xs.dtype.kind not in "biuf":
+            raise TypeError(f"xs must hold real numbers (bool, int or float), got dtype {xs.dtype}")
+        arr = xs if on_device else _numeric_array("xs", xs)
         n_in = self.input_size
         if arr.ndim == 2 and arr.shape[1] == n_in and arr.shape[0] >= 1:
             arr, one = arr[:, None, :], True
@@ -280,11 +290,15 @@ class AIVANet:
             raise ValueError(f"xs must have shape (steps >= 1, {n_in}) or (steps >= 1, batch >= 1, "
                              f"{n_in}), got {arr.shape}")
         # Checked here rather than by the engine, whose messages speak of a single step's x.
-        _check_finite("xs", arr)
         held = self._engine.state_batch_size
         if held is not None and held != arr.shape[1]:
             raise batch_mismatch(arr.shape[1], held, "xs")
-        probs = self._engine.forward_sequence(self._to_engine("xs", arr))
+        if on_device:
+            arr = self._engine.as_xs(arr)
+        else:
+            _check_finite("xs", arr)
+            arr = self._to_engine("xs", arr)
+        probs = self._engine.forward_sequence(arr)
         return probs[:, 0, :] if one else probs
 
     def predict_proba(self, x: Any) -> Any:
