@@ -44,12 +44,40 @@ _mkl_info = {}
 _mkl_lock = threading.Lock()
 MKL_EXTRA = 'pip install "aiva_cy[mkl]"'
 
-# MKL_THREADING_* values of mkl_service.h.  Intel OpenMP (MKL's own default) is the layer
-# that uses both cores for the batch products; its workers are told to sleep as soon as a
-# product ends (KMP_BLOCKTIME=0) instead of spinning for 200 ms, so they never hold a core
-# that NumPy's OpenBLAS (or the elementwise passes between products) needs.  A user's own
-# MKL_THREADING_LAYER / KMP_BLOCKTIME win.
+# MKL_THREADING_* values of mkl_service.h.  The layer is TBB, found next to MKL (the `mkl`
+# wheel depends on `tbb`), else sequential; never MKL's default, Intel OpenMP, because:
+# - correctness: with a GNU OpenMP already loaded into the global symbol scope (PyTorch's
+#   libgomp, for one), libmkl_intel_thread's omp_* calls bind to it while libiomp5 runs the
+#   threads, and products come out wrong, differently from run to run (measured: the loss
+#   of a default-size step anywhere from 21 to 38 instead of 35.2 after `import torch`);
+# - speed, measured on the 2-core development machine (bf16 products of one forward step,
+#   median of runs): TBB 0.18-0.20 ms at batch 1 and 1.9-2.2 ms at batch 256 (packed),
+#   Intel OpenMP 0.33-0.44 and 2.7-3.8, sequential 0.30-0.36 and 1.9-2.2;
+# - sharing the cores: TBB's idle workers block after a short spin, where Intel OpenMP's
+#   spin for 200 ms (KMP_BLOCKTIME) on the core NumPy's OpenBLAS pool needs next.
+# A user's MKL_THREADING_LAYER wins.
 _MKL_THREADING = {"intel": 0, "sequential": 1, "gnu": 3, "tbb": 4}
+_tbb_library = None          # kept loaded: MKL's TBB layer resolves against it
+
+
+def _preload_tbb(mkl_path):
+    """Load libtbb by path (the loader would not find it in a virtual environment's lib/), so
+    that MKL's TBB layer links to it.  True if it could."""
+    global _tbb_library
+    import ctypes
+    import glob
+    folder = os.path.dirname(mkl_path)
+    for name in sorted(glob.glob(os.path.join(folder, "libtbb.so.*"))
+                       + glob.glob(os.path.join(folder, "libtbb*.dylib"))
+                       + glob.glob(os.path.join(folder, "tbb12*.dll"))):
+        if "malloc" in name or "bind" in name:
+            continue
+        try:
+            _tbb_library = ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def _mkl_path():
@@ -86,17 +114,17 @@ cdef int _open_mkl() except -1:
         if path is None:
             raise ImportError(f"MKL is not installed; install it with: {MKL_EXTRA}")
         if "MKL_THREADING_LAYER" in os.environ:
-            layer, layer_name = -1, os.environ["MKL_THREADING_LAYER"].lower()
+            layer_name = os.environ["MKL_THREADING_LAYER"].lower()
+            layer = -1
         else:
-            layer, layer_name = _MKL_THREADING["intel"], "intel"
-            os.environ.setdefault("KMP_BLOCKTIME", "0")
+            layer_name = "tbb" if _preload_tbb(path) else "sequential"
+            layer = _MKL_THREADING[layer_name]
         if aiva_mkl_open(os.fsencode(path), layer, &_mkl) != 0:
             raise ImportError(f"{path} could not be opened as MKL (or its interface is fixed "
                               f"to ILP64); reinstall it with: {MKL_EXTRA}")
         _mkl_info.update(provider="mkl", path=path, ilp64=False,
                          bf16=_mkl.gemm_bf16 != NULL and _mkl.pack_bf16 != NULL,
-                         threading_layer=layer_name,
-                         kmp_blocktime=os.environ.get("KMP_BLOCKTIME"))
+                         threading_layer=layer_name)
         _mkl_open = True
     return 0
 

@@ -369,3 +369,34 @@ def test_float32_trained_net_keeps_its_decisions_in_bf16(digits, digits_float32_
         net.precision = "float32"
     agree = float((decided16 == decided32).mean())
     assert agree >= 0.995, agree
+
+
+@needs_bf16
+def test_bf16_products_stay_right_after_pytorch_loaded_its_openmp():
+    # Regression: with MKL's default threading layer (Intel OpenMP), a GNU OpenMP already in
+    # the global symbol scope (PyTorch's libgomp) took MKL's omp_* calls and every thread
+    # ran its threads on the wrong runtime: the batch-1 loss below came out anywhere from 21
+    # to 38 instead of 35.2, changing from run to run (a race, hence the repetitions).
+    pytest.importorskip("torch")
+    script = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch  # noqa: F401  (first: its libgomp enters the global scope)
+import numpy as np
+from test_bf16 import DEFAULT, make, safe_inputs, rel_err
+import aiva_cy
+for batch in (1, 33) * 10:
+    net, ref, w = make(DEFAULT, seed=1, slope=4.0)
+    x = safe_inputs(w, (batch, 512), seed=1)
+    y = np.arange(batch) % 20
+    loss, g = net.loss_and_grad(x, y)
+    loss_ref, g_ref = ref.loss_and_grad(x, y)
+    assert abs(loss / loss_ref - 1) < 1e-5, (batch, loss, loss_ref)
+    assert rel_err(g["spiking.weight"], g_ref["spiking.weight"]) < 2e-2
+print(aiva_cy.blas_info()["bfloat16"]["threading_layer"])
+"""
+    env = {k: v for k, v in os.environ.items() if k != "MKL_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] in ("tbb", "sequential")
