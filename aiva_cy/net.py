@@ -129,7 +129,7 @@ class AIVANet:
         optimizer_args = _adam_args(lr, betas, eps, weight_decay)
         device = _parse_device(device)
         if device != "cpu":
-            _check_device_precision(device, config["precision"])
+            _check_device_precision(device, precision)
         self._build(config, _init_weights(config, seed), optimizer_args, adopt=True)
         if device != "cpu":
             self.to(device)
