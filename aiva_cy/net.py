@@ -337,6 +337,53 @@ class AIVANet:
         """Empty the refractory ring buffer (the next call may use any batch size)."""
         self._engine.reset_state()
 
+    def get_state(self) -> Any:
+        """A copy of the refractory state: int32 (B, spiking_size), or None when it is empty.
+
+        Each entry counts the steps that neuron of that stream stays silent, in
+        ``[0, refractory_period]``: it may fire only at 0, firing sets it to
+        ``refractory_period``, and every step without a spike lowers it by one.  An all-zero
+        array is the empty state for B streams.  This is the ``refractory_state`` of the
+        stateful ONNX graph (:meth:`export_onnx`).  On CUDA the array is a CuPy array.
+        """
+        return self._engine.get_state()
+
+    def set_state(self, state: Any) -> None:
+        """Take back a state from :meth:`get_state` (or a stateful ONNX graph) for the same
+        streams: integers in ``[0, refractory_period]`` of shape (B, spiking_size); None
+        empties the state like :meth:`reset_state`.  Later calls must use batch size B."""
+        if state is None:
+            self._engine.reset_state()
+            return
+        arr = _numeric_array("state", state)
+        n = self.spiking_size
+        if arr.ndim != 2 or arr.shape[1] != n or arr.shape[0] < 1:
+            raise ValueError(f"state must have shape (batch >= 1, {n}), got {arr.shape}")
+        if arr.dtype.kind == "b":
+            raise TypeError("state must hold integer step counts, got dtype bool")
+        r = self.refractory_period
+        if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise ValueError(f"state must hold integers in [0, {r}], got non-integer values")
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > r:
+            raise ValueError(f"state must hold integers in [0, {r}] (refractory_period), got "
+                             f"values from {lo} to {hi}")
+        self._engine.set_state(np.ascontiguousarray(arr, dtype=np.int32))
+
+    def export_onnx(self, path: Union[str, os.PathLike], *, stateful: bool = False,
+                    opset: int = 17) -> None:
+        """Write this net's step as an ONNX file (``.onnx``), atomically; needs ``onnx``
+        (``pip install "aiva_cy[onnx]"``).
+
+        ``stateful=False``: the :meth:`predict_proba` step, ``x`` (batch, input_size) →
+        ``probs`` (batch, num_tools).  ``stateful=True``: one :meth:`forward` step,
+        ``x`` and ``refractory_state`` (batch, spiking_size) int32 → ``probs`` and
+        ``next_refractory_state``, in the encoding of :meth:`get_state` (all zeros: empty).
+        The batch is dynamic, the weights are float32 initializers, ``opset`` is 13 or newer.
+        """
+        from aiva_cy.onnx_export import export_onnx
+        export_onnx(self, path, stateful=stateful, opset=opset)
+
     # -- training --------------------------------------------------------------------------
     def loss_and_grad(self, x: Any, y: Any) -> Tuple[float, Dict[str, Any]]:
         """One step like :meth:`forward` with the backward pass of SPEC §4; no update.
