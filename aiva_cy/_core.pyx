@@ -364,6 +364,7 @@ cdef class Engine:
     cdef long _version                          # bumped whenever a weight changes
     cdef object _packed                         # (version, fc1 pack, spiking pack) or None
     cdef object _pack_lock
+    cdef object _mkl_f32_packs                  # (version, fc1, spiking): blas_products only
     cdef Workspace ws                           # for the stateful calls, under _lock
     cdef list _pool                             # free workspaces for predict (thread-safe)
     cdef object _lock
@@ -383,7 +384,7 @@ cdef class Engine:
         self._lock = threading.Lock()
         self._pack_lock = threading.Lock()
         self.precision = precision
-        self._bf16 = self._packed = None
+        self._bf16 = self._packed = self._mkl_f32_packs = None
         self._version = 0
         self.net.bf16 = precision == "bfloat16"
         self.net.fc1_packed = self.net.spiking_packed = NULL
@@ -713,17 +714,34 @@ cdef class Engine:
             self.refractory_left = state
         return loss, correct
 
-    def blas_products(self, const float[:, ::1] x, bint packed=True):
+    def blas_products(self, const float[:, ::1] x, bint packed=True, str provider=None):
         """The three BLAS products of a forward step alone (the benchmark's floor), in the
         net's precision, with the inference packs where this BLAS makes them (packed=False:
-        without)."""
+        without).  provider="mkl" runs a float32 net's products on MKL whatever the float32
+        BLAS is (the benchmark's MKL floors)."""
         self._check_x(x)
         cdef int batch = x.shape[0]
         cdef aiva_net net
         cdef aiva_blas *table
+        cdef const uint8_t[::1] p1, p2
+        if provider not in (None, "mkl"):
+            raise ValueError(f"provider must be None or 'mkl', got {provider!r}")
+        if provider == "mkl":
+            _open_mkl()
         with self._lock:
             keep = self._inference_net(&net)
             table = &_mkl if net.bf16 else &_blas
+            if provider == "mkl" and not net.bf16:
+                table = &_mkl
+                net.fc1_packed = net.spiking_packed = NULL
+                if packed:
+                    packs = self._mkl_f32_packs
+                    if packs is None or packs[0] != self._version:
+                        packs = (self._version, _pack_weight(&_mkl, False, self._weights[0]),
+                                 _pack_weight(&_mkl, False, self._weights[1]))
+                        self._mkl_f32_packs = packs
+                    p1, p2 = packs[1], packs[2]
+                    net.fc1_packed, net.spiking_packed = &p1[0], &p2[0]
             if not packed:
                 net.fc1_packed = net.spiking_packed = NULL
             self.ws.reserve(batch)
