@@ -480,6 +480,9 @@ cdef class Engine:
         cdef float[:, ::1] a, b, c
         a, b, c = weights
         net.fc1_t, net.spiking_t, net.fc2 = &a[0, 0], &b[0, 0], &c[0, 0]
+        # The precision of this generation, not self.net's: set_precision may be between
+        # switching the flag and installing the copies (a predict does not take the lock).
+        net.bf16 = bf16 is not None
         self._set_bf16_pointers(net, bf16)
         packed = self._packed
         if packed is None or packed[0] != version:

@@ -73,7 +73,7 @@ typedef struct {
     const float *fc1_t;      /* (hidden, input)   */
     const float *spiking_t;  /* (spiking, hidden) */
     const float *fc2;        /* (spiking, tools)  */
-    /* bfloat16 mode (SPEC: products of bf16-rounded operands, float32 accumulation) when
+    /* bfloat16 mode (products of bf16-rounded operands, float32 accumulation) when
      * bf16 is 1: the weights rounded to bf16, in the layouts above, and optionally fc1 and
      * the spiking layer packed for the forward products (aiva_pack).  In float32 mode the
      * packed pointers, when set, hold float32 packs of fc1_t and spiking_t instead. */
