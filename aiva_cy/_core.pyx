@@ -27,10 +27,12 @@ from aiva_cy._adam cimport Adam
 #             with AIVA_CY_BLAS=mkl.  Then float32 inference uses weights pre-packed by MKL.
 # AIVA_CY_BLAS=numpy|openblas32|scipy|mkl forces one.
 #
-# Why MKL is not the automatic float32 choice: opening it adds its start-up (the dispatcher
-# loads libmkl_core and a CPU-specific kernel library, ~100 MB) to `import aiva_cy`, and it
-# brings a second pool of worker threads beside NumPy's OpenBLAS, for a float32 step that
-# measured only 0.9x (batch 256, pre-packed) to 1.0x (batch 1) of OpenBLAS's.  bfloat16 is
+# Why MKL is not the automatic float32 choice: at batch 1, AIVA's one decision at a time, its
+# float32 products measured 1.4x slower than OpenBLAS's gemv (326 against 229 us, one run on
+# the 2-core development machine); opening it adds 18-27 ms to the start-up (the dispatcher
+# loads libmkl_core and a CPU-specific kernel library); and it brings a second pool of
+# worker threads beside NumPy's OpenBLAS.  It is faster at batch 256 (pre-packed: 5.3 ms
+# against 6.6 on a quiet machine), so AIVA_CY_BLAS=mkl is there for batch work.  bfloat16 is
 # different: only MKL has the products, so MKL is opened, on first use, for every net that
 # asks for precision="bfloat16", whatever the float32 provider is.
 # ---------------------------------------------------------------------------------------
