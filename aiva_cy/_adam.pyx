@@ -1,63 +1,161 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Adam, as ``torch.optim.Adam`` computes it (amsgrad off), in one fused pass per parameter."""
+"""Adam, as ``torch.optim.Adam`` computes it (amsgrad off), in one fused pass per parameter.
+
+A step that would leave any weight or moment non-finite raises FloatingPointError and
+changes nothing: a cheap bound (from the largest |gradient| and the largest |weight|,
+|moment| of the previous pass) proves most steps safe; only a step it cannot prove safe
+pays for an exact read-only pass before the update."""
 from libc.math cimport sqrtf, sqrt, pow
-from libc.stdint cimport uint16_t, uint32_t
-from libc.string cimport memcpy
+from libc.stdint cimport uint16_t, uint32_t, int64_t
+
+import weakref
 
 import numpy as np
 
-cdef inline uint16_t _bf16(float x) noexcept nogil:
-    # Round to nearest even, as aiva_round_bf16 in src_c (weights are finite: no NaN case).
-    cdef uint32_t u
-    memcpy(&u, &x, 4)
-    return <uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16)
+from aiva_cy._checks import adam_betas, adam_value, int_arg
+
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <stdint.h>
+    #include <string.h>
+    /* |f| as the bits of a non-negative float: they order like the value, and NaN/Inf sort
+       above every finite value; an integer max reduction vectorises where a float one
+       (with its NaN rules) does not. */
+    static inline uint32_t aiva_abs_bits(float f) {
+        uint32_t u; memcpy(&u, &f, sizeof u); return u & 0x7fffffffu;
+    }
+    static inline float aiva_bits_float(uint32_t u) {
+        float f; memcpy(&f, &u, sizeof f); return f;
+    }
+    typedef struct {
+        float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay;
+        float step_size, inv_bias_correction2_sqrt;
+    } aiva_adam_coeffs;
+
+    #if defined(__GNUC__)
+    #define AIVA_NOINLINE __attribute__((noinline))
+    #else
+    #define AIVA_NOINLINE
+    #endif
+    /* The loops are in C with restrict pointers, the coefficients as locals, and out of
+       line: inlined into Cython's large wrapper function, gcc left them scalar (4x slower). */
+
+    /* Each element is read once and written once: weight, gradient and both moments stream
+       through together, where torch's single-tensor Adam makes ~6 passes over 4 arrays.
+       The arithmetic follows torch's order (lerp for the first moment, the square root
+       scaled by the bias correction, then eps) so the float32 results agree to an ulp; the
+       bias correction is a multiply by its reciprocal, not torch's divide, because divides
+       and square roots are what this loop spends its time on. */
+    #define AIVA_ADAM_ELEMENT                                                      \
+        const float gi = g[i] + wd * w[i];                                         \
+        const float mi = m[i] + omb1 * (gi - m[i]);                                \
+        const float vi = b2 * v[i] + omb2 * gi * gi;                               \
+        const float wi = w[i] - step_size * mi / (sqrtf(vi) * inv_bc2 + eps);
+    #define AIVA_ADAM_LOCALS                                                       \
+        const float wd = c.weight_decay, omb1 = c.one_minus_beta1, b2 = c.beta2;   \
+        const float omb2 = c.one_minus_beta2, eps = c.eps, step_size = c.step_size; \
+        const float inv_bc2 = c.inv_bias_correction2_sqrt;
+
+    static AIVA_NOINLINE void aiva_adam_pass(float *restrict w, const float *restrict g,
+                                             float *restrict m, float *restrict v,
+                                             Py_ssize_t n, aiva_adam_coeffs c) {
+        AIVA_ADAM_LOCALS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            AIVA_ADAM_ELEMENT
+            m[i] = mi; v[i] = vi; w[i] = wi;
+        }
+    }
+
+    /* The same, also writing each updated weight rounded to bfloat16 (to nearest even; the
+       weights are finite here) into w16: a bfloat16 net's copy, written while w[i] is in a
+       register (the update then a separate rounding pass measured 1.5x the time).  A loop
+       of its own so that the float32 one stays as it is. */
+    static AIVA_NOINLINE void aiva_adam_pass_bf16(float *restrict w, const float *restrict g,
+                                                  float *restrict m, float *restrict v,
+                                                  uint16_t *restrict w16, Py_ssize_t n,
+                                                  aiva_adam_coeffs c) {
+        AIVA_ADAM_LOCALS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            AIVA_ADAM_ELEMENT
+            m[i] = mi; v[i] = vi; w[i] = wi;
+            uint32_t u; memcpy(&u, &wi, sizeof u);
+            w16[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        }
+    }
+
+    /* The same arithmetic, storing nothing: the largest |w|, |m|, |v| it would write, as
+       bits (at or above those of +Inf if any would be NaN or Inf), in max_bits[0..2]. */
+    static AIVA_NOINLINE void aiva_adam_check(const float *restrict w, const float *restrict g,
+                                              const float *restrict m, const float *restrict v,
+                                              Py_ssize_t n, aiva_adam_coeffs c,
+                                              uint32_t *max_bits) {
+        AIVA_ADAM_LOCALS
+        uint32_t mw = 0, mm = 0, mv = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            AIVA_ADAM_ELEMENT
+            const uint32_t bw = aiva_abs_bits(wi), bm = aiva_abs_bits(mi), bv = aiva_abs_bits(vi);
+            mw = bw > mw ? bw : mw; mm = bm > mm ? bm : mm; mv = bv > mv ? bv : mv;
+        }
+        max_bits[0] = mw; max_bits[1] = mm; max_bits[2] = mv;
+    }
+
+    static uint32_t aiva_max_abs_bits(const float *restrict a, Py_ssize_t n) {
+        uint32_t worst = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint32_t b = aiva_abs_bits(a[i]);
+            worst = b > worst ? b : worst;
+        }
+        return worst;
+    }
+    """
+    ctypedef struct aiva_adam_coeffs:
+        float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay
+        float step_size, inv_bias_correction2_sqrt
+    float aiva_bits_float(uint32_t u) noexcept nogil
+    void aiva_adam_pass(float *w, const float *g, float *m, float *v, Py_ssize_t n,
+                        aiva_adam_coeffs c) noexcept nogil
+    void aiva_adam_pass_bf16(float *w, const float *g, float *m, float *v, uint16_t *w16,
+                             Py_ssize_t n, aiva_adam_coeffs c) noexcept nogil
+    void aiva_adam_check(const float *w, const float *g, const float *m, const float *v,
+                         Py_ssize_t n, aiva_adam_coeffs c, uint32_t *max_bits) noexcept nogil
+    uint32_t aiva_max_abs_bits(const float *a, Py_ssize_t n) noexcept nogil
+
+# Bits of +Inf: a max of |x| bits at or above this means a NaN or an Inf.
+cdef uint32_t _INF_BITS = 0x7f800000u
+# Every bound the safe path proves stays below this, 34x under float32's largest value, which
+# leaves room for the rounding of the few float32 operations per element.
+cdef double _SAFE_LIMIT = 1e37
 
 
-cdef void _adam_pass(float *w, const float *g, float *m, float *v, Py_ssize_t n,
-                     float one_minus_beta1, float beta2, float one_minus_beta2, float eps,
-                     float weight_decay,
-                     float step_size, float inv_bias_correction2_sqrt,
-                     uint16_t *w_bf16) noexcept nogil:
-    # Each element is read once and written once: weight, gradient and both moments stream
-    # through together, where torch's single-tensor Adam makes ~6 passes over 4 arrays.
-    # The arithmetic follows torch's order (lerp for the first moment, the square root
-    # scaled by the bias correction, then eps) so the float32 results agree to an ulp; the
-    # bias correction is a multiply by its reciprocal, not torch's divide, because divides
-    # and square roots are what this loop spends its time on.
-    cdef Py_ssize_t i
-    cdef float gi, mi, vi, denom
-    for i in range(n):
-        gi = g[i] + weight_decay * w[i]
-        mi = m[i] + one_minus_beta1 * (gi - m[i])
-        vi = beta2 * v[i] + one_minus_beta2 * gi * gi
-        m[i] = mi
-        v[i] = vi
-        denom = sqrtf(vi) * inv_bias_correction2_sqrt + eps
-        w[i] = w[i] - step_size * mi / denom
-        if w_bf16 != NULL:   # bfloat16 nets: the rounded copy, while w[i] is in a register
-            w_bf16[i] = _bf16(w[i])
+cdef double _max_abs(float[::1] a):
+    cdef uint32_t bits
+    with nogil:
+        bits = aiva_max_abs_bits(&a[0], a.shape[0])
+    return aiva_bits_float(bits) if bits < _INF_BITS else np.inf
 
 
-def _adam_all(list flat, float one_minus_b1, float b2, float one_minus_b2, float eps, float wd, float step_size,
-              float inv_bc2_sqrt):
-    """Every (weight, gradient, exp_avg, exp_avg_sq) in `flat`, with the GIL released.
-    The pass is bound by memory: 7 floats move per weight, 89 MB a step for the default net,
-    ~1.9 ms at the ~48 GB/s one core gets from L3 here.  Two measured alternatives bought
-    nothing: a second thread taking half of each array (1.7x faster alone, no faster inside
-    train_step, where the BLAS worker threads still spin on the other core after the backward
-    products), and an AVX2 build of this loop (5-10%: the divides were not the bound)."""
-    cdef float[::1] w, g, m, v
-    cdef uint16_t[::1] w16
-    cdef uint16_t *out16
-    for w, g, m, v, rounded in flat:
-        out16 = NULL
-        if rounded is not None:
-            w16 = rounded
-            out16 = &w16[0]
-        with nogil:
-            _adam_pass(&w[0], &g[0], &m[0], &v[0], w.shape[0], one_minus_b1, b2, one_minus_b2,
-                       eps, wd, step_size,
-                       inv_bc2_sqrt, out16)
+cdef bint _provably_finite(double G, double *bound, const aiva_adam_coeffs *c) noexcept:
+    """Whether every element's update stays finite, from the largest |g| and the bounds on
+    |w|, |m|, |v| in bound[0..2] alone; if so, bound[0..2] become bounds on the results.
+    Each intermediate of the update is bounded in magnitude by an expression below (the
+    first moment is a convex combination of |m| and |g + wd w|, the second of v and the
+    square, and the denominator is at least eps).  The float32 rounding of a few operations
+    is covered by the margin between _SAFE_LIMIT and float32's largest value."""
+    cdef double W = bound[0], M = bound[1], V = bound[2]
+    cdef double decay = <double>c.weight_decay * W
+    cdef double gi = G + decay
+    cdef double m_new = max(M, gi)
+    cdef double v_new = max(V, gi * gi)
+    cdef double step = <double>c.step_size * m_new
+    cdef double w_new = W + step / <double>c.eps
+    cdef double denom = sqrt(v_new) * <double>c.inv_bias_correction2_sqrt + <double>c.eps
+    if not (G < _SAFE_LIMIT and W < _SAFE_LIMIT and M < _SAFE_LIMIT and V < _SAFE_LIMIT
+            and decay < _SAFE_LIMIT and gi + M < _SAFE_LIMIT and gi * gi < _SAFE_LIMIT
+            and step < _SAFE_LIMIT and w_new < _SAFE_LIMIT and denom < _SAFE_LIMIT):
+        return False
+    bound[0], bound[1], bound[2] = w_new, m_new, v_new
+    return True
 
 
 cdef class Adam:
@@ -65,106 +163,254 @@ cdef class Adam:
 
     The same numbers as ``torch.optim.Adam(params, lr, betas, eps, weight_decay)``
     (L2 weight decay added to the gradient, bias correction by the step count).
-    Hyper-parameters are plain attributes and may be changed between steps.
+    Hyper-parameters are attributes that may be changed between steps; every value is
+    checked where it enters (constructor, setters, :meth:`load_state_dict`).
     """
 
-    def __init__(self, shapes, *, names=None, transposed=None, double lr=1e-3, betas=(0.9, 0.999),
-                 double eps=1e-8, double weight_decay=0.0):
+    def __init__(self, shapes, *, names=None, transposed=None, lr=1e-3, betas=(0.9, 0.999),
+                 eps=1e-8, weight_decay=0.0):
         self.shapes = tuple(tuple(int(d) for d in s) for s in shapes)
         self.names = tuple(names) if names is not None else tuple(str(i) for i in range(len(self.shapes)))
         self.transposed = tuple(bool(t) for t in transposed) if transposed is not None else (False,) * len(self.shapes)
-        self.lr = lr
-        self.beta1, self.beta2 = betas
-        self.eps = eps
-        self.weight_decay = weight_decay
+        self._lr = adam_value("lr", lr)
+        self._beta1, self._beta2 = adam_betas(betas)
+        self._eps = adam_value("eps", eps)
+        self._weight_decay = adam_value("weight_decay", weight_decay)
         self.step = 0
         self._exp_avg = [np.zeros(s, dtype=np.float32) for s in self.shapes]
         self._exp_avg_sq = [np.zeros(s, dtype=np.float32) for s in self.shapes]
+        self._reset_bounds()
+
+    cdef _reset_bounds(self):
+        # Per parameter: [weak reference to the weights the bound was taken from, max |w|,
+        # max |exp_avg|, max |exp_avg_sq|].  A different weights array (set_weights swaps in
+        # new ones) has its maximum measured afresh.
+        self._bounds = [[None, 0.0, _max_abs(m.reshape(-1)) if m.size else 0.0,
+                         _max_abs(v.reshape(-1)) if v.size else 0.0]
+                        for m, v in zip(self._exp_avg, self._exp_avg_sq)]
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = adam_value("lr", value)
+
+    @property
+    def eps(self):
+        return self._eps
+
+    @eps.setter
+    def eps(self, value):
+        self._eps = adam_value("eps", value)
+
+    @property
+    def weight_decay(self):
+        return self._weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value):
+        self._weight_decay = adam_value("weight_decay", value)
+
+    @property
+    def beta1(self):
+        return self._beta1
+
+    @beta1.setter
+    def beta1(self, value):
+        self._beta1 = adam_value("beta1", value)
+
+    @property
+    def beta2(self):
+        return self._beta2
+
+    @beta2.setter
+    def beta2(self, value):
+        self._beta2 = adam_value("beta2", value)
 
     @property
     def betas(self):
-        return (self.beta1, self.beta2)
+        return (self._beta1, self._beta2)
 
     @betas.setter
     def betas(self, value):
-        self.beta1, self.beta2 = value
+        self._beta1, self._beta2 = adam_betas(value)
 
     cpdef update(self, list params, list grads, list bf16_out=None):
         """One Adam step: ``params[i] -= ...`` in place, from ``grads[i]``; with ``bf16_out``,
-        also ``bf16_out[i][...] = params[i]`` rounded to bfloat16 (uint16 bits)."""
+        also ``bf16_out[i][...] = params[i]`` rounded to bfloat16 (uint16 bits).
+
+        Raises FloatingPointError, with the weights, the moments and the step count
+        unchanged, if the step would leave any of them NaN or Inf."""
         cdef Py_ssize_t k, n = len(self.shapes)
         if len(params) != n or len(grads) != n or (bf16_out is not None and len(bf16_out) != n):
             raise ValueError(f"Adam.update: expected {n} parameters and gradients")
-        cdef long step = self.step + 1
-        cdef float step_size = self.lr / (1.0 - pow(self.beta1, step))
-        cdef float inv_bc2_sqrt = 1.0 / sqrt(1.0 - pow(self.beta2, step))
-        cdef float b1 = self.beta1, b2 = self.beta2, eps = self.eps, wd = self.weight_decay
+        cdef long long step = self.step + 1
+        cdef aiva_adam_coeffs c
+        # 1 - beta in double, then rounded once: 1 - 0.999f in float32 is 1.3e-5 (relative)
+        # away from the value torch passes to its kernels.
+        c.beta1, c.one_minus_beta1 = <float>self._beta1, <float>(1.0 - self._beta1)
+        c.beta2, c.one_minus_beta2 = <float>self._beta2, <float>(1.0 - self._beta2)
+        c.eps, c.weight_decay = <float>self._eps, <float>self._weight_decay
+        c.step_size = <float>(self._lr / (1.0 - pow(self._beta1, <double>step)))
+        c.inv_bias_correction2_sqrt = <float>(1.0 / sqrt(1.0 - pow(self._beta2, <double>step)))
         flat = []
+        rounded_copies = []
         for k in range(n):
             shape = self.shapes[k]
             for arr, what in ((params[k], "parameter"), (grads[k], "gradient")):
-                if arr.shape != shape or arr.dtype != np.float32 or not arr.flags.c_contiguous:
-                    raise ValueError(f"Adam.update: {what} {self.names[k]!r} must be a "
+                if (not isinstance(arr, np.ndarray) or arr.shape != shape
+                        or arr.dtype != np.float32 or not arr.flags.c_contiguous
+                        or not arr.flags.aligned or (what == "parameter"
+                                                     and not arr.flags.writeable)):
+                    raise ValueError(f"Adam.update: {what} {self.names[k]!r} must be an aligned, "
                                      f"C-contiguous float32 array of shape {shape}")
             rounded = None
             if bf16_out is not None:
                 rounded = bf16_out[k]
-                if rounded.shape != shape or rounded.dtype != np.uint16 or not rounded.flags.c_contiguous:
+                if (not isinstance(rounded, np.ndarray) or rounded.shape != shape
+                        or rounded.dtype != np.uint16 or not rounded.flags.c_contiguous
+                        or not rounded.flags.writeable):
                     raise ValueError(f"Adam.update: bf16 copy {self.names[k]!r} must be a "
                                      f"C-contiguous uint16 array of shape {shape}")
                 rounded = rounded.reshape(-1)
             flat.append((params[k].reshape(-1), grads[k].reshape(-1),
-                         self._exp_avg[k].reshape(-1), self._exp_avg_sq[k].reshape(-1), rounded))
-        # 1 - beta in double, rounded once, as torch does: 1 - 0.999f is 1.3e-5 off.
-        _adam_all(flat, 1.0 - self.beta1, b2, 1.0 - self.beta2, eps, wd, step_size,
-                  inv_bc2_sqrt)
+                         self._exp_avg[k].reshape(-1), self._exp_avg_sq[k].reshape(-1)))
+            rounded_copies.append(rounded)
+        cdef float[::1] w, g, m, v
+        cdef bint safe = True
+        cdef uint32_t max_bits[3]
+        cdef double proposed[3]
+        new_bounds = []
+        for k in range(n):
+            w, g = flat[k][0], flat[k][1]
+            if w.shape[0] == 0:
+                new_bounds.append(None)
+                continue
+            bound = self._bounds[k]
+            if bound[0] is None or bound[0]() is not params[k]:
+                bound[0], bound[1] = weakref.ref(params[k]), _max_abs(w)
+            proposed[0], proposed[1], proposed[2] = bound[1], bound[2], bound[3]
+            if safe and not _provably_finite(_max_abs(g), proposed, &c):
+                safe = False
+            new_bounds.append((proposed[0], proposed[1], proposed[2]))
+        if not safe:
+            # The exact check: the same arithmetic, nothing stored; its maxima are the new
+            # bounds, so the next steps start from the truth rather than a loose bound.
+            for k in range(n):
+                w, g, m, v = flat[k]
+                if w.shape[0] == 0:
+                    continue
+                with nogil:
+                    aiva_adam_check(&w[0], &g[0], &m[0], &v[0], w.shape[0], c, max_bits)
+                if max(max_bits[0], max_bits[1], max_bits[2]) >= _INF_BITS:
+                    raise FloatingPointError(
+                        f"Adam step {step} would make {self.names[k]!r} or its moments NaN or "
+                        f"Inf (lr={self._lr!r}, betas=({self._beta1!r}, {self._beta2!r}), "
+                        f"eps={self._eps!r}, weight_decay={self._weight_decay!r}); the weights, "
+                        f"moments and step count are unchanged")
+                new_bounds[k] = (aiva_bits_float(max_bits[0]), aiva_bits_float(max_bits[1]),
+                                 aiva_bits_float(max_bits[2]))
+        cdef uint16_t[::1] w16
+        for k in range(n):
+            w, g, m, v = flat[k]
+            if w.shape[0] == 0:
+                continue
+            if rounded_copies[k] is None:
+                with nogil:
+                    aiva_adam_pass(&w[0], &g[0], &m[0], &v[0], w.shape[0], c)
+            else:
+                w16 = rounded_copies[k]
+                with nogil:
+                    aiva_adam_pass_bf16(&w[0], &g[0], &m[0], &v[0], &w16[0], w.shape[0], c)
+            self._bounds[k][1:] = new_bounds[k]
         self.step = step
 
     # -- state, in the state_dict's layout --------------------------------------------
     def state_dict(self):
         """Hyper-parameters, step and moments (copies, keyed like the net's state_dict)."""
         def export(a, t):
-            return np.ascontiguousarray(a.T if t else a)
+            # Always a copy: ascontiguousarray would hand out the live, untransposed moment,
+            # which the next step changes under a caller that is still writing it to a file.
+            return np.array(a.T if t else a, order="C", copy=True)
         return {
-            "lr": self.lr, "betas": (self.beta1, self.beta2), "eps": self.eps,
-            "weight_decay": self.weight_decay, "step": int(self.step),
+            "lr": self._lr, "betas": (self._beta1, self._beta2), "eps": self._eps,
+            "weight_decay": self._weight_decay, "step": int(self.step),
             "exp_avg": {k: export(a, t) for k, a, t in zip(self.names, self._exp_avg, self.transposed)},
             "exp_avg_sq": {k: export(a, t) for k, a, t in zip(self.names, self._exp_avg_sq, self.transposed)},
         }
 
     def load_state_dict(self, state):
-        """Restore what :meth:`state_dict` returned; checks everything before changing anything."""
+        """Restore what :meth:`state_dict` returned.  Every key, type and range is checked
+        (an unknown or missing key, a non-finite or out-of-range value, a negative second
+        moment: ValueError) before anything changes."""
         try:
-            lr = float(state["lr"])
-            beta1, beta2 = (float(b) for b in state["betas"])
-            eps = float(state["eps"])
-            weight_decay = float(state["weight_decay"])
-            step = int(state["step"])
-            moments = (state["exp_avg"], state["exp_avg_sq"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"optimizer state is incomplete or malformed: {exc!r}") from None
-        if step < 0:
-            raise ValueError(f"optimizer state: step must be >= 0, got {step}")
+            return self._load_state_dict(state)
+        except TypeError as exc:
+            raise ValueError(f"optimizer state: {exc}") from None
+
+    def _load_state_dict(self, state):
+        from collections.abc import Mapping
+        if not isinstance(state, Mapping):
+            raise ValueError(f"optimizer state must be a mapping, got {type(state).__name__}")
+        keys = ("lr", "betas", "eps", "weight_decay", "step", "exp_avg", "exp_avg_sq")
+        missing = [k for k in keys if k not in state]
+        unknown = sorted(str(k) for k in state if k not in keys)
+        if missing or unknown:
+            raise ValueError(f"optimizer state: missing keys {missing}, unknown keys {unknown}")
+        try:
+            lr = adam_value("lr", state["lr"])
+            beta1, beta2 = adam_betas(state["betas"])
+            eps = adam_value("eps", state["eps"])
+            weight_decay = adam_value("weight_decay", state["weight_decay"])
+            step = int_arg("step", state["step"], 0, 2**62)
+        except ValueError as exc:
+            raise ValueError(f"optimizer state: {exc}") from None
         new = ([], [])
-        for which, src in enumerate(moments):
+        for which, moment in enumerate(("exp_avg", "exp_avg_sq")):
+            src = state[moment]
+            if not isinstance(src, Mapping):
+                raise ValueError(f"optimizer state: {moment} must be a mapping of arrays, got "
+                                 f"{type(src).__name__}")
+            unknown = sorted(str(k) for k in src if k not in self.names)
+            if unknown:
+                raise ValueError(f"optimizer state: {moment} has unknown keys {unknown}")
             for name, shape, t in zip(self.names, self.shapes, self.transposed):
                 if name not in src:
-                    raise ValueError(f"optimizer state: missing moment {name!r}")
-                a = np.asarray(src[name])
+                    raise ValueError(f"optimizer state: missing {moment}[{name!r}]")
+                value = src[name]
+                if type(value).__module__.startswith("cupy"):
+                    value = value.get()
+                if isinstance(value, np.ma.MaskedArray):
+                    raise TypeError(f"{moment}[{name!r}] is a masked array; fill it first")
+                a = np.asarray(value)
                 want = shape[::-1] if t else shape
                 if a.shape != want:
-                    raise ValueError(f"optimizer state: moment {name!r} has shape {a.shape}, "
+                    raise ValueError(f"optimizer state: {moment}[{name!r}] has shape {a.shape}, "
                                      f"expected {want}")
-                if a.dtype.kind not in "fiu" or not np.isfinite(a).all():
-                    raise ValueError(f"optimizer state: moment {name!r} must be finite real numbers")
-                new[which].append(np.ascontiguousarray(a.T if t else a, dtype=np.float32))
-        self.lr, self.beta1, self.beta2 = lr, beta1, beta2
-        self.eps, self.weight_decay, self.step = eps, weight_decay, step
+                if a.dtype.kind not in "fiu":
+                    raise ValueError(f"optimizer state: {moment}[{name!r}] must hold real "
+                                     f"numbers, got dtype {a.dtype}")
+                with np.errstate(over="ignore"):
+                    a = np.ascontiguousarray(a.T if t else a, dtype=np.float32)
+                if not np.isfinite(a).all():
+                    raise ValueError(f"optimizer state: {moment}[{name!r}] contains NaN or Inf "
+                                     f"(or a value too large for float32)")
+                if which == 1 and a.size and a.min() < 0:
+                    raise ValueError(f"optimizer state: exp_avg_sq[{name!r}] holds a negative "
+                                     f"value ({float(a.min())!r}); a second moment is >= 0")
+                if a is value or (isinstance(value, np.ndarray) and np.shares_memory(a, value)):
+                    a = a.copy()     # the optimizer owns its moments
+                new[which].append(a)
+        self._lr, self._beta1, self._beta2 = lr, beta1, beta2
+        self._eps, self._weight_decay, self.step = eps, weight_decay, step
         self._exp_avg, self._exp_avg_sq = new
+        self._reset_bounds()
 
     def __repr__(self):
-        return (f"Adam(lr={self.lr}, betas=({self.beta1}, {self.beta2}), eps={self.eps}, "
-                f"weight_decay={self.weight_decay}, step={self.step})")
+        return (f"Adam(lr={self._lr}, betas=({self._beta1}, {self._beta2}), eps={self._eps}, "
+                f"weight_decay={self._weight_decay}, step={self.step})")
 
     def __reduce__(self):
         return (_rebuild_adam, (self.shapes, self.names, self.transposed, self.state_dict()))

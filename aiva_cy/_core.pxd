@@ -86,5 +86,5 @@ cdef class Workspace:
     cdef aiva_workspace ws
     cdef void *block
     cdef readonly int input_size, hidden_size, spiking_size, num_tools
-    cdef bint with_bf16
+    cdef void release(self) noexcept
     cdef int reserve(self, int batch) except -1

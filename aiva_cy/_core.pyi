@@ -10,9 +10,12 @@ PARAM_TRANSPOSED: Tuple[bool, bool, bool]
 
 PRECISIONS: Tuple[str, str]
 MKL_EXTRA: str
+WORKSPACE_LIMIT: int
+POOL_MAX: int
 
 def blas_info() -> Dict[str, Any]: ...
 def require_bf16() -> None: ...
+def _row_bytes(hidden_size: int, spiking_size: int, num_tools: int, input_size: int = ...) -> int: ...
 def batch_mismatch(batch: int, held: int, name: str = ...) -> ValueError: ...
 
 class Workspace:
@@ -32,6 +35,9 @@ class Engine:
     threshold: float
     surrogate_slope: float
     precision: str
+    max_train_batch: int
+    @property
+    def pooled_workspaces(self) -> int: ...
     def __init__(self, input_size: int, hidden_size: int, spiking_size: int, num_tools: int,
                  threshold: float, refractory_period: int, surrogate_slope: float,
                  weights: Mapping[str, npt.NDArray[Any]], copy: bool = ...,

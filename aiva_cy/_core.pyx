@@ -251,6 +251,12 @@ cdef class Workspace:
     def __dealloc__(self):
         free(self.block)
 
+    cdef void release(self) noexcept:
+        free(self.block)
+        self.block = NULL
+        self.ws.capacity = 0
+        self.ws.bf16 = NULL
+
     cdef int reserve(self, int batch) except -1:
         if batch <= self.ws.capacity:
             return 0
@@ -300,6 +306,29 @@ cdef _raise(int code, bint training=False):
     if code == AIVA_ERR_GRAD_NONFINITE or (training and code == AIVA_ERR_OUTPUT_NONFINITE):
         raise FloatingPointError(_error_text(code) + "; the net was left unchanged")
     raise ValueError(_error_text(code))
+
+
+# ---------------------------------------------------------------------------------------
+# Memory per call
+# ---------------------------------------------------------------------------------------
+# Inference (forward, forward_sequence, predict) runs a large batch in chunks of rows whose
+# workspace fits in this many bytes, so its scratch memory is bounded whatever the batch;
+# the rows are independent, so the results are the same.  A training step needs the whole
+# batch at once (the gradients sum over it): its workspace grows with the batch and is
+# freed after the call when it is larger than this.
+WORKSPACE_LIMIT = 16 << 20
+# Free workspaces kept for predict_proba between calls (one per concurrent thread is used).
+POOL_MAX = 4
+# The C core indexes a step's arrays with 32-bit ints: the most rows one training step
+# (which is not chunked) may have is 2**30 // the widest layer.
+_INT_LIMIT = 2**30
+
+
+def _row_bytes(int hidden_size, int spiking_size, int num_tools, int input_size=0):
+    """Workspace bytes per row of a batch (see Workspace.reserve), the bf16 operands'
+    2 * (input + hidden + spiking + tools) included when input_size is given."""
+    return (4 * (2 * hidden_size + 3 * spiking_size + 2 * num_tools) + spiking_size
+            + 2 * (input_size + hidden_size + spiking_size + num_tools) * (input_size > 0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -370,6 +399,7 @@ cdef class Engine:
     cdef Workspace ws                           # for the stateful calls, under _lock
     cdef list _pool                             # free workspaces for predict (thread-safe)
     cdef object _lock
+    cdef readonly int max_train_batch           # rows one (unchunked) training step takes
 
     def __init__(self, int input_size, int hidden_size, int spiking_size, int num_tools,
                  float threshold, int refractory_period, float surrogate_slope, weights,
@@ -409,6 +439,12 @@ cdef class Engine:
         self.refractory_left = None
         self.ws = Workspace(input_size, hidden_size, spiking_size, num_tools)
         self._pool = []
+        self.max_train_batch = max(1, _INT_LIMIT // max(hidden_size, spiking_size, num_tools))
+
+    @property
+    def pooled_workspaces(self):
+        """Free workspaces kept for predict (at most POOL_MAX)."""
+        return len(self._pool)
 
     # -- weights ------------------------------------------------------------------------
     def param_shapes(self):
@@ -498,6 +534,7 @@ cdef class Engine:
         return (weights, bf16, packed)
 
     cdef object _pack(self, long version, weights, bf16):
+        cdef aiva_blas *table
         # Packed on the first inference call after the weights change (not by every train
         # step: fit runs many steps between inferences).  A pack made from weights that
         # changed meanwhile is used by this call only, never stored.
@@ -505,9 +542,12 @@ cdef class Engine:
             packed = self._packed
             if packed is not None and packed[0] == version:
                 return packed
+            # The library of this generation's precision, not self.net's (see _inference_net):
+            # a float32 pack made by MKL would reach OpenBLAS, which has no compute for it.
             source = bf16 if bf16 is not None else weights
-            p1 = _pack_weight(self._table(), bf16 is not None, source[0])
-            p2 = None if p1 is None else _pack_weight(self._table(), bf16 is not None, source[1])
+            table = &_mkl if bf16 is not None else &_blas
+            p1 = _pack_weight(table, bf16 is not None, source[0])
+            p2 = None if p1 is None else _pack_weight(table, bf16 is not None, source[1])
             packed = (version, p1 if p2 is not None else None, p2)
             if self._version == version:
                 self._packed = packed
@@ -558,61 +598,116 @@ cdef class Engine:
             raise batch_mismatch(batch, self.refractory_left.shape[0])
         return self.refractory_left
 
-    cdef _check_x(self, const float[:, ::1] x):
-        if x.shape[1] != self.input_size or x.shape[0] < 1 or x.shape[0] > 2**30 // max(self.hidden_size, self.spiking_size):
-            raise ValueError(f"x must have shape (batch >= 1, {self.input_size}), got "
+    cdef _check_x(self, const float[:, ::1] x, bint training=False, str name="x"):
+        if x.shape[1] != self.input_size or x.shape[0] < 1:
+            raise ValueError(f"{name} must have shape (batch >= 1, {self.input_size}), got "
                              f"({x.shape[0]}, {x.shape[1]})")
+        # A misaligned float pointer is undefined behaviour in C (net.py copies such input).
+        if (<uintptr_t>&x[0, 0]) % sizeof(float) != 0:
+            raise ValueError(f"{name} must be an aligned float32 array (this one starts at an "
+                             f"odd byte address); pass a copy, np.array({name})")
+        if training and x.shape[0] > self.max_train_batch:
+            raise ValueError(f"{name} has {x.shape[0]} rows; a training step of this net takes "
+                             f"at most {self.max_train_batch} (the C core indexes with 32-bit "
+                             f"ints): split the batch")
+        if x.shape[0] > 2**31 - 1:
+            raise ValueError(f"{name} has {x.shape[0]} rows; at most {2**31 - 1} per call")
+
+    cdef int _chunk_rows(self) except -1:
+        cdef Py_ssize_t rows = WORKSPACE_LIMIT // _row_bytes(self.hidden_size, self.spiking_size,
+                                                            self.num_tools, self.input_size)
+        rows = min(rows, _INT_LIMIT // max(self.hidden_size, self.spiking_size, self.num_tools))
+        return <int>max(rows, 1)
+
+    cdef void _release_if_large(self, Workspace ws) noexcept:
+        if ws.ws.capacity > self._chunk_rows():
+            ws.release()
 
     # -- one step -----------------------------------------------------------------------
+    cdef int _run(self, const aiva_net *net, const float *x, Py_ssize_t batch, int32_t *state,
+                  Workspace ws, Py_ssize_t chunk_rows, float *probs,
+                  float *logits) noexcept nogil:
+        """One step of `batch` rows in chunks of at most chunk_rows (<= the workspace's
+        capacity); state (B, spiking) is
+        read and, where the step succeeds, advanced in place (callers pass a trial copy when
+        a failure must leave it untouched).  Returns AIVA_OK or the first error.
+
+        The chunks are of equal size (within one row), not full ones and a remainder: the
+        BLAS rounds a product of a few rows differently from one of many (measured with
+        OpenBLAS: under 64 rows), so a short last chunk would change its rows' results."""
+        cdef Py_ssize_t chunks = (batch + chunk_rows - 1) // chunk_rows
+        cdef Py_ssize_t base = batch // chunks, extra = batch % chunks, k, n, start = 0
+        cdef Py_ssize_t I = net.input_size, S = net.spiking_size, T = net.num_tools
+        cdef int code = AIVA_OK
+        for k in range(chunks):
+            n = base + (1 if k < extra else 0)
+            code = aiva_forward(&_mkl if net.bf16 else &_blas, net, x + start * I, <int>n,
+                                NULL if state == NULL else state + start * S, &ws.ws,
+                                probs + start * T)
+            if code != AIVA_OK:
+                return code
+            if state != NULL:
+                aiva_commit_state(net, &ws.ws, <int>n, state + start * S)
+            if logits != NULL:
+                memcpy(logits + start * T, ws.ws.logits, <size_t>n * <size_t>T * sizeof(float))
+            start += n
+        return code
+
+    cdef Py_ssize_t _reserve_chunk(self, Workspace ws, Py_ssize_t batch) except -1:
+        """Reserve the workspace for one chunk of a `batch`-row call; returns the chunk rows."""
+        cdef Py_ssize_t rows = min(batch, <Py_ssize_t>self._chunk_rows())
+        ws.reserve(<int>rows)
+        return rows
+
     def forward(self, const float[:, ::1] x):
         """One stateful step: probabilities (B, tools); the state advances on success."""
         self._check_x(x)
-        cdef int batch = x.shape[0], code = AIVA_OK
+        cdef Py_ssize_t batch = x.shape[0]
+        cdef int code = AIVA_OK
         probs = np.empty((batch, self.num_tools), np.float32)
         cdef float[:, ::1] p = probs
         cdef int32_t[:, ::1] refr
         cdef aiva_net net
-        cdef aiva_blas *table
+        cdef Py_ssize_t rows
         with self._lock:
             keep = self._inference_net(&net)
-            table = &_mkl if net.bf16 else &_blas
             state = self._state_for(batch)
-            refr = state
-            self.ws.reserve(batch)
+            rows = self._reserve_chunk(self.ws, batch)
+            # One chunk commits in place only on success; several chunks work on a copy,
+            # so that a failure in a later chunk leaves the state untouched.
+            trial = state if batch <= rows else state.copy()
+            refr = trial
             with nogil:
-                code = aiva_forward(table, &net, &x[0, 0], batch, &refr[0, 0], &self.ws.ws,
-                                    &p[0, 0])
-                if code == AIVA_OK:
-                    aiva_commit_state(&self.net, &self.ws.ws, batch, &refr[0, 0])
+                code = self._run(&net, &x[0, 0], batch, &refr[0, 0], self.ws, rows,
+                                 &p[0, 0], NULL)
             if code == AIVA_OK:
-                self.refractory_left = state
+                self.refractory_left = trial
         if code != AIVA_OK:
             _raise(code)
         return probs
 
     def forward_sequence(self, const float[:, :, ::1] xs):
         """T stateful steps; the state advances only if every step succeeds."""
-        cdef int steps = xs.shape[0], batch = xs.shape[1], t, code = AIVA_OK
+        cdef Py_ssize_t steps = xs.shape[0], batch = xs.shape[1], t
+        cdef int code = AIVA_OK
         if steps < 1:
             raise ValueError("xs must hold at least one step")
-        self._check_x(xs[0])
+        self._check_x(xs[0], False, "xs")
         probs = np.empty((steps, batch, self.num_tools), np.float32)
         cdef float[:, :, ::1] p = probs
         cdef int32_t[:, ::1] trial
         cdef aiva_net net
-        cdef aiva_blas *table
+        cdef Py_ssize_t rows
         with self._lock:
             keep = self._inference_net(&net)
-            table = &_mkl if net.bf16 else &_blas
             trial = self._state_for(batch).copy()
-            self.ws.reserve(batch)
+            rows = self._reserve_chunk(self.ws, batch)
             with nogil:
                 for t in range(steps):
-                    code = aiva_forward(table, &net, &xs[t, 0, 0], batch, &trial[0, 0],
-                                        &self.ws.ws, &p[t, 0, 0])
+                    code = self._run(&net, &xs[t, 0, 0], batch, &trial[0, 0], self.ws,
+                                     rows, &p[t, 0, 0], NULL)
                     if code != AIVA_OK:
                         break
-                    aiva_commit_state(&self.net, &self.ws.ws, batch, &trial[0, 0])
             if code == AIVA_OK:
                 self.refractory_left = trial.base
         if code != AIVA_OK:
@@ -623,33 +718,36 @@ cdef class Engine:
         """One step from an empty state; touches no state, safe from many threads at once.
         Returns probabilities (B, tools), or (probabilities, logits) with_logits."""
         self._check_x(x)
-        cdef int batch = x.shape[0], code
+        cdef Py_ssize_t batch = x.shape[0]
+        cdef int code
         probs = np.empty((batch, self.num_tools), np.float32)
         cdef float[:, ::1] p = probs
         cdef float[:, ::1] zl
+        cdef float *logits_ptr = NULL
+        if with_logits:
+            logits = np.empty((batch, self.num_tools), np.float32)
+            zl = logits
+            logits_ptr = &zl[0, 0]
         cdef Workspace ws
+        cdef Py_ssize_t rows
+        # One generation of weights (and its precision and packs), held for the call:
+        # set_weights or set_precision may swap in another.
         cdef aiva_net net
-        cdef aiva_blas *table
         keep = self._inference_net(&net)
-        table = &_mkl if net.bf16 else &_blas   # the precision of this generation
         try:
             ws = self._pool.pop()   # list.pop is atomic under the GIL
         except IndexError:
             ws = Workspace(self.input_size, self.hidden_size, self.spiking_size, self.num_tools)
-        ws.reserve(batch)
-        with nogil:
-            code = aiva_forward(table, &net, &x[0, 0], batch, NULL, &ws.ws, &p[0, 0])
+        try:
+            rows = self._reserve_chunk(ws, batch)
+            with nogil:
+                code = self._run(&net, &x[0, 0], batch, NULL, ws, rows, &p[0, 0], logits_ptr)
+        finally:
+            if len(self._pool) < POOL_MAX:
+                self._pool.append(ws)
         if code != AIVA_OK:
-            self._pool.append(ws)
             _raise(code)
-        if not with_logits:
-            self._pool.append(ws)
-            return probs
-        logits = np.empty((batch, self.num_tools), np.float32)
-        zl = logits
-        memcpy(&zl[0, 0], ws.ws.logits, batch * self.num_tools * sizeof(float))
-        self._pool.append(ws)
-        return probs, logits
+        return (probs, logits) if with_logits else probs
 
     cdef int _forward_backward(self, const float[:, ::1] x, const int64_t[::1] y,
                                int32_t *refr, double *loss) except -1:
@@ -658,6 +756,9 @@ cdef class Engine:
         cdef int batch = x.shape[0], code
         if y.shape[0] != batch:
             raise ValueError(f"y has {y.shape[0]} labels for a batch of {batch}")
+        if (<uintptr_t>&y[0]) % sizeof(int64_t) != 0:
+            raise ValueError("y must be an aligned int64 array (this one starts at an odd byte "
+                             "address); pass a copy, np.array(y)")
         if self.g_fc1_t is None:
             self.g_fc1_t, self.g_spiking_t, self.g_fc2 = (np.zeros_like(w) for w in self._weights)
         cdef float[:, ::1] g1 = self.g_fc1_t, g2 = self.g_spiking_t, g3 = self.g_fc2
@@ -686,36 +787,42 @@ cdef class Engine:
 
     def loss_and_grad(self, const float[:, ::1] x, const int64_t[::1] y):
         """One stateful step with backward; returns the loss (gradients via gradients())."""
-        self._check_x(x)
+        self._check_x(x, True)
         cdef double loss = 0.0
         cdef int32_t[:, ::1] refr
         with self._lock:
             state = self._state_for(x.shape[0])
             refr = state
-            self._forward_backward(x, y, &refr[0, 0], &loss)
-            with nogil:
-                aiva_commit_state(&self.net, &self.ws.ws, x.shape[0], &refr[0, 0])
+            try:
+                self._forward_backward(x, y, &refr[0, 0], &loss)
+                with nogil:
+                    aiva_commit_state(&self.net, &self.ws.ws, x.shape[0], &refr[0, 0])
+            finally:
+                self._release_if_large(self.ws)
             self.refractory_left = state
         return loss
 
     def train_step(self, const float[:, ::1] x, const int64_t[::1] y, Adam optimizer):
         """loss_and_grad, then the Adam update; on any error nothing changes.
         Returns (loss, number of rows classified right by this step's forward)."""
-        self._check_x(x)
+        self._check_x(x, True)
         cdef double loss = 0.0
         cdef int32_t[:, ::1] refr
         cdef int correct = 0
         with self._lock:
             state = self._state_for(x.shape[0])
             refr = state
-            correct = self._forward_backward(x, y, &refr[0, 0], &loss)
-            # In bfloat16, Adam's fused pass also writes the rounded copies the products
-            # read, as it updates each float32 master weight.
-            optimizer.update(self.params(), [self.g_fc1_t, self.g_spiking_t, self.g_fc2],
-                             None if self._bf16 is None else list(self._bf16))
-            self._version += 1
-            with nogil:
-                aiva_commit_state(&self.net, &self.ws.ws, x.shape[0], &refr[0, 0])
+            try:
+                correct = self._forward_backward(x, y, &refr[0, 0], &loss)
+                # In bfloat16, Adam's fused pass also writes the rounded copies the products
+                # read, as it updates each float32 master weight.
+                optimizer.update(self.params(), [self.g_fc1_t, self.g_spiking_t, self.g_fc2],
+                                 None if self._bf16 is None else list(self._bf16))
+                self._version += 1
+                with nogil:
+                    aiva_commit_state(&self.net, &self.ws.ws, x.shape[0], &refr[0, 0])
+            finally:
+                self._release_if_large(self.ws)
             self.refractory_left = state
         return loss, correct
 
@@ -724,7 +831,7 @@ cdef class Engine:
         net's precision, with the inference packs where this BLAS makes them (packed=False:
         without).  provider="mkl" runs a float32 net's products on MKL whatever the float32
         BLAS is (the benchmark's MKL floors)."""
-        self._check_x(x)
+        self._check_x(x, True)
         cdef int batch = x.shape[0]
         cdef aiva_net net
         cdef aiva_blas *table

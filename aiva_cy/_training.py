@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, TextIO, Tuple
 
 import numpy as np
 
+from aiva_cy._checks import as_float32, check_finite, float_arg, int_arg, numeric_array
+
 if TYPE_CHECKING:
     from aiva_cy.net import AIVANet
 
@@ -46,19 +48,17 @@ class ProgressBar:
 
 
 def _dataset(net: "AIVANet", X: Any, y: Any, xname: str, yname: str) -> Tuple[np.ndarray, np.ndarray]:
-    from aiva_cy.net import _as_float32, _check_finite, _numeric_array
-    arr = _numeric_array(xname, X)
+    arr = numeric_array(xname, X)
     if arr.ndim != 2 or arr.shape[1] != net.input_size or arr.shape[0] < 1:
         raise ValueError(f"{xname} must have shape (n >= 1, {net.input_size}), got {arr.shape}")
-    arr = _as_float32(xname, arr)
-    _check_finite(xname, arr)
+    arr = as_float32(xname, arr)
+    check_finite(xname, arr)
     return arr, net._as_y(y, arr.shape[0], name=yname, on_host=True)
 
 
 def evaluate(net: "AIVANet", X: Any, y: Any, batch_size: int = 256) -> Dict[str, float]:
-    from aiva_cy.net import _int_arg
     X, y = _dataset(net, X, y, "X", "y")
-    batch_size = _int_arg("batch_size", batch_size, 1)
+    batch_size = int_arg("batch_size", batch_size, 1)
     return _evaluate(net, X, y, batch_size)
 
 
@@ -86,18 +86,17 @@ def fit(net: "AIVANet", X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
         seed: Optional[int], validation_data: Optional[Tuple[Any, Any]],
         validation_split: float, patience: Optional[int], min_delta: float,
         restore_best_weights: bool, verbose: int) -> Dict[str, List[float]]:
-    from aiva_cy.net import _float_arg, _int_arg
-    epochs = _int_arg("epochs", epochs, 0)
-    batch_size = _int_arg("batch_size", batch_size, 1)
-    verbose = _int_arg("verbose", verbose, 0, 2)
-    validation_split = _float_arg("validation_split", validation_split, 0.0)
+    epochs = int_arg("epochs", epochs, 0)
+    batch_size = int_arg("batch_size", batch_size, 1)
+    verbose = int_arg("verbose", verbose, 0, 2)
+    validation_split = float_arg("validation_split", validation_split, 0.0)
     if validation_split >= 1.0:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
     if patience is not None:
-        patience = _int_arg("patience", patience, 1)
-    min_delta = _float_arg("min_delta", min_delta, 0.0)
+        patience = int_arg("patience", patience, 1)
+    min_delta = float_arg("min_delta", min_delta, 0.0)
     if seed is not None:
-        seed = _int_arg("seed", seed, 0, 2**63 - 1)
+        seed = int_arg("seed", seed, 0, 2**63 - 1)
 
     X, y = _dataset(net, X, y, "X", "y")
     X_val: Optional[np.ndarray] = None

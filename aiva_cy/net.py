@@ -7,13 +7,21 @@ engine expects and errors into messages that name the argument.
 from __future__ import annotations
 
 import math
-import numbers
 import os
+import threading
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from aiva_cy._adam import Adam
+from aiva_cy._checks import adam_args as _adam_args
+from aiva_cy._checks import as_float32 as _as_float32
+from aiva_cy._checks import check_finite as _check_finite
+from aiva_cy._checks import float_arg as _float_arg
+from aiva_cy._checks import is_cupy as _is_cupy
+from aiva_cy._checks import int_arg as _int_arg
+from aiva_cy._checks import numeric_array as _numeric_array
+from aiva_cy._checks import parse_device as _parse_device
 from aiva_cy._core import PARAM_NAMES, PARAM_TRANSPOSED, Engine, batch_mismatch
 
 _CONFIG_KEYS = ("input_size", "num_tools", "hidden_size", "spiking_size", "threshold",
@@ -22,25 +30,8 @@ _PRECISIONS = ("float32", "bfloat16")
 
 
 # ---------------------------------------------------------------------------------------
-# argument checks
+# argument checks (the shared ones live in aiva_cy._checks)
 # ---------------------------------------------------------------------------------------
-def _int_arg(name: str, value: Any, minimum: int, maximum: int = 2**31 - 1) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if not minimum <= int(value) <= maximum:
-        raise ValueError(f"{name} must be in [{minimum}, {maximum}], got {value!r}")
-    return int(value)
-
-
-def _float_arg(name: str, value: Any, minimum: float = -math.inf) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be finite and >= {minimum}, got {value!r}")
-    return value
-
-
 def _precision_arg(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"precision must be 'float32' or 'bfloat16', got {value!r}")
@@ -49,34 +40,10 @@ def _precision_arg(value: Any) -> str:
     return value
 
 
-def _is_cupy(value: Any) -> bool:
-    return type(value).__module__.startswith("cupy")
-
-
-def _numeric_array(name: str, value: Any) -> np.ndarray:
-    """Any array-like of real numbers (bool, int, float; any order or strides)."""
-    if _is_cupy(value):
-        value = value.get()      # a GPU array handed to a CPU net, or headed for validation
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError) as exc:   # ragged nesting and the like
-        raise ValueError(f"{name} must be a rectangular array of numbers: {exc}") from None
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers (bool, int or float), got dtype "
-                        f"{arr.dtype}")
-    return arr
-
-
-def _as_float32(name: str, arr: np.ndarray) -> np.ndarray:
-    if arr.dtype == np.float32 and arr.flags.c_contiguous:
-        return arr
-    with np.errstate(over="ignore"):   # float64 past float32's range becomes Inf: reported below
-        return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def _check_finite(name: str, arr: np.ndarray) -> None:
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf (or a value too large for float32)")
+def _check_device_precision(device: str, precision: str) -> None:
+    if precision != "float32":
+        raise NotImplementedError(f"precision={precision!r} runs on the CPU only (MKL's bf16 "
+                                  f"products); device={device!r} needs precision='float32'")
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,6 +112,10 @@ class AIVANet:
         self._optimizer: Any = Adam(self._engine.param_shapes(), names=PARAM_NAMES,
                                transposed=PARAM_TRANSPOSED, **optimizer_args)
         self._device = "cpu"
+        # Held by every call that reads or changes more than one of weights, optimizer and
+        # state (snapshots included), and by fit for its whole run; predict_proba needs
+        # none.  Re-entrant: fit and save call methods that take it too.
+        self._lock = threading.RLock()
 
     # -- read-only properties ------------------------------------------------------------
     input_size = property(lambda self: self._config["input_size"], doc="Features per input.")
@@ -260,6 +231,8 @@ class AIVANet:
             raise ValueError(f"{name} must hold integer labels in [0, {self.num_tools}), got "
                              f"values from {lo} to {hi}")
         arr = np.ascontiguousarray(arr, dtype=np.int64)
+        if not arr.flags.aligned:      # C may not read an int64 at an odd address
+            arr = arr.copy()
         return arr if on_host or self._device == "cpu" else self._engine.to_device(arr)
 
     # -- inference -------------------------------------------------------------------------
@@ -270,7 +243,8 @@ class AIVANet:
         different batch size raises ValueError until :meth:`reset_state`.
         """
         arr, one = self._as_x(x)
-        probs = self._engine.forward(arr)
+        with self._lock:
+            probs = self._engine.forward(arr)
         return probs[0] if one else probs
 
     __call__ = forward
@@ -290,15 +264,16 @@ class AIVANet:
             raise ValueError(f"xs must have shape (steps >= 1, {n_in}) or (steps >= 1, batch >= 1, "
                              f"{n_in}), got {arr.shape}")
         # Checked here rather than by the engine, whose messages speak of a single step's x.
-        held = self._engine.state_batch_size
-        if held is not None and held != arr.shape[1]:
-            raise batch_mismatch(arr.shape[1], held, "xs")
         if on_device:
             arr = self._engine.as_xs(arr)
         else:
             _check_finite("xs", arr)
             arr = self._to_engine("xs", arr)
-        probs = self._engine.forward_sequence(arr)
+        with self._lock:
+            held = self._engine.state_batch_size
+            if held is not None and held != arr.shape[1]:
+                raise batch_mismatch(arr.shape[1], held, "xs")
+            probs = self._engine.forward_sequence(arr)
         return probs[:, 0, :] if one else probs
 
     def predict_proba(self, x: Any) -> Any:
@@ -335,7 +310,8 @@ class AIVANet:
 
     def reset_state(self) -> None:
         """Empty the refractory ring buffer (the next call may use any batch size)."""
-        self._engine.reset_state()
+        with self._lock:
+            self._engine.reset_state()
 
     def get_state(self) -> Any:
         """A copy of the refractory state: int32 (B, spiking_size), or None when it is empty.
@@ -346,14 +322,15 @@ class AIVANet:
         array is the empty state for B streams.  This is the ``refractory_state`` of the
         stateful ONNX graph (:meth:`export_onnx`).  On CUDA the array is a CuPy array.
         """
-        return self._engine.get_state()
+        with self._lock:
+            return self._engine.get_state()
 
     def set_state(self, state: Any) -> None:
         """Take back a state from :meth:`get_state` (or a stateful ONNX graph) for the same
         streams: integers in ``[0, refractory_period]`` of shape (B, spiking_size); None
         empties the state like :meth:`reset_state`.  Later calls must use batch size B."""
         if state is None:
-            self._engine.reset_state()
+            self.reset_state()
             return
         arr = _numeric_array("state", state)
         n = self.spiking_size
@@ -368,7 +345,8 @@ class AIVANet:
         if lo < 0 or hi > r:
             raise ValueError(f"state must hold integers in [0, {r}] (refractory_period), got "
                              f"values from {lo} to {hi}")
-        self._engine.set_state(np.ascontiguousarray(arr, dtype=np.int32))
+        with self._lock:
+            self._engine.set_state(np.ascontiguousarray(arr, dtype=np.int32))
 
     def export_onnx(self, path: Union[str, os.PathLike], *, stateful: bool = False,
                     opset: int = 17) -> None:
@@ -393,8 +371,9 @@ class AIVANet:
         """
         arr, _ = self._as_x(x)
         labels = self._as_y(y, arr.shape[0])
-        loss = self._engine.loss_and_grad(arr, labels)
-        return float(loss), self._engine.gradients()
+        with self._lock:
+            loss = self._engine.loss_and_grad(arr, labels)
+            return float(loss), self._engine.gradients()
 
     def train_step(self, x: Any, y: Any) -> float:
         """One step, loss, backward and an Adam update; returns the loss.
@@ -404,7 +383,8 @@ class AIVANet:
         """
         arr, _ = self._as_x(x)
         labels = self._as_y(y, arr.shape[0])
-        loss, _ = self._engine.train_step(arr, labels, self._optimizer)
+        with self._lock:
+            loss, _ = self._engine.train_step(arr, labels, self._optimizer)
         return float(loss)
 
     def fit(self, X: Any, y: Any, epochs: int = 10, batch_size: int = 32, *,
@@ -425,20 +405,24 @@ class AIVANet:
         ``"val_loss"`` and ``"val_accuracy"`` with validation data.
         """
         from aiva_cy._training import fit
-        return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                   validation_data=validation_data, validation_split=validation_split,
-                   patience=patience, min_delta=min_delta,
-                   restore_best_weights=restore_best_weights, verbose=verbose)
+        with self._lock:      # the net is fit's until it returns: other threads' calls wait
+            return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                       validation_data=validation_data, validation_split=validation_split,
+                       patience=patience, min_delta=min_delta,
+                       restore_best_weights=restore_best_weights, verbose=verbose)
 
     def evaluate(self, X: Any, y: Any, batch_size: int = 256) -> Dict[str, float]:
         """Mean cross-entropy and accuracy, each row one step from an empty state."""
         from aiva_cy._training import evaluate
-        return evaluate(self, X, y, batch_size=batch_size)
+        with self._lock:
+            return evaluate(self, X, y, batch_size=batch_size)
 
     # -- weights ---------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """``{"fc1.weight", "spiking.weight", "fc2.weight"}``: float32 copies, "x @ W" layout."""
-        return self._engine.get_weights()
+        """``{"fc1.weight", "spiking.weight", "fc2.weight"}``: float32 copies, "x @ W" layout,
+        all of one training step (taken under the lock a training step holds)."""
+        with self._lock:
+            return self._engine.get_weights()
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         """Copy weights in.  Every array is checked (keys, shape, numbers, finite) before any
@@ -458,7 +442,8 @@ class AIVANet:
             arr = np.asarray(arr, dtype=np.float32)
             _check_finite(f"state_dict[{k!r}]", arr)
             new[k] = arr
-        self._engine.set_weights(new)
+        with self._lock:
+            self._engine.set_weights(new)
 
     def _state_dict_shapes(self) -> Dict[str, Tuple[int, int]]:
         c = self._config
@@ -498,6 +483,10 @@ class AIVANet:
     def to(self, device: str) -> "AIVANet":
         """Move weights, optimizer and state to ``"cpu"`` or ``"cuda"``; returns the net."""
         device = _parse_device(device)
+        with self._lock:
+            return self._move(device)
+
+    def _move(self, device: str) -> "AIVANet":
         if device == self._device:
             return self
         if device.startswith("cuda"):
@@ -518,13 +507,13 @@ class AIVANet:
 
     # -- pickle ----------------------------------------------------------------------------
     def __getstate__(self) -> Dict[str, Any]:
-        engine = self._engine
-        state = engine.get_state()
-        if self._device != "cpu":
-            state = None if state is None else state.get()
-        return {"format": 1, "config": dict(self._config), "device": self._device,
-                "weights": _to_numpy(self.state_dict()), "state": state,
-                "optimizer": _to_numpy(self._optimizer.state_dict())}
+        with self._lock:      # weights, state and optimizer of the same step
+            state = self._engine.get_state()
+            if self._device != "cpu":
+                state = None if state is None else state.get()
+            return {"format": 1, "config": dict(self._config), "device": self._device,
+                    "weights": _to_numpy(self.state_dict()), "state": state,
+                    "optimizer": _to_numpy(self._optimizer.state_dict())}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self._build(state["config"], state["weights"], {})
@@ -538,34 +527,6 @@ def _to_numpy(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _to_numpy(v) for k, v in obj.items()}
     return obj.get() if type(obj).__module__.startswith("cupy") else obj
-
-
-def _adam_args(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> Dict[str, Any]:
-    lr = _float_arg("lr", lr, 0.0)
-    try:
-        b1, b2 = betas
-    except (TypeError, ValueError):
-        raise TypeError(f"betas must be a pair of floats, got {betas!r}") from None
-    b1, b2 = _float_arg("betas[0]", b1, 0.0), _float_arg("betas[1]", b2, 0.0)
-    if b1 >= 1.0 or b2 >= 1.0:
-        raise ValueError(f"betas must be in [0, 1), got {betas!r}")
-    return {"lr": lr, "betas": (b1, b2), "eps": _float_arg("eps", eps, 0.0),
-            "weight_decay": _float_arg("weight_decay", weight_decay, 0.0)}
-
-
-def _check_device_precision(device: str, precision: str) -> None:
-    if precision != "float32":
-        raise NotImplementedError(f"precision={precision!r} runs on the CPU only (MKL's bf16 "
-                                  f"products); device={device!r} needs precision='float32'")
-
-
-def _parse_device(device: Any) -> str:
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
-    d = device.strip().lower()
-    if d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
-        return d
-    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 def _init_weights(config: Mapping[str, Any], seed: Optional[int]) -> Dict[str, np.ndarray]:
