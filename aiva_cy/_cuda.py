@@ -43,6 +43,7 @@ except Exception as exc:  # ImportError, or a CuPy that cannot find its CUDA lib
 else:
     _IMPORT_ERROR = None
 
+from aiva_cy._checks import adam_betas, adam_value
 from aiva_cy._core import PARAM_NAMES, PARAM_TRANSPOSED, batch_mismatch
 
 # Bits of the error word a step gathers on the device.
@@ -290,8 +291,20 @@ def _on_device(method: F) -> F:
 # ---------------------------------------------------------------------------------------
 # Adam
 # ---------------------------------------------------------------------------------------
+def _checked(name: str) -> property:
+    """A hyper-parameter checked where it enters, by the CPU optimizer's rules."""
+    attr = "_" + name
+
+    def set_(self: "CupyAdam", value: Any) -> None:
+        setattr(self, attr, adam_value(name, value))
+    return property(lambda self: getattr(self, attr), set_)
+
+
 class CupyAdam:
-    """Adam on the GPU: the same attributes and state_dict as ``aiva_cy._adam.Adam``."""
+    """Adam on the GPU: the same attributes, checks and state_dict as ``aiva_cy._adam.Adam``."""
+
+    lr, eps, weight_decay = _checked("lr"), _checked("eps"), _checked("weight_decay")
+    beta1, beta2 = _checked("beta1"), _checked("beta2")
 
     def __init__(self, shapes, *, names, device_index: int = 0, lr=1e-3, betas=(0.9, 0.999),
                  eps=1e-8, weight_decay=0.0):
@@ -311,7 +324,7 @@ class CupyAdam:
 
     @betas.setter
     def betas(self, value: Tuple[float, float]) -> None:
-        self.beta1, self.beta2 = value
+        self._beta1, self._beta2 = adam_betas(value)
 
     def _scalars(self) -> Tuple[np.float32, ...]:
         """The next step's scalars, computed in double and rounded once (1 - 0.999f would

@@ -483,3 +483,16 @@ def test_an_adam_step_that_would_overflow_changes_nothing(cuda):
     with pytest.raises(FloatingPointError, match="Adam step"):
         gpu.train_step(x, y)
     _assert_same(_snapshot(gpu), before)
+
+
+def test_optimizer_settings_are_checked_on_the_gpu_too(cuda):
+    _, gpu, _ = pair(seed=14)
+    opt = gpu.optimizer
+    for name, bad in (("lr", float("nan")), ("lr", -1.0), ("eps", 0.0), ("weight_decay", 1e39),
+                      ("beta1", 1.0), ("beta2", float("inf"))):
+        with pytest.raises(ValueError, match=name):
+            setattr(opt, name, bad)
+    with pytest.raises(ValueError, match="betas"):
+        opt.betas = (0.9, 1.0)
+    opt.lr, opt.betas = 0.01, (0.8, 0.99)
+    assert (opt.lr, opt.betas) == (0.01, (0.8, 0.99))
