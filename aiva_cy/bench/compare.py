@@ -130,7 +130,8 @@ def run(quick: bool = False, *, threads: Optional[int] = None, rounds: Optional[
         os.environ.setdefault(k, v)
     import aiva_cy
     avail = peers.available_peers()
-    have = {"torch": avail["torch"], "onnx": avail["onnxruntime"]}
+    have = {"torch": avail["torch"], "onnx": avail["onnxruntime"],
+            "bf16": aiva_cy.blas_info().get("bfloat16") is not None}
     if wait_quiet_s > 0:
         wait_quiet(wait_quiet_s, s.noise_limit, log)
     load_before = loadavg()
@@ -195,7 +196,10 @@ def run(quick: bool = False, *, threads: Optional[int] = None, rounds: Optional[
             "cells": {p: asdict(cells[p]) for p in PEER_ORDER if p in cells},
             "targets": [asdict(t) for t in targets_of(row, cells)],
         }
-    columns = ["numpy", "aiva_cy"] + [p for p in ("torch", "onnx") if have[p]] + ["floor"]
+    columns = [p for p in PEER_ORDER
+               if any(p in cells for cells in results.values())
+               or p in ("numpy", "aiva_cy", "floor")
+               or (p == "torch" and have["torch"]) or (p == "onnx" and have["onnx"])]
     loads = [o for cells in results.values() for c in cells.values() for o in c.other_load
              if o is not None]
     meta.update(load_after=loadavg(), cpu_busy_after=cpu_busy(), elapsed_s=round(elapsed, 1),

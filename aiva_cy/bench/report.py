@@ -39,15 +39,28 @@ def targets_of(row: str, cells: Mapping[str, Cell]) -> List[Target]:
         q = inv(peer)
         return Target(text, q, None if q is None else q <= k)
 
+    def bf16_vs(peer: str, k: float, text: str, faster: bool) -> Target:
+        # aiva_cy bf16 against a peer: "faster" = at least k times faster (peer / bf16 >= k),
+        # else bf16 time <= k * peer time.
+        a, c = cells.get("aiva_bf16"), cells.get(peer)
+        if a is None or c is None or a.value <= 0 or c.value <= 0:
+            return Target(text, None, None)
+        q = c.value / a.value if faster else a.value / c.value
+        return Target(text, q, q >= k if faster else q <= k)
+
     if row == "forward_b1":
-        return [at_least("numpy", 3), at_least("torch", 3),
-                at_most("onnx", 1.0, "≤ ONNX"), at_most("floor", 1.2, "≤ 1.2× floor")]
+        return [at_most("floor", 1.15, "≤ 1.15× floor"), at_most("onnx", 1.0, "≤ ONNX"),
+                bf16_vs("numpy", 3.5, "bf16 ≥ 3.5× numpy", True),
+                bf16_vs("torch", 3.0, "bf16 ≥ 3× torch f32", True)]
     if row == "predict_b256":
-        return [at_most("onnx", 1.0, "≤ ONNX"), at_most("floor", 1.1, "≤ 1.1× floor")]
+        return [at_most("onnx", 1.0, "≤ ONNX"),
+                bf16_vs("torch_bf16", 0.75, "bf16 ≤ 0.75× torch bf16", False),
+                bf16_vs("onnx", 0.35, "bf16 ≤ 0.35× ONNX f32", False)]
     if row == "train_b64":
         return [at_most("torch", 0.6, "≤ 0.6× torch")]
     if row == "train_b256":
-        return [at_most("torch", 0.85, "≤ 0.85× torch")]
+        return [at_most("torch", 0.85, "≤ 0.85× torch"),
+                bf16_vs("torch_bf16", 0.7, "bf16 ≤ 0.7× torch autocast", False)]
     if row == "startup":
         return [at_most("numpy", 1.0, "≤ numpy")]
     return []
@@ -169,6 +182,24 @@ def render_floor_notes(floor: Mapping[str, Any]) -> str:
         lines.append(_markdown_table(
             ["work", "FLOPs (2·B·3,166,208; train 2·B·8,450,048)", "floor = FLOPs / rate", "aiva_cy",
              "aiva_cy / floor"], body))
+    if floor.get("bf16_gflops") is not None:
+        lines.append("")
+        lines.append(f"MKL bf16 rate, from its packed floor at batch 256: "
+                     f"{floor['bf16_gflops']:.1f} GFLOP/s")
+    if floor.get("b1_bf16_gbytes_s") is not None:
+        lines.append(f"batch 1 in bf16 moves {floor['b1_bf16_bytes'] / 1e6:.1f} MB of weights: the "
+                     f"bf16 floor ({fmt_seconds(floor['b1_bf16_seconds'])}) reads them at "
+                     f"{floor['b1_bf16_gbytes_s']:.1f} GB/s")
+    est16 = floor.get("bf16_estimates") or {}
+    if est16:
+        body = [[ROW_LABELS[r], f"{e['flops'] / 1e9:.2f} GFLOP", fmt_seconds(e["floor_s"]),
+                 fmt_seconds(e["aiva_s"]) if e["aiva_s"] else "—",
+                 f"{e['aiva_s'] / e['floor_s']:.2f}×" if e["aiva_s"] else "—"]
+                for r, e in est16.items()]
+        lines.append("")
+        lines.append(_markdown_table(
+            ["work (bf16)", "FLOPs", "bf16 floor = FLOPs / rate", "aiva_cy bf16",
+             "aiva_cy bf16 / floor"], body))
     return "\n".join(lines)
 
 
@@ -197,6 +228,22 @@ def floor_estimates(rows: Mapping[str, Dict[str, Cell]]) -> Dict[str, Any]:
             est[row] = {"flops": flops, "floor_s": flops / rate,
                         "aiva_s": aiva.value if aiva is not None else None}
         out["estimates"] = est
+    # The same for bfloat16: MKL's bf16 rate from its packed floor, and half the bytes.
+    c16 = rows.get("predict_b256", {}).get("floor_bf16_packed")
+    if c16 is not None:
+        rate16 = 2.0 * 256 * N_PARAMS / c16.value
+        est16: Dict[str, Any] = {}
+        for row, batch, macs in (("predict_b64", 64, N_PARAMS), ("predict_b256", 256, N_PARAMS),
+                                 ("train_b64", 64, TRAIN_MACS), ("train_b256", 256, TRAIN_MACS)):
+            a16 = rows.get(row, {}).get("aiva_bf16")
+            flops = 2.0 * batch * macs
+            est16[row] = {"flops": flops, "floor_s": flops / rate16,
+                          "aiva_s": a16.value if a16 is not None else None}
+        out.update(bf16_gflops=rate16 / 1e9, bf16_estimates=est16)
+    b16 = rows.get("forward_b1", {}).get("floor_bf16")
+    if b16 is not None:
+        out.update(b1_bf16_bytes=2 * N_PARAMS, b1_bf16_seconds=b16.value,
+                   b1_bf16_gbytes_s=2 * N_PARAMS / b16.value / 1e9)
     return out
 
 

@@ -25,15 +25,29 @@ assert N_PARAMS == 3_166_208
 TRAIN_MACS: int = N_PARAMS + 2 * 2048 * 1024 + 512 * 2048 + 2 * 1024 * 20
 assert TRAIN_MACS == 8_450_048
 
-#: Columns, in table order. "floor" is aiva_cy's own three BLAS products of one step.
-PEER_ORDER: Tuple[str, ...] = ("numpy", "aiva_cy", "torch", "onnx", "floor")
+#: Columns, in table order. "floor" is aiva_cy's own three BLAS products of one step
+#: (float32, on the BLAS it uses); the MKL floors are the same products on MKL: float32
+#: plain and with pre-packed weights, bf16 operands plain and pre-packed (bf16 floors
+#: include rounding x and h to bf16, which every bf16 step must do).  The bf16 columns
+#: appear where MKL is installed (``pip install "aiva_cy[mkl]"``).
+PEER_ORDER: Tuple[str, ...] = ("numpy", "aiva_cy", "aiva_bf16", "torch", "torch_bf16", "onnx",
+                               "floor", "floor_mkl", "floor_mkl_packed", "floor_bf16",
+                               "floor_bf16_packed")
 PEER_LABELS: Dict[str, str] = {
     "numpy": "numpy BioNeuron",
     "aiva_cy": "aiva_cy",
+    "aiva_bf16": "aiva_cy bf16",
     "torch": "PyTorch eager",
+    "torch_bf16": "PyTorch bf16",
     "onnx": "ONNX Runtime",
     "floor": "raw BLAS (floor)",
+    "floor_mkl": "MKL f32 floor",
+    "floor_mkl_packed": "MKL f32 packed floor",
+    "floor_bf16": "MKL bf16 floor",
+    "floor_bf16_packed": "MKL bf16 packed floor",
 }
+BF16_PEERS: Tuple[str, ...] = ("aiva_bf16", "torch_bf16", "floor_mkl", "floor_mkl_packed",
+                               "floor_bf16", "floor_bf16_packed")
 
 #: Rows, in table order: id -> label. Timed rows first, then the start-up and size rows.
 ROW_LABELS: Dict[str, str] = {
@@ -80,9 +94,21 @@ class SideBySide:
         self.torch_model: Any = None
         self.torch_opt: Any = None
         self.onnx_sess: Any = None
+        self.net16: Any = None
+        self.torch16: Any = None         # bf16 weights, for inference
+        self.torch_amp: Any = None       # (float32 model, Adam) trained under autocast
+        if have["bf16"]:
+            from aiva_cy import AIVANet
+
+            self.net16 = AIVANet(seed=0, precision="bfloat16")
+            self.net16.load_state_dict(sd)
         if have["torch"]:
             self.torch_model, self.torch_opt = peers.make_torch(
                 self.weights, net.threshold, net.surrogate_slope, net.refractory_period)
+            self.torch16, _ = peers.make_torch(self.weights, net.threshold, net.surrogate_slope,
+                                               net.refractory_period, dtype="bfloat16")
+            self.torch_amp = peers.make_torch(self.weights, net.threshold, net.surrogate_slope,
+                                              net.refractory_period)
         if have["onnx"]:
             self.onnx_sess = peers.make_onnx_session(self.weights, net.threshold,
                                                      intra_op_threads=threads)
@@ -123,12 +149,33 @@ class SideBySide:
                 return p
 
             cases["torch"] = torch_forward
+            model16, xt16 = self.torch16, torch.from_numpy(x1).to(torch.bfloat16)
+            state16: List[Any] = [None]
+
+            def torch_bf16_forward() -> Any:
+                with torch.inference_mode():
+                    _, p, state16[0] = model16(xt16, state16[0])
+                return p
+
+            cases["torch_bf16"] = torch_bf16_forward
         if self.onnx_sess is not None:
             sess = self.onnx_sess
             cases["onnx"] = lambda: peers.onnx_predict(sess, x1)
         floor_x = np.ascontiguousarray(x, dtype=np.float32)
         cases["floor"] = lambda: net._engine.blas_products(floor_x)
+        if self.net16 is not None:
+            net16 = self.net16
+            net16.reset_state()
+            cases["aiva_bf16"] = lambda: net16.forward(x1)
+            cases.update(self._mkl_floors(floor_x))
         return cases
+
+    def _mkl_floors(self, x: np.ndarray) -> Dict[str, Callable[[], Any]]:
+        e, e16 = self.net._engine, self.net16._engine
+        return {"floor_mkl": lambda: e.blas_products(x, packed=False, provider="mkl"),
+                "floor_mkl_packed": lambda: e.blas_products(x, packed=True, provider="mkl"),
+                "floor_bf16": lambda: e16.blas_products(x, packed=False),
+                "floor_bf16_packed": lambda: e16.blas_products(x, packed=True)}
 
     def predict_cases(self, x: np.ndarray) -> Dict[str, Callable[[], Any]]:
         """One step from an empty state for a batch; the BioNeuron loops over rows."""
@@ -143,10 +190,16 @@ class SideBySide:
 
             model, xt = self.torch_model, torch.from_numpy(x)
             cases["torch"] = lambda: peers.torch_predict_proba(model, xt)
+            model16, xt16 = self.torch16, torch.from_numpy(x).to(torch.bfloat16)
+            cases["torch_bf16"] = lambda: peers.torch_predict_proba(model16, xt16)
         if self.onnx_sess is not None:
             sess = self.onnx_sess
             cases["onnx"] = lambda: peers.onnx_predict(sess, x)
         cases["floor"] = lambda: net._engine.blas_products(x)
+        if self.net16 is not None:
+            net16 = self.net16
+            cases["aiva_bf16"] = lambda: net16.predict_proba(x)
+            cases.update(self._mkl_floors(x))
         return cases
 
     def train_cases(self, x: np.ndarray, y: np.ndarray) -> Dict[str, Callable[[], Any]]:
@@ -165,4 +218,15 @@ class SideBySide:
             model, opt = self.torch_model, self.torch_opt
             xt, yt = torch.from_numpy(x), torch.from_numpy(y)
             cases["torch"] = lambda: peers.torch_train_step(model, opt, xt, yt)
+            amp_model, amp_opt = self.torch_amp
+            cases["torch_bf16"] = lambda: peers.torch_train_step(amp_model, amp_opt, xt, yt,
+                                                                 autocast_bf16=True)
+        if self.net16 is not None:
+            net16 = self.net16
+
+            def aiva_bf16_train() -> float:
+                net16.reset_state()
+                return net16.train_step(x, y)
+
+            cases["aiva_bf16"] = aiva_bf16_train
         return cases
