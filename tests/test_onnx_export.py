@@ -417,3 +417,19 @@ def test_cuda_net_exports_and_hands_its_state_over(ort, cuda, tmp_path):
     np.testing.assert_array_equal(gpu.get_state().get(), s_onnx)
     np.testing.assert_array_equal(cpu.get_state(), s_onnx)
     assert s_onnx.any()
+
+
+def test_build_model_is_the_exported_graph(ort, tmp_path):
+    """The benchmark's ONNX Runtime column builds its session with build_model from a plain
+    weights dict: it must be the very graph export_onnx writes (one graph, not two)."""
+    import onnx
+
+    from aiva_cy.onnx_export import build_model
+
+    net, w = make_net(SMALL, refractory_period=3)
+    for stateful in (False, True):
+        net.export_onnx(tmp_path / "m.onnx", stateful=stateful)
+        exported = onnx.load(str(tmp_path / "m.onnx"))
+        built = build_model(w, threshold=0.5, refractory_period=3, stateful=stateful)
+        assert built.graph.SerializeToString() == exported.graph.SerializeToString()
+        assert built.opset_import == exported.opset_import
