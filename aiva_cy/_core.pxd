@@ -1,5 +1,5 @@
 # cython: language_level=3
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
 
 
 cdef extern from "aiva_core.h" nogil:
@@ -12,11 +12,19 @@ cdef extern from "aiva_core.h" nogil:
                                    const float *, float *, const int *)
     ctypedef void *aiva_sgemm64_fn
     ctypedef void *aiva_sgemv64_fn
+    ctypedef uint16_t aiva_bf16
     ctypedef struct aiva_blas:
         aiva_sgemm_fn sgemm
         aiva_sgemv_fn sgemv
         aiva_sgemm64_fn sgemm64
         aiva_sgemv64_fn sgemv64
+        void *gemm_bf16
+        void *gemm_bf16_compute
+        void *pack_bf16_size
+        void *pack_f32_size
+        void *pack_bf16
+        void *pack_f32
+        void *compute_f32
 
     ctypedef struct aiva_net:
         int input_size, hidden_size, spiking_size, num_tools
@@ -26,6 +34,12 @@ cdef extern from "aiva_core.h" nogil:
         const float *fc1_t
         const float *spiking_t
         const float *fc2
+        int bf16
+        const aiva_bf16 *fc1_t_bf16
+        const aiva_bf16 *spiking_t_bf16
+        const aiva_bf16 *fc2_bf16
+        const void *fc1_packed
+        const void *spiking_packed
 
     ctypedef struct aiva_workspace:
         int capacity
@@ -37,6 +51,7 @@ cdef extern from "aiva_core.h" nogil:
         float *d_logits
         float *d_membrane
         float *d_hidden
+        aiva_bf16 *bf16
 
     ctypedef struct aiva_grads:
         float *fc1_t
@@ -60,6 +75,9 @@ cdef extern from "aiva_core.h" nogil:
                       double *loss)
     int aiva_blas_open(const char *path, const char *prefix, const char *suffix, int ilp64,
                        aiva_blas *out)
+    int aiva_mkl_open(const char *path, int threading_layer, aiva_blas *out)
+    size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, void *dest)
+    void aiva_round_bf16(const float *src, long n, aiva_bf16 *dst)
     void aiva_blas_products(const aiva_blas *blas, const aiva_net *net, const float *x,
                             int batch, aiva_workspace *ws)
 
@@ -67,6 +85,6 @@ cdef extern from "aiva_core.h" nogil:
 cdef class Workspace:
     cdef aiva_workspace ws
     cdef void *block
-    cdef readonly int hidden_size, spiking_size, num_tools
+    cdef readonly int input_size, hidden_size, spiking_size, num_tools
     cdef void release(self) noexcept
     cdef int reserve(self, int batch) except -1

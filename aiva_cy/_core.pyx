@@ -3,7 +3,7 @@
 pointers to the C core with the GIL released.  It checks sizes (so C never reads or writes
 out of bounds) but leaves user-facing validation to :mod:`aiva_cy.net`."""
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
-from libc.stdint cimport int32_t, int64_t, uint8_t, uintptr_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uintptr_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
@@ -23,11 +23,120 @@ from aiva_cy._adam cimport Adam
 #   openblas32  the scipy-openblas32 wheel (a dependency: the fallback where NumPy's build
 #             carries no OpenBLAS of its own, e.g. conda's);
 #   scipy     scipy.linalg.cython_blas.
-# AIVA_CY_BLAS=numpy|openblas32|scipy forces one.
+#   mkl       Intel MKL (the `mkl` wheel: `pip install "aiva_cy[mkl]"`), only when asked for
+#             with AIVA_CY_BLAS=mkl.  Then float32 inference uses weights pre-packed by MKL.
+# AIVA_CY_BLAS=numpy|openblas32|scipy|mkl forces one.
+#
+# Why MKL is not the automatic float32 choice: at batch 1, AIVA's one decision at a time, its
+# float32 products measured 1.4x slower than OpenBLAS's gemv (326 against 229 us, one run on
+# the 2-core development machine); opening it adds 18-27 ms to the start-up (the dispatcher
+# loads libmkl_core and a CPU-specific kernel library); and it brings a second pool of
+# worker threads beside NumPy's OpenBLAS.  It is faster at batch 256 (pre-packed: 5.3 ms
+# against 6.6 on a quiet machine), so AIVA_CY_BLAS=mkl is there for batch work.  bfloat16 is
+# different: only MKL has the products, so MKL is opened, on first use, for every net that
+# asks for precision="bfloat16", whatever the float32 provider is.
 # ---------------------------------------------------------------------------------------
 cdef aiva_blas _blas
 _blas_info = {}
-_PROVIDERS = ("numpy", "openblas32", "scipy")
+_PROVIDERS = ("numpy", "openblas32", "scipy", "mkl")
+
+cdef aiva_blas _mkl          # MKL's table, for bfloat16 (filled by _open_mkl)
+cdef bint _mkl_open = False
+_mkl_info = {}
+_mkl_lock = threading.Lock()
+MKL_EXTRA = 'pip install "aiva_cy[mkl]"'
+
+# MKL_THREADING_* values of mkl_service.h.  The layer is TBB, found next to MKL (the `mkl`
+# wheel depends on `tbb`), else sequential; never MKL's default, Intel OpenMP, because:
+# - correctness: with a GNU OpenMP already loaded into the global symbol scope (PyTorch's
+#   libgomp, for one), libmkl_intel_thread's omp_* calls bind to it while libiomp5 runs the
+#   threads, and products come out wrong, differently from run to run (measured: the loss
+#   of a default-size step anywhere from 21 to 38 instead of 35.2 after `import torch`);
+# - speed, measured on the 2-core development machine (bf16 products of one forward step,
+#   median of runs): TBB 0.18-0.20 ms at batch 1 and 1.9-2.2 ms at batch 256 (packed),
+#   Intel OpenMP 0.33-0.44 and 2.7-3.8, sequential 0.30-0.36 and 1.9-2.2;
+# - sharing the cores: TBB's idle workers block after a short spin, where Intel OpenMP's
+#   spin for 200 ms (KMP_BLOCKTIME) on the core NumPy's OpenBLAS pool needs next.
+# A user's MKL_THREADING_LAYER wins.
+_MKL_THREADING = {"intel": 0, "sequential": 1, "gnu": 3, "tbb": 4}
+_tbb_library = None          # kept loaded: MKL's TBB layer resolves against it
+
+
+def _preload_tbb(mkl_path):
+    """Load libtbb by path (the loader would not find it in a virtual environment's lib/), so
+    that MKL's TBB layer links to it.  True if it could."""
+    global _tbb_library
+    import ctypes
+    import glob
+    folder = os.path.dirname(mkl_path)
+    for name in sorted(glob.glob(os.path.join(folder, "libtbb.so.*"))
+                       + glob.glob(os.path.join(folder, "libtbb*.dylib"))
+                       + glob.glob(os.path.join(folder, "tbb12*.dll"))):
+        if "malloc" in name or "bind" in name:
+            continue
+        try:
+            _tbb_library = ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _mkl_path():
+    """libmkl_rt of the installed `mkl` distribution (its file list), else under sys.prefix."""
+    import glob
+    import re
+    import sys
+    pattern = re.compile(r"^(lib)?mkl_rt(\.\d+)*\.(so|dylib|dll)(\.\d+)*$")
+    try:
+        from importlib import metadata
+        files = metadata.distribution("mkl").files or ()
+    except Exception:   # not installed, or metadata unreadable
+        files = ()
+    found = sorted(os.path.normpath(str(f.locate())) for f in files if pattern.match(f.name))
+    found = [f for f in found if os.path.exists(f)]
+    if not found:
+        for where in ("lib", os.path.join("Library", "bin")):
+            found = sorted(f for f in glob.glob(os.path.join(sys.prefix, where, "*mkl_rt*"))
+                           if pattern.match(os.path.basename(f)))
+            if found:
+                break
+    return max(found) if found else None
+
+
+cdef int _open_mkl() except -1:
+    """Open MKL into _mkl once; raise ImportError (saying what to install) if it cannot be."""
+    global _mkl_open
+    if _mkl_open:
+        return 0
+    with _mkl_lock:
+        if _mkl_open:
+            return 0
+        path = _mkl_path()
+        if path is None:
+            raise ImportError(f"MKL is not installed; install it with: {MKL_EXTRA}")
+        if "MKL_THREADING_LAYER" in os.environ:
+            layer_name = os.environ["MKL_THREADING_LAYER"].lower()
+            layer = -1
+        else:
+            layer_name = "tbb" if _preload_tbb(path) else "sequential"
+            layer = _MKL_THREADING[layer_name]
+        if aiva_mkl_open(os.fsencode(path), layer, &_mkl) != 0:
+            raise ImportError(f"{path} could not be opened as MKL (or its interface is fixed "
+                              f"to ILP64); reinstall it with: {MKL_EXTRA}")
+        _mkl_info.update(provider="mkl", path=path, ilp64=False,
+                         bf16=_mkl.gemm_bf16 != NULL and _mkl.pack_bf16 != NULL,
+                         threading_layer=layer_name)
+        _mkl_open = True
+    return 0
+
+
+def require_bf16():
+    """Open MKL if needed; raise a clear error if no BLAS here has bfloat16 products."""
+    _open_mkl()
+    if not _mkl_info["bf16"]:
+        raise ImportError(f"the MKL at {_mkl_info['path']} has no bfloat16 products "
+                          f"(cblas_gemm_bf16bf16f32); upgrade it with: {MKL_EXTRA}")
 
 
 def _numpy_openblas_path():
@@ -65,15 +174,24 @@ cdef bint _try_open(str provider, object path, bytes suffix, int ilp64):
         return False
     _blas.sgemm, _blas.sgemv = found.sgemm, found.sgemv
     _blas.sgemm64, _blas.sgemv64 = found.sgemm64, found.sgemv64
-    _blas_info.update(provider=provider, path=path, ilp64=bool(ilp64))
+    _blas_info.update(provider=provider, path=path, ilp64=bool(ilp64), bf16=False)
     return True
 
 
 cdef int _load_blas() except -1:
+    global _blas
     choice = os.environ.get("AIVA_CY_BLAS", "auto").lower()
     if choice not in ("auto",) + _PROVIDERS:
-        raise ImportError(f"AIVA_CY_BLAS must be 'auto', 'numpy', 'openblas32' or 'scipy', "
-                          f"got {choice!r}")
+        raise ImportError(f"AIVA_CY_BLAS must be 'auto', 'numpy', 'openblas32', 'scipy' or "
+                          f"'mkl', got {choice!r}")
+    if choice == "mkl":
+        try:
+            _open_mkl()
+        except ImportError as exc:
+            raise ImportError(f"AIVA_CY_BLAS=mkl: {exc}") from None
+        _blas = _mkl
+        _blas_info.update(_mkl_info)
+        return 0
     if choice in ("auto", "numpy") and _try_open("numpy", _numpy_openblas_path(), b"_64_", 1):
         return 0
     if choice in ("auto", "openblas32") and _try_open("scipy-openblas32", _openblas32_path(), b"_", 0):
@@ -90,7 +208,8 @@ cdef int _load_blas() except -1:
     _blas.sgemv = <aiva_sgemv_fn>_capsule_pointer(capi, "sgemv")
     _blas.sgemm64 = NULL
     _blas.sgemv64 = NULL
-    _blas_info.update(provider="scipy.linalg.cython_blas", path=cython_blas.__file__, ilp64=False)
+    _blas_info.update(provider="scipy.linalg.cython_blas", path=cython_blas.__file__, ilp64=False,
+                      bf16=False)
     return 0
 
 
@@ -98,8 +217,20 @@ _load_blas()
 
 
 def blas_info():
-    """Which BLAS library the C core calls: ``{"provider": ..., "path": ...}``."""
-    return dict(_blas_info)
+    """Which BLAS library the C core calls, and whether it has bfloat16 products.
+
+    ``{"provider", "path", "ilp64", "bf16"}`` for float32 (``bf16``: this library has
+    bfloat16 products), and ``"bfloat16"``: the library that bfloat16 nets use (MKL, opened
+    on first use, so this call opens it) as the same kind of dict, or None where there is
+    none, with ``"bfloat16_missing"`` saying why and what to install.
+    """
+    info = dict(_blas_info)
+    try:
+        require_bf16()
+        info["bfloat16"] = dict(_mkl_info)
+    except ImportError as exc:
+        info["bfloat16"], info["bfloat16_missing"] = None, str(exc)
+    return info
 
 
 # ---------------------------------------------------------------------------------------
@@ -110,9 +241,11 @@ cdef inline Py_ssize_t _pad(Py_ssize_t n) noexcept nogil:
 
 
 cdef class Workspace:
-    def __cinit__(self, int hidden_size, int spiking_size, int num_tools):
+    def __cinit__(self, int input_size, int hidden_size, int spiking_size, int num_tools):
         self.block = NULL
         self.ws.capacity = 0
+        self.ws.bf16 = NULL
+        self.input_size = input_size
         self.hidden_size, self.spiking_size, self.num_tools = hidden_size, spiking_size, num_tools
 
     def __dealloc__(self):
@@ -122,6 +255,7 @@ cdef class Workspace:
         free(self.block)
         self.block = NULL
         self.ws.capacity = 0
+        self.ws.bf16 = NULL
 
     cdef int reserve(self, int batch) except -1:
         if batch <= self.ws.capacity:
@@ -130,6 +264,10 @@ cdef class Workspace:
         cdef Py_ssize_t ns = _pad(<Py_ssize_t>batch * self.spiking_size)
         cdef Py_ssize_t nt = _pad(<Py_ssize_t>batch * self.num_tools)
         cdef Py_ssize_t floats = 2 * nh + 3 * ns + 2 * nt
+        # The bf16 operands (aiva_workspace.bf16): 2 bytes each, one float per pair.
+        cdef Py_ssize_t halves = _pad(<Py_ssize_t>batch * (self.input_size + self.hidden_size
+                                                           + self.spiking_size + self.num_tools))
+        floats += halves // 2
         # calloc: every float starts as 0.0, so no BLAS call ever meets an uninitialised NaN.
         cdef void *block = calloc(floats * sizeof(float) + ns + 64, 1)
         if block == NULL:
@@ -144,6 +282,7 @@ cdef class Workspace:
         self.ws.d_membrane = p; p += ns
         self.ws.logits = p; p += nt
         self.ws.d_logits = p; p += nt
+        self.ws.bf16 = <aiva_bf16 *>p; p += halves // 2
         self.ws.open = <uint8_t *>p
         self.ws.capacity = batch
         return 0
@@ -185,9 +324,11 @@ POOL_MAX = 4
 _INT_LIMIT = 2**30
 
 
-def _row_bytes(int hidden_size, int spiking_size, int num_tools):
-    """Workspace bytes per row of a batch (see Workspace.reserve)."""
-    return 4 * (2 * hidden_size + 3 * spiking_size + 2 * num_tools) + spiking_size
+def _row_bytes(int hidden_size, int spiking_size, int num_tools, int input_size=0):
+    """Workspace bytes per row of a batch (see Workspace.reserve), the bf16 operands'
+    2 * (input + hidden + spiking + tools) included when input_size is given."""
+    return (4 * (2 * hidden_size + 3 * spiking_size + 2 * num_tools) + spiking_size
+            + 2 * (input_size + hidden_size + spiking_size + num_tools) * (input_size > 0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,6 +342,37 @@ def batch_mismatch(int batch, int held, str name="x"):
     """The error for a call whose batch size differs from the refractory state's."""
     return ValueError(f"{name} has batch size {batch} but the net's refractory state holds "
                       f"{held} streams; call reset_state() first to change the batch size")
+
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def _round_bf16(w):
+    """A float32 array rounded to bfloat16 (uint16 bits), same shape."""
+    cdef const float[::1] src = w.reshape(-1)
+    out = np.empty(w.shape, np.uint16)
+    cdef uint16_t[::1] dst = out.reshape(-1)
+    with nogil:
+        aiva_round_bf16(&src[0], src.shape[0], &dst[0])
+    return out
+
+
+cdef object _pack_weight(aiva_blas *table, bint bf16, w):
+    """MKL's pack of an engine-layout weight (n, k) for x @ w^T, 64-byte aligned; None where
+    the library cannot pack."""
+    cdef int n = w.shape[0], k = w.shape[1]
+    cdef const uint8_t[:, ::1] src = w.view(np.uint8)
+    cdef size_t size = aiva_pack(table, bf16, n, k, &src[0, 0], NULL)
+    if size == 0:
+        return None
+    buf = np.empty(size + 64, np.uint8)
+    cdef uint8_t[::1] raw = buf
+    cdef size_t offset = (64 - <uintptr_t>&raw[0] % 64) % 64
+    packed = buf[offset:offset + size]
+    cdef uint8_t[::1] dest = packed
+    with nogil:
+        aiva_pack(table, bf16, n, k, &src[0, 0], &dest[0])
+    return packed
 
 
 def _adoptable(a, shape):
@@ -217,6 +389,13 @@ cdef class Engine:
                                                 # layout, swapped in as one tuple
     cdef object g_fc1_t, g_spiking_t, g_fc2     # allocated by the first backward
     cdef object refractory_left                 # int32 (B, spiking), or None: empty state
+    cdef readonly str precision                 # "float32" or "bfloat16"
+    cdef object _bf16                           # bfloat16: the weights rounded (uint16),
+                                                # same layouts; None in float32
+    cdef long _version                          # bumped whenever a weight changes
+    cdef object _packed                         # (version, fc1 pack, spiking pack) or None
+    cdef object _pack_lock
+    cdef object _mkl_f32_packs                  # (version, fc1, spiking): blas_products only
     cdef Workspace ws                           # for the stateful calls, under _lock
     cdef list _pool                             # free workspaces for predict (thread-safe)
     cdef object _lock
@@ -224,13 +403,23 @@ cdef class Engine:
 
     def __init__(self, int input_size, int hidden_size, int spiking_size, int num_tools,
                  float threshold, int refractory_period, float surrogate_slope, weights,
-                 bint copy=True):
+                 bint copy=True, str precision="float32"):
         # copy=False adopts arrays that already have the engine's layout (a transposed view of
         # a C-contiguous float32 array for fc1 and spiking, C-contiguous fc2) instead of
         # copying them: a fresh net's 12.7 MB of weights are then written only once.
         if min(input_size, hidden_size, spiking_size, num_tools) < 1 or refractory_period < 0:
             raise ValueError("sizes must be >= 1 and refractory_period >= 0")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+        if precision == "bfloat16":
+            require_bf16()
         self._lock = threading.Lock()
+        self._pack_lock = threading.Lock()
+        self.precision = precision
+        self._bf16 = self._packed = self._mkl_f32_packs = None
+        self._version = 0
+        self.net.bf16 = precision == "bfloat16"
+        self.net.fc1_packed = self.net.spiking_packed = NULL
         self.input_size, self.hidden_size = input_size, hidden_size
         self.spiking_size, self.num_tools = spiking_size, num_tools
         self.threshold, self.refractory_period = threshold, refractory_period
@@ -248,7 +437,7 @@ cdef class Engine:
             self.set_weights(weights)
         self.g_fc1_t = self.g_spiking_t = self.g_fc2 = None
         self.refractory_left = None
-        self.ws = Workspace(hidden_size, spiking_size, num_tools)
+        self.ws = Workspace(input_size, hidden_size, spiking_size, num_tools)
         self._pool = []
         self.max_train_batch = max(1, _INT_LIMIT // max(hidden_size, spiking_size, num_tools))
 
@@ -292,8 +481,77 @@ cdef class Engine:
 
     cdef _install(self, fc1_t, spiking_t, fc2):
         cdef float[:, ::1] a = fc1_t, b = spiking_t, c = fc2
+        bf16 = tuple(_round_bf16(w) for w in (fc1_t, spiking_t, fc2)) if self.net.bf16 else None
         self.net.fc1_t, self.net.spiking_t, self.net.fc2 = &a[0, 0], &b[0, 0], &c[0, 0]
-        self._weights = (fc1_t, spiking_t, fc2)
+        self._set_bf16_pointers(&self.net, bf16)
+        self._weights, self._bf16 = (fc1_t, spiking_t, fc2), bf16
+        self._version += 1                     # the packs, if any, are now stale
+
+    cdef _set_bf16_pointers(self, aiva_net *net, bf16):
+        cdef const uint16_t[:, ::1] a, b, c
+        if bf16 is None:
+            net.fc1_t_bf16 = net.spiking_t_bf16 = net.fc2_bf16 = NULL
+            return
+        a, b, c = bf16
+        net.fc1_t_bf16, net.spiking_t_bf16, net.fc2_bf16 = &a[0, 0], &b[0, 0], &c[0, 0]
+
+    cdef aiva_blas *_table(self):
+        return &_mkl if self.net.bf16 else &_blas
+
+    def set_precision(self, str precision):
+        """Switch between float32 and bfloat16 products; the float32 weights are kept."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+        if precision == "bfloat16":
+            require_bf16()
+        with self._lock:
+            self.precision = precision
+            self.net.bf16 = precision == "bfloat16"
+            fc1_t, spiking_t, fc2 = self._weights
+            self._install(fc1_t, spiking_t, fc2)
+
+    cdef object _inference_net(self, aiva_net *net):
+        """Fill net with one generation of weights (set_weights may swap in another meanwhile)
+        and their packs, packed now if they are stale; returns what must stay alive."""
+        net[0] = self.net
+        weights, bf16, version = self._weights, self._bf16, self._version
+        cdef float[:, ::1] a, b, c
+        a, b, c = weights
+        net.fc1_t, net.spiking_t, net.fc2 = &a[0, 0], &b[0, 0], &c[0, 0]
+        # The precision of this generation, not self.net's: set_precision may be between
+        # switching the flag and installing the copies (a predict does not take the lock).
+        net.bf16 = bf16 is not None
+        self._set_bf16_pointers(net, bf16)
+        packed = self._packed
+        if packed is None or packed[0] != version:
+            packed = self._pack(version, weights, bf16)
+        cdef const uint8_t[::1] p1, p2
+        if packed is not None and packed[1] is not None:
+            p1, p2 = packed[1], packed[2]
+            net.fc1_packed, net.spiking_packed = &p1[0], &p2[0]
+        else:
+            net.fc1_packed = net.spiking_packed = NULL
+        return (weights, bf16, packed)
+
+    cdef object _pack(self, long version, weights, bf16):
+        cdef aiva_blas *table
+        # Packed on the first inference call after the weights change (not by every train
+        # step: fit runs many steps between inferences).  A pack made from weights that
+        # changed meanwhile is used by this call only, never stored.
+        with self._pack_lock:
+            packed = self._packed
+            if packed is not None and packed[0] == version:
+                return packed
+            # The library of this generation's precision, not self.net's (see _inference_net):
+            # a float32 pack made by MKL would reach OpenBLAS, which has no compute for it.
+            source = bf16 if bf16 is not None else weights
+            table = &_mkl if bf16 is not None else &_blas
+            p1 = _pack_weight(table, bf16 is not None, source[0])
+            p2 = None if p1 is None else _pack_weight(table, bf16 is not None, source[1])
+            packed = (version, p1 if p2 is not None else None, p2)
+            if self._version == version:
+                self._packed = packed
+            return packed
 
     def gradients(self):
         """state_dict-layout copies of the last computed gradients."""
@@ -357,7 +615,7 @@ cdef class Engine:
 
     cdef int _chunk_rows(self) except -1:
         cdef Py_ssize_t rows = WORKSPACE_LIMIT // _row_bytes(self.hidden_size, self.spiking_size,
-                                                            self.num_tools)
+                                                            self.num_tools, self.input_size)
         rows = min(rows, _INT_LIMIT // max(self.hidden_size, self.spiking_size, self.num_tools))
         return <int>max(rows, 1)
 
@@ -383,7 +641,7 @@ cdef class Engine:
         cdef int code = AIVA_OK
         for k in range(chunks):
             n = base + (1 if k < extra else 0)
-            code = aiva_forward(&_blas, net, x + start * I, <int>n,
+            code = aiva_forward(&_mkl if net.bf16 else &_blas, net, x + start * I, <int>n,
                                 NULL if state == NULL else state + start * S, &ws.ws,
                                 probs + start * T)
             if code != AIVA_OK:
@@ -409,8 +667,10 @@ cdef class Engine:
         probs = np.empty((batch, self.num_tools), np.float32)
         cdef float[:, ::1] p = probs
         cdef int32_t[:, ::1] refr
+        cdef aiva_net net
         cdef Py_ssize_t rows
         with self._lock:
+            keep = self._inference_net(&net)
             state = self._state_for(batch)
             rows = self._reserve_chunk(self.ws, batch)
             # One chunk commits in place only on success; several chunks work on a copy,
@@ -418,7 +678,7 @@ cdef class Engine:
             trial = state if batch <= rows else state.copy()
             refr = trial
             with nogil:
-                code = self._run(&self.net, &x[0, 0], batch, &refr[0, 0], self.ws, rows,
+                code = self._run(&net, &x[0, 0], batch, &refr[0, 0], self.ws, rows,
                                  &p[0, 0], NULL)
             if code == AIVA_OK:
                 self.refractory_left = trial
@@ -436,13 +696,15 @@ cdef class Engine:
         probs = np.empty((steps, batch, self.num_tools), np.float32)
         cdef float[:, :, ::1] p = probs
         cdef int32_t[:, ::1] trial
+        cdef aiva_net net
         cdef Py_ssize_t rows
         with self._lock:
+            keep = self._inference_net(&net)
             trial = self._state_for(batch).copy()
             rows = self._reserve_chunk(self.ws, batch)
             with nogil:
                 for t in range(steps):
-                    code = self._run(&self.net, &xs[t, 0, 0], batch, &trial[0, 0], self.ws,
+                    code = self._run(&net, &xs[t, 0, 0], batch, &trial[0, 0], self.ws,
                                      rows, &p[t, 0, 0], NULL)
                     if code != AIVA_OK:
                         break
@@ -468,15 +730,14 @@ cdef class Engine:
             logits_ptr = &zl[0, 0]
         cdef Workspace ws
         cdef Py_ssize_t rows
-        # One generation of weights, held for the call: set_weights may swap in another.
-        cdef aiva_net net = self.net
-        cdef float[:, ::1] a, b, c
-        a, b, c = self._weights
-        net.fc1_t, net.spiking_t, net.fc2 = &a[0, 0], &b[0, 0], &c[0, 0]
+        # One generation of weights (and its precision and packs), held for the call:
+        # set_weights or set_precision may swap in another.
+        cdef aiva_net net
+        keep = self._inference_net(&net)
         try:
             ws = self._pool.pop()   # list.pop is atomic under the GIL
         except IndexError:
-            ws = Workspace(self.hidden_size, self.spiking_size, self.num_tools)
+            ws = Workspace(self.input_size, self.hidden_size, self.spiking_size, self.num_tools)
         try:
             rows = self._reserve_chunk(ws, batch)
             with nogil:
@@ -505,11 +766,12 @@ cdef class Engine:
         grads.fc1_t, grads.spiking_t, grads.fc2 = &g1[0, 0], &g2[0, 0], &g3[0, 0]
         cdef float[::1] scratch_probs = np.empty(batch * self.num_tools, np.float32)
         self.ws.reserve(batch)
+        cdef aiva_blas *table = self._table()
         with nogil:
-            code = aiva_forward(&_blas, &self.net, &x[0, 0], batch, refr, &self.ws.ws,
+            code = aiva_forward(table, &self.net, &x[0, 0], batch, refr, &self.ws.ws,
                                 &scratch_probs[0])
             if code == AIVA_OK:
-                code = aiva_backward(&_blas, &self.net, &x[0, 0], &y[0], batch, &self.ws.ws,
+                code = aiva_backward(table, &self.net, &x[0, 0], &y[0], batch, &self.ws.ws,
                                      &grads, loss)
         if code != AIVA_OK:
             _raise(code, True)
@@ -552,7 +814,11 @@ cdef class Engine:
             refr = state
             try:
                 correct = self._forward_backward(x, y, &refr[0, 0], &loss)
-                optimizer.update(self.params(), [self.g_fc1_t, self.g_spiking_t, self.g_fc2])
+                # In bfloat16, Adam's fused pass also writes the rounded copies the products
+                # read, as it updates each float32 master weight.
+                optimizer.update(self.params(), [self.g_fc1_t, self.g_spiking_t, self.g_fc2],
+                                 None if self._bf16 is None else list(self._bf16))
+                self._version += 1
                 with nogil:
                     aiva_commit_state(&self.net, &self.ws.ws, x.shape[0], &refr[0, 0])
             finally:
@@ -560,23 +826,54 @@ cdef class Engine:
             self.refractory_left = state
         return loss, correct
 
-    def blas_products(self, const float[:, ::1] x):
-        """The three BLAS products of a forward step alone (the benchmark's floor)."""
+    def blas_products(self, const float[:, ::1] x, bint packed=True, str provider=None):
+        """The three BLAS products of a forward step alone (the benchmark's floor), in the
+        net's precision, with the inference packs where this BLAS makes them (packed=False:
+        without).  provider="mkl" runs a float32 net's products on MKL whatever the float32
+        BLAS is (the benchmark's MKL floors)."""
         self._check_x(x, True)
         cdef int batch = x.shape[0]
+        cdef aiva_net net
+        cdef aiva_blas *table
+        cdef const uint8_t[::1] p1, p2
+        if provider not in (None, "mkl"):
+            raise ValueError(f"provider must be None or 'mkl', got {provider!r}")
+        if provider == "mkl":
+            _open_mkl()
         with self._lock:
+            keep = self._inference_net(&net)
+            table = &_mkl if net.bf16 else &_blas
+            if provider == "mkl" and not net.bf16:
+                table = &_mkl
+                net.fc1_packed = net.spiking_packed = NULL
+                if packed:
+                    packs = self._mkl_f32_packs
+                    if packs is None or packs[0] != self._version:
+                        packs = (self._version, _pack_weight(&_mkl, False, self._weights[0]),
+                                 _pack_weight(&_mkl, False, self._weights[1]))
+                        self._mkl_f32_packs = packs
+                    p1, p2 = packs[1], packs[2]
+                    net.fc1_packed, net.spiking_packed = &p1[0], &p2[0]
+            if not packed:
+                net.fc1_packed = net.spiking_packed = NULL
             self.ws.reserve(batch)
             with nogil:
-                aiva_blas_products(&_blas, &self.net, &x[0, 0], batch, &self.ws.ws)
+                aiva_blas_products(table, &net, &x[0, 0], batch, &self.ws.ws)
+
+    def packed(self):
+        """Whether inference runs on pre-packed weights (packing them now if stale)."""
+        cdef aiva_net net
+        self._inference_net(&net)
+        return net.fc1_packed != NULL
 
     def __reduce__(self):
         return (_rebuild_engine,
                 ((self.input_size, self.hidden_size, self.spiking_size, self.num_tools,
                   self.threshold, self.refractory_period, self.surrogate_slope),
-                 self.get_weights(), self.get_state()))
+                 self.get_weights(), self.get_state(), self.precision))
 
 
-def _rebuild_engine(config, weights, state):
-    engine = Engine(*config, weights)
+def _rebuild_engine(config, weights, state, precision="float32"):
+    engine = Engine(*config, weights, precision=precision)
     engine.set_state(state)
     return engine

@@ -625,8 +625,10 @@ def _check_names(path: str, specs: Mapping[str, _Spec], names: Any) -> None:
                        f"{missing}, unexpected {unexpected}")
 
 
-def load(cls: Type["AIVANet"], path: PathLike, *, device: str = "cpu") -> "AIVANet":
+def load(cls: Type["AIVANet"], path: PathLike, *, device: str = "cpu",
+         precision: Optional[str] = None) -> "AIVANet":
     """Read a checkpoint written by :func:`save`; every error names the path and the problem.
+    ``precision`` ("float32" or "bfloat16") overrides the one saved in the config.
 
     Raises FileNotFoundError for a missing file, ValueError for anything that is not a
     complete, valid aiva_cy checkpoint of a version this module reads (a directory, FIFO or
@@ -648,11 +650,11 @@ def load(cls: Type["AIVANet"], path: PathLike, *, device: str = "cpu") -> "AIVAN
             raise ValueError(f"'{path}' is not a readable .{kind} checkpoint; it may be "
                              f"truncated, corrupt or written by another tool "
                              f"({type(exc).__name__}: {exc})") from exc
-    return _build(cls, path, arrays, header, device)
+    return _build(cls, path, arrays, header, device, precision)
 
 
 def _build(cls: Type["AIVANet"], path: str, arrays: Dict[str, np.ndarray],
-           header: Mapping[str, str], device: str) -> "AIVANet":
+           header: Mapping[str, str], device: str, precision: Optional[str] = None) -> "AIVANet":
     config = _check_config(path, header)
     weights = {k: _finite(path, k, arrays[k]) for k in PARAM_NAMES}
     opt_args: Dict[str, Any] = {}
@@ -665,6 +667,8 @@ def _build(cls: Type["AIVANet"], path: str, arrays: Dict[str, np.ndarray],
                                             arrays[_moment_key(moment, k)])
                                  for k in PARAM_NAMES}
     try:
+        if precision is not None:
+            config["precision"] = precision
         net = cls(**config, **opt_args, seed=0)
         net.load_state_dict(weights)
         net._engine.set_state(arrays.get(_STATE_KEY))

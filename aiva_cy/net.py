@@ -25,7 +25,25 @@ from aiva_cy._checks import parse_device as _parse_device
 from aiva_cy._core import PARAM_NAMES, PARAM_TRANSPOSED, Engine, batch_mismatch
 
 _CONFIG_KEYS = ("input_size", "num_tools", "hidden_size", "spiking_size", "threshold",
-                "refractory_period", "surrogate_slope")
+                "refractory_period", "surrogate_slope", "precision")
+_PRECISIONS = ("float32", "bfloat16")
+
+
+# ---------------------------------------------------------------------------------------
+# argument checks (the shared ones live in aiva_cy._checks)
+# ---------------------------------------------------------------------------------------
+def _precision_arg(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"precision must be 'float32' or 'bfloat16', got {value!r}")
+    if value not in _PRECISIONS:
+        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {value!r}")
+    return value
+
+
+def _check_device_precision(device: str, precision: str) -> None:
+    if precision != "float32":
+        raise NotImplementedError(f"precision={precision!r} runs on the CPU only (MKL's bf16 "
+                                  f"products); device={device!r} needs precision='float32'")
 
 
 # ---------------------------------------------------------------------------------------
@@ -50,6 +68,10 @@ class AIVANet:
         Seed for the initial weights (LeCun uniform); the same seed gives the same weights.
     device : "cpu" or "cuda"
         Where the weights live and every call runs ("cuda" needs CuPy and a GPU).
+    precision : "float32" or "bfloat16"
+        "bfloat16" rounds the operands of every matrix product to bfloat16 and accumulates
+        in float32 (MKL's bf16 products: ``pip install "aiva_cy[mkl]"``); everything else,
+        the master weights included, stays float32.  Settable on a live net (CPU only).
     lr, betas, eps, weight_decay :
         Adam's hyper-parameters (``torch.optim.Adam``'s defaults); also on ``net.optimizer``.
     """
@@ -57,7 +79,7 @@ class AIVANet:
     def __init__(self, input_size: int = 512, num_tools: int = 20, *, hidden_size: int = 2048,
                  spiking_size: int = 1024, threshold: float = 0.5, refractory_period: int = 2,
                  surrogate_slope: float = 25.0, seed: Optional[int] = None, device: str = "cpu",
-                 lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 precision: str = "float32", lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         config = {
             "input_size": _int_arg("input_size", input_size, 1),
@@ -67,11 +89,14 @@ class AIVANet:
             "threshold": _float_arg("threshold", threshold),
             "refractory_period": _int_arg("refractory_period", refractory_period, 0),
             "surrogate_slope": _float_arg("surrogate_slope", surrogate_slope, 0.0),
+            "precision": _precision_arg(precision),
         }
         if seed is not None:
             seed = _int_arg("seed", seed, 0, 2**63 - 1)
         optimizer_args = _adam_args(lr, betas, eps, weight_decay)
         device = _parse_device(device)
+        if device != "cpu":
+            _check_device_precision(device, precision)
         self._build(config, _init_weights(config, seed), optimizer_args, adopt=True)
         if device != "cpu":
             self.to(device)
@@ -83,7 +108,7 @@ class AIVANet:
         # Engine on the CPU, aiva_cy._cuda.CupyEngine on CUDA: the same methods.
         self._engine: Any = Engine(c["input_size"], c["hidden_size"], c["spiking_size"], c["num_tools"],
                               c["threshold"], c["refractory_period"], c["surrogate_slope"], weights,
-                              copy=not adopt)
+                              copy=not adopt, precision=c.setdefault("precision", "float32"))
         self._optimizer: Any = Adam(self._engine.param_shapes(), names=PARAM_NAMES,
                                transposed=PARAM_TRANSPOSED, **optimizer_args)
         self._device = "cpu"
@@ -121,6 +146,26 @@ class AIVANet:
         return self._device
 
     @property
+    def precision(self) -> str:
+        """"float32" or "bfloat16" (the matrix products' operands); settable on a live net:
+        the float32 master weights are kept, the bf16 copies made from them."""
+        return self._config["precision"]
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self.set_precision(value)
+
+    def set_precision(self, precision: str) -> "AIVANet":
+        """Switch between "float32" and "bfloat16" products; returns the net.  Raises
+        ImportError (naming what to install) where no BLAS has bfloat16 products."""
+        precision = _precision_arg(precision)
+        if self._device != "cpu":
+            _check_device_precision(self._device, precision)
+        self._engine.set_precision(precision)
+        self._config["precision"] = precision
+        return self
+
+    @property
     def optimizer(self) -> Adam:
         """The Adam optimizer: ``lr``, ``betas``, ``eps``, ``weight_decay`` are settable;
         ``step`` and ``state_dict()`` show its state."""
@@ -136,7 +181,8 @@ class AIVANet:
         return (f"AIVANet(input_size={c['input_size']}, num_tools={c['num_tools']}, "
                 f"hidden_size={c['hidden_size']}, spiking_size={c['spiking_size']}, "
                 f"threshold={c['threshold']}, refractory_period={c['refractory_period']}, "
-                f"surrogate_slope={c['surrogate_slope']}, device={self._device!r})")
+                f"surrogate_slope={c['surrogate_slope']}, device={self._device!r}, "
+                f"precision={c['precision']!r})")
 
     # -- input conversion ------------------------------------------------------------------
     def _as_x(self, x: Any, name: str = "x") -> Tuple[Any, bool]:
@@ -415,10 +461,12 @@ class AIVANet:
         io.save(self, path, include_optimizer=include_optimizer)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], *, device: str = "cpu") -> "AIVANet":
-        """Read a file written by :meth:`save` (npz or safetensors)."""
+    def load(cls, path: Union[str, os.PathLike], *, device: str = "cpu",
+             precision: Optional[str] = None) -> "AIVANet":
+        """Read a file written by :meth:`save` (npz or safetensors); ``precision`` overrides
+        the saved one (a bfloat16 checkpoint on a machine without MKL, say)."""
         from aiva_cy import io
-        return io.load(cls, path, device=device)
+        return io.load(cls, path, device=device, precision=precision)
 
     @classmethod
     def from_bioneuron(cls, obj: Any, *, threshold: Optional[float] = None, **kwargs: Any) -> "AIVANet":
@@ -442,6 +490,7 @@ class AIVANet:
         if device == self._device:
             return self
         if device.startswith("cuda"):
+            _check_device_precision(device, self.precision)
             from aiva_cy._cuda import CupyEngine
             self._engine, self._optimizer = CupyEngine.from_cpu(
                 self._engine, self._optimizer, device)

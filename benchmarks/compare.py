@@ -84,15 +84,29 @@ assert N_PARAMS == 3_166_208
 TRAIN_MACS: int = N_PARAMS + 2 * 2048 * 1024 + 512 * 2048 + 2 * 1024 * 20
 assert TRAIN_MACS == 8_450_048
 
-#: Columns, in table order. "floor" is aiva_cy's own three BLAS products of one step.
-PEER_ORDER: Tuple[str, ...] = ("numpy", "aiva_cy", "torch", "onnx", "floor")
+#: Columns, in table order. "floor" is aiva_cy's own three BLAS products of one step
+#: (float32, on the BLAS it uses); the MKL floors are the same products on MKL: float32
+#: plain and with pre-packed weights, bf16 operands plain and pre-packed (bf16 floors
+#: include rounding x and h to bf16, which every bf16 step must do).  The bf16 columns
+#: appear where MKL is installed (``pip install "aiva_cy[mkl]"``).
+PEER_ORDER: Tuple[str, ...] = ("numpy", "aiva_cy", "aiva_bf16", "torch", "torch_bf16", "onnx",
+                               "floor", "floor_mkl", "floor_mkl_packed", "floor_bf16",
+                               "floor_bf16_packed")
 PEER_LABELS: Dict[str, str] = {
     "numpy": "numpy BioNeuron",
     "aiva_cy": "aiva_cy",
+    "aiva_bf16": "aiva_cy bf16",
     "torch": "PyTorch eager",
+    "torch_bf16": "PyTorch bf16",
     "onnx": "ONNX Runtime",
     "floor": "raw BLAS (floor)",
+    "floor_mkl": "MKL f32 floor",
+    "floor_mkl_packed": "MKL f32 packed floor",
+    "floor_bf16": "MKL bf16 floor",
+    "floor_bf16_packed": "MKL bf16 packed floor",
 }
+BF16_PEERS: Tuple[str, ...] = ("aiva_bf16", "torch_bf16", "floor_mkl", "floor_mkl_packed",
+                               "floor_bf16", "floor_bf16_packed")
 
 #: Rows, in table order: id -> label. Timed rows first, then the start-up and size rows.
 ROW_LABELS: Dict[str, str] = {
@@ -494,9 +508,21 @@ class _Peers:
         self.torch_model: Any = None
         self.torch_opt: Any = None
         self.onnx_sess: Any = None
+        self.net16: Any = None
+        self.torch16: Any = None         # bf16 weights, for inference
+        self.torch_amp: Any = None       # (float32 model, Adam) trained under autocast
+        if have["bf16"]:
+            from aiva_cy import AIVANet
+
+            self.net16 = AIVANet(seed=0, precision="bfloat16")
+            self.net16.load_state_dict(sd)
         if have["torch"]:
             self.torch_model, self.torch_opt = peers.make_torch(
                 self.weights, net.threshold, net.surrogate_slope, net.refractory_period)
+            self.torch16, _ = peers.make_torch(self.weights, net.threshold, net.surrogate_slope,
+                                               net.refractory_period, dtype="bfloat16")
+            self.torch_amp = peers.make_torch(self.weights, net.threshold, net.surrogate_slope,
+                                              net.refractory_period)
         if have["onnx"]:
             self.onnx_sess = peers.make_onnx_session(self.weights, net.threshold,
                                                      intra_op_threads=threads)
@@ -537,12 +563,33 @@ class _Peers:
                 return p
 
             cases["torch"] = torch_forward
+            model16, xt16 = self.torch16, torch.from_numpy(x1).to(torch.bfloat16)
+            state16: List[Any] = [None]
+
+            def torch_bf16_forward() -> Any:
+                with torch.inference_mode():
+                    _, p, state16[0] = model16(xt16, state16[0])
+                return p
+
+            cases["torch_bf16"] = torch_bf16_forward
         if self.onnx_sess is not None:
             sess = self.onnx_sess
             cases["onnx"] = lambda: peers.onnx_predict(sess, x1)
         floor_x = np.ascontiguousarray(x, dtype=np.float32)
         cases["floor"] = lambda: net._engine.blas_products(floor_x)
+        if self.net16 is not None:
+            net16 = self.net16
+            net16.reset_state()
+            cases["aiva_bf16"] = lambda: net16.forward(x1)
+            cases.update(self._mkl_floors(floor_x))
         return cases
+
+    def _mkl_floors(self, x: np.ndarray) -> Dict[str, Callable[[], Any]]:
+        e, e16 = self.net._engine, self.net16._engine
+        return {"floor_mkl": lambda: e.blas_products(x, packed=False, provider="mkl"),
+                "floor_mkl_packed": lambda: e.blas_products(x, packed=True, provider="mkl"),
+                "floor_bf16": lambda: e16.blas_products(x, packed=False),
+                "floor_bf16_packed": lambda: e16.blas_products(x, packed=True)}
 
     def predict_cases(self, x: np.ndarray) -> Dict[str, Callable[[], Any]]:
         """One step from an empty state for a batch; the BioNeuron loops over rows."""
@@ -557,10 +604,16 @@ class _Peers:
 
             model, xt = self.torch_model, torch.from_numpy(x)
             cases["torch"] = lambda: peers.torch_predict_proba(model, xt)
+            model16, xt16 = self.torch16, torch.from_numpy(x).to(torch.bfloat16)
+            cases["torch_bf16"] = lambda: peers.torch_predict_proba(model16, xt16)
         if self.onnx_sess is not None:
             sess = self.onnx_sess
             cases["onnx"] = lambda: peers.onnx_predict(sess, x)
         cases["floor"] = lambda: net._engine.blas_products(x)
+        if self.net16 is not None:
+            net16 = self.net16
+            cases["aiva_bf16"] = lambda: net16.predict_proba(x)
+            cases.update(self._mkl_floors(x))
         return cases
 
     def train_cases(self, x: np.ndarray, y: np.ndarray) -> Dict[str, Callable[[], Any]]:
@@ -579,6 +632,17 @@ class _Peers:
             model, opt = self.torch_model, self.torch_opt
             xt, yt = torch.from_numpy(x), torch.from_numpy(y)
             cases["torch"] = lambda: peers.torch_train_step(model, opt, xt, yt)
+            amp_model, amp_opt = self.torch_amp
+            cases["torch_bf16"] = lambda: peers.torch_train_step(amp_model, amp_opt, xt, yt,
+                                                                 autocast_bf16=True)
+        if self.net16 is not None:
+            net16 = self.net16
+
+            def aiva_bf16_train() -> float:
+                net16.reset_state()
+                return net16.train_step(x, y)
+
+            cases["aiva_bf16"] = aiva_bf16_train
         return cases
 
 
@@ -716,15 +780,28 @@ def _targets(row: str, cells: Mapping[str, Cell]) -> List[Target]:
         q = inv(peer)
         return Target(text, q, None if q is None else q <= k)
 
+    def bf16_vs(peer: str, k: float, text: str, faster: bool) -> Target:
+        # aiva_cy bf16 against a peer: "faster" = at least k times faster (peer / bf16 >= k),
+        # else bf16 time <= k * peer time.
+        a, c = cells.get("aiva_bf16"), cells.get(peer)
+        if a is None or c is None or a.value <= 0 or c.value <= 0:
+            return Target(text, None, None)
+        q = c.value / a.value if faster else a.value / c.value
+        return Target(text, q, q >= k if faster else q <= k)
+
     if row == "forward_b1":
-        return [at_least("numpy", 3), at_least("torch", 3),
-                at_most("onnx", 1.0, "≤ ONNX"), at_most("floor", 1.2, "≤ 1.2× floor")]
+        return [at_most("floor", 1.15, "≤ 1.15× floor"), at_most("onnx", 1.0, "≤ ONNX"),
+                bf16_vs("numpy", 3.5, "bf16 ≥ 3.5× numpy", True),
+                bf16_vs("torch", 3.0, "bf16 ≥ 3× torch f32", True)]
     if row == "predict_b256":
-        return [at_most("onnx", 1.0, "≤ ONNX"), at_most("floor", 1.1, "≤ 1.1× floor")]
+        return [at_most("onnx", 1.0, "≤ ONNX"),
+                bf16_vs("torch_bf16", 0.75, "bf16 ≤ 0.75× torch bf16", False),
+                bf16_vs("onnx", 0.35, "bf16 ≤ 0.35× ONNX f32", False)]
     if row == "train_b64":
         return [at_most("torch", 0.6, "≤ 0.6× torch")]
     if row == "train_b256":
-        return [at_most("torch", 0.85, "≤ 0.85× torch")]
+        return [at_most("torch", 0.85, "≤ 0.85× torch"),
+                bf16_vs("torch_bf16", 0.7, "bf16 ≤ 0.7× torch autocast", False)]
     if row == "startup":
         return [at_most("numpy", 1.0, "≤ numpy")]
     return []
@@ -849,6 +926,24 @@ def render_floor_notes(floor: Mapping[str, Any]) -> str:
         lines.append(_markdown_table(
             ["work", "FLOPs (2·B·3,166,208; train 2·B·8,450,048)", "floor = FLOPs / rate", "aiva_cy",
              "aiva_cy / floor"], body))
+    if floor.get("bf16_gflops") is not None:
+        lines.append("")
+        lines.append(f"MKL bf16 rate, from its packed floor at batch 256: "
+                     f"{floor['bf16_gflops']:.1f} GFLOP/s")
+    if floor.get("b1_bf16_gbytes_s") is not None:
+        lines.append(f"batch 1 in bf16 moves {floor['b1_bf16_bytes'] / 1e6:.1f} MB of weights: the "
+                     f"bf16 floor ({fmt_seconds(floor['b1_bf16_seconds'])}) reads them at "
+                     f"{floor['b1_bf16_gbytes_s']:.1f} GB/s")
+    est16 = floor.get("bf16_estimates") or {}
+    if est16:
+        body = [[ROW_LABELS[r], f"{e['flops'] / 1e9:.2f} GFLOP", fmt_seconds(e["floor_s"]),
+                 fmt_seconds(e["aiva_s"]) if e["aiva_s"] else "—",
+                 f"{e['aiva_s'] / e['floor_s']:.2f}×" if e["aiva_s"] else "—"]
+                for r, e in est16.items()]
+        lines.append("")
+        lines.append(_markdown_table(
+            ["work (bf16)", "FLOPs", "bf16 floor = FLOPs / rate", "aiva_cy bf16",
+             "aiva_cy bf16 / floor"], body))
     return "\n".join(lines)
 
 
@@ -919,6 +1014,22 @@ def _floor_estimates(rows: Mapping[str, Dict[str, Cell]]) -> Dict[str, Any]:
             est[row] = {"flops": flops, "floor_s": flops / rate,
                         "aiva_s": aiva.value if aiva is not None else None}
         out["estimates"] = est
+    # The same for bfloat16: MKL's bf16 rate from its packed floor, and half the bytes.
+    c16 = rows.get("predict_b256", {}).get("floor_bf16_packed")
+    if c16 is not None:
+        rate16 = 2.0 * 256 * N_PARAMS / c16.value
+        est16: Dict[str, Any] = {}
+        for row, batch, macs in (("predict_b64", 64, N_PARAMS), ("predict_b256", 256, N_PARAMS),
+                                 ("train_b64", 64, TRAIN_MACS), ("train_b256", 256, TRAIN_MACS)):
+            a16 = rows.get(row, {}).get("aiva_bf16")
+            flops = 2.0 * batch * macs
+            est16[row] = {"flops": flops, "floor_s": flops / rate16,
+                          "aiva_s": a16.value if a16 is not None else None}
+        out.update(bf16_gflops=rate16 / 1e9, bf16_estimates=est16)
+    b16 = rows.get("forward_b1", {}).get("floor_bf16")
+    if b16 is not None:
+        out.update(b1_bf16_bytes=2 * N_PARAMS, b1_bf16_seconds=b16.value,
+                   b1_bf16_gbytes_s=2 * N_PARAMS / b16.value / 1e9)
     return out
 
 
@@ -960,7 +1071,8 @@ def run(quick: bool = False, *, threads: Optional[int] = None, rounds: Optional[
         os.environ.setdefault(k, v)
     aiva_cy = _import_aiva()
     avail = peers.available_peers()
-    have = {"torch": avail["torch"], "onnx": avail["onnxruntime"]}
+    have = {"torch": avail["torch"], "onnx": avail["onnxruntime"],
+            "bf16": aiva_cy.blas_info().get("bfloat16") is not None}
     if wait_quiet_s > 0:
         _wait_quiet(wait_quiet_s, s.noise_limit, log)
     load_before = _loadavg()
@@ -1026,7 +1138,10 @@ def run(quick: bool = False, *, threads: Optional[int] = None, rounds: Optional[
             "cells": {p: asdict(cells[p]) for p in PEER_ORDER if p in cells},
             "targets": [asdict(t) for t in _targets(row, cells)],
         }
-    columns = ["numpy", "aiva_cy"] + [p for p in ("torch", "onnx") if have[p]] + ["floor"]
+    columns = [p for p in PEER_ORDER
+               if any(p in cells for cells in results.values())
+               or p in ("numpy", "aiva_cy", "floor")
+               or (p == "torch" and have["torch"]) or (p == "onnx" and have["onnx"])]
     loads = [o for cells in results.values() for c in cells.values() for o in c.other_load
              if o is not None]
     meta.update(load_after=_loadavg(), cpu_busy_after=_cpu_busy(), elapsed_s=round(elapsed, 1),

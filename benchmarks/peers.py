@@ -226,19 +226,25 @@ def torch_train_step(
     x: Any,
     y: Any,
     refractory_left: Optional["torch.Tensor"] = None,
+    *,
+    autocast_bf16: bool = False,
 ) -> float:
-    """One step from the given (default: empty) state: CE from logits (mean), backward, Adam step."""
+    """One step from the given (default: empty) state: CE from logits (mean), backward, Adam step.
+
+    ``autocast_bf16``: forward and loss under ``torch.autocast("cpu", torch.bfloat16)`` (mixed
+    precision: bf16 products, float32 weights and optimizer), PyTorch's bf16 training."""
     import torch
 
     xt = _as_tensor(model, x)
     yt = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y), dtype=torch.long)
     yt = yt.to(device=xt.device, dtype=torch.long)
     opt.zero_grad(set_to_none=True)
-    logits, _, _ = model(xt, refractory_left)
-    if logits.dim() == 1:
-        logits = logits.unsqueeze(0)
-        yt = yt.reshape(1)
-    loss = torch.nn.functional.cross_entropy(logits, yt, reduction="mean")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
+        logits, _, _ = model(xt, refractory_left)
+        if logits.dim() == 1:
+            logits = logits.unsqueeze(0)
+            yt = yt.reshape(1)
+        loss = torch.nn.functional.cross_entropy(logits, yt, reduction="mean")
     loss.backward()
     opt.step()
     return float(loss.detach())

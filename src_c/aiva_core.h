@@ -8,6 +8,7 @@
 #ifndef AIVA_CORE_H
 #define AIVA_CORE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -32,11 +33,32 @@ typedef void (*aiva_sgemv64_fn)(const char *trans, const int64_t *m, const int64
                                 const float *alpha, const float *a, const int64_t *lda,
                                 const float *x, const int64_t *incx, const float *beta,
                                 float *y, const int64_t *incy);
+/* bfloat16 as its raw bits (the upper half of a float32), and MKL's CBLAS extensions with
+ * plain ints for its enums and MKL_INT (LP64): the bf16 products and pre-packed weights. */
+typedef uint16_t aiva_bf16;
+typedef void (*aiva_gemm_bf16_fn)(int layout, int transa, int transb, int m, int n, int k,
+                                  float alpha, const aiva_bf16 *a, int lda, const aiva_bf16 *b,
+                                  int ldb, float beta, float *c, int ldc);
+typedef size_t (*aiva_pack_size_fn)(int identifier, int m, int n, int k);
+typedef void (*aiva_pack_bf16_fn)(int layout, int identifier, int trans, int m, int n, int k,
+                                  const aiva_bf16 *src, int ld, aiva_bf16 *dest);
+typedef void (*aiva_pack_f32_fn)(int layout, int identifier, int trans, int m, int n, int k,
+                                 float alpha, const float *src, int ld, float *dest);
+typedef void (*aiva_compute_f32_fn)(int layout, int transa, int transb, int m, int n, int k,
+                                    const float *a, int lda, const float *b, int ldb, float beta,
+                                    float *c, int ldc);
 typedef struct {
     aiva_sgemm_fn sgemm;       /* LP64 entry points, or NULL ...       */
     aiva_sgemv_fn sgemv;
     aiva_sgemm64_fn sgemm64;   /* ... when these ILP64 ones are set    */
     aiva_sgemv64_fn sgemv64;
+    /* MKL only (NULL elsewhere): cblas_gemm_bf16bf16f32 and its _compute (same signature,
+     * with a packed operand), and cblas_sgemm's pack / compute. */
+    aiva_gemm_bf16_fn gemm_bf16, gemm_bf16_compute;
+    aiva_pack_size_fn pack_bf16_size, pack_f32_size;
+    aiva_pack_bf16_fn pack_bf16;
+    aiva_pack_f32_fn pack_f32;
+    aiva_compute_f32_fn compute_f32;
 } aiva_blas;
 
 /* The network.  fc1 and the spiking layer are kept as (out, in) — the transpose of the
@@ -51,6 +73,13 @@ typedef struct {
     const float *fc1_t;      /* (hidden, input)   */
     const float *spiking_t;  /* (spiking, hidden) */
     const float *fc2;        /* (spiking, tools)  */
+    /* bfloat16 mode (products of bf16-rounded operands, float32 accumulation) when
+     * bf16 is 1: the weights rounded to bf16, in the layouts above, and optionally fc1 and
+     * the spiking layer packed for the forward products (aiva_pack).  In float32 mode the
+     * packed pointers, when set, hold float32 packs of fc1_t and spiking_t instead. */
+    int bf16;
+    const aiva_bf16 *fc1_t_bf16, *spiking_t_bf16, *fc2_bf16;
+    const void *fc1_packed, *spiking_packed;
 } aiva_net;
 
 /* Scratch for one step of `batch` rows (batch <= capacity).  Forward fills the first five;
@@ -65,6 +94,7 @@ typedef struct {
     float *d_logits;    /* (B, tools)                                            */
     float *d_membrane;  /* (B, spiking) also holds d_spikes before the surrogate  */
     float *d_hidden;    /* (B, hidden)  gradient at the fc1 pre-activation        */
+    aiva_bf16 *bf16;    /* bf16 mode: B * (input + hidden + spiking + tools) rounded operands */
 } aiva_workspace;
 
 /* Gradients, in the same layouts as the weights of aiva_net. */
@@ -108,6 +138,19 @@ int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x, co
  * ilp64 = 1 for NumPy's OpenBLAS (scipy_sgemm_64_).  Returns 0, or -1 with out untouched. */
 int aiva_blas_open(const char *path, const char *prefix, const char *suffix, int ilp64,
                    aiva_blas *out);
+
+/* MKL by path (libmkl_rt): Fortran sgemm_/sgemv_ plus the extensions above, after asking for
+ * the LP64 interface and, unless threading_layer < 0, that MKL_THREADING_* layer.  Returns 0,
+ * or -1 (not MKL, or its interface is already fixed to ILP64) with out untouched. */
+int aiva_mkl_open(const char *path, int threading_layer, aiva_blas *out);
+
+/* Pack an engine-layout weight w (n rows of k: fc1_t or spiking_t) as the B operand of
+ * x @ w^T, in bf16 (w is aiva_bf16) or float32.  dest NULL: only return the bytes needed;
+ * 0 means this BLAS cannot pack. */
+size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, void *dest);
+
+/* dst = src rounded to bfloat16, to nearest even (NaN stays NaN). */
+void aiva_round_bf16(const float *src, long n, aiva_bf16 *dst);
 
 /* The three products of a forward step and nothing else — the benchmark's floor. */
 void aiva_blas_products(const aiva_blas *blas, const aiva_net *net, const float *x, int batch,

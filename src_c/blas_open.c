@@ -3,6 +3,7 @@
 #include "aiva_core.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #ifdef _WIN32
 #include <windows.h>
@@ -26,9 +27,43 @@ int aiva_blas_open(const char *path, const char *prefix, const char *suffix, int
     snprintf(name, sizeof name, "%ssgemv%s", prefix, suffix);
     void *gemv = find_sym(lib, name);
     if (!gemm || !gemv) return -1;
+    memset(out, 0, sizeof *out);
     out->sgemm = ilp64 ? NULL : (aiva_sgemm_fn)gemm;
     out->sgemv = ilp64 ? NULL : (aiva_sgemv_fn)gemv;
     out->sgemm64 = ilp64 ? (aiva_sgemm64_fn)gemm : NULL;
     out->sgemv64 = ilp64 ? (aiva_sgemv64_fn)gemv : NULL;
+    return 0;
+}
+
+/* MKL's service functions (mkl_service.h): MKL_INTERFACE_LP64 is 0; each returns the layer
+ * now in force (which stays the first one chosen once MKL has run). */
+typedef int (*mkl_set_layer_fn)(int);
+
+int aiva_mkl_open(const char *path, int threading_layer, aiva_blas *out)
+{
+    void *lib = open_lib(path);
+    if (!lib) return -1;
+    mkl_set_layer_fn set_interface = (mkl_set_layer_fn)find_sym(lib, "MKL_Set_Interface_Layer");
+    mkl_set_layer_fn set_threading = (mkl_set_layer_fn)find_sym(lib, "MKL_Set_Threading_Layer");
+    void *gemm = find_sym(lib, "sgemm_"), *gemv = find_sym(lib, "sgemv_");
+    if (!gemm) gemm = find_sym(lib, "sgemm");
+    if (!gemv) gemv = find_sym(lib, "sgemv");
+    if (!set_interface || !gemm || !gemv) return -1;
+    /* Our calls pass 32-bit ints: refuse an MKL already fixed to ILP64 by someone else. */
+    if (set_interface(0) & 1) return -1;   /* MKL_INTERFACE_ILP64 is 1 */
+    if (threading_layer >= 0 && set_threading) set_threading(threading_layer);
+    aiva_blas found;
+    memset(&found, 0, sizeof found);
+    found.sgemm = (aiva_sgemm_fn)gemm;
+    found.sgemv = (aiva_sgemv_fn)gemv;
+    /* Each of these is optional: an MKL too old for bf16 products is still an sgemm. */
+    found.gemm_bf16 = (aiva_gemm_bf16_fn)find_sym(lib, "cblas_gemm_bf16bf16f32");
+    found.gemm_bf16_compute = (aiva_gemm_bf16_fn)find_sym(lib, "cblas_gemm_bf16bf16f32_compute");
+    found.pack_bf16_size = (aiva_pack_size_fn)find_sym(lib, "cblas_gemm_bf16bf16f32_pack_get_size");
+    found.pack_bf16 = (aiva_pack_bf16_fn)find_sym(lib, "cblas_gemm_bf16bf16f32_pack");
+    found.pack_f32_size = (aiva_pack_size_fn)find_sym(lib, "cblas_sgemm_pack_get_size");
+    found.pack_f32 = (aiva_pack_f32_fn)find_sym(lib, "cblas_sgemm_pack");
+    found.compute_f32 = (aiva_compute_f32_fn)find_sym(lib, "cblas_sgemm_compute");
+    *out = found;
     return 0;
 }

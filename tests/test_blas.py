@@ -33,10 +33,20 @@ def test_default_provider_is_reported():
     assert os.path.exists(info["path"])
 
 
+def _have_mkl():
+    from aiva_cy._core import _mkl_path
+    return _mkl_path() is not None
+
+
 @pytest.mark.parametrize("provider, name", [("openblas32", "scipy-openblas32"),
-                                            ("scipy", "scipy.linalg.cython_blas")])
+                                            ("scipy", "scipy.linalg.cython_blas"),
+                                            ("mkl", "mkl")])
 def test_every_provider_matches_numpys_openblas(provider, name):
-    pytest.importorskip("scipy_openblas32" if provider == "openblas32" else "scipy")
+    if provider == "mkl":
+        if not _have_mkl():
+            pytest.skip('MKL is not installed (pip install "aiva_cy[mkl]")')
+    else:
+        pytest.importorskip("scipy_openblas32" if provider == "openblas32" else "scipy")
     a, b = run_with("numpy"), run_with(provider)
     if a.returncode != 0 and "could not be found" in a.stderr:
         pytest.skip("this NumPy carries no OpenBLAS of its own")
@@ -45,6 +55,7 @@ def test_every_provider_matches_numpys_openblas(provider, name):
     ra, rb = json.loads(a.stdout), json.loads(b.stdout)
     assert ra["info"]["provider"] == "numpy" and ra["info"]["ilp64"] is True
     assert rb["info"]["provider"] == name and rb["info"]["ilp64"] is False
+    assert rb["info"]["bf16"] is (provider == "mkl")
     np.testing.assert_allclose(ra["p1"], rb["p1"], atol=1e-6)
     np.testing.assert_allclose(ra["p"], rb["p"], atol=1e-6)
     assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-6)
@@ -53,6 +64,6 @@ def test_every_provider_matches_numpys_openblas(provider, name):
 
 
 def test_bad_provider_name_is_a_clear_import_error():
-    out = run_with("mkl")
+    out = run_with("nosuchblas")
     assert out.returncode != 0
     assert "AIVA_CY_BLAS must be" in out.stderr

@@ -1,0 +1,433 @@
+"""precision="bfloat16": every path against the float64 reference with bf16-rounded operands
+(forward, sequences, gradients, Adam), the bf16 copies and packs following the weights, the
+precision as part of the config, and the decisions surviving the rounding on digits.
+
+Everything except the missing-MKL error needs a BLAS with bf16 products (MKL) and skips,
+with the reason, where there is none."""
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import aiva_cy
+from aiva_cy import AIVANet
+from aiva_cy.reference import ReferenceNet, adam_step, softmax
+
+from conftest import DEFAULT, SMALL, firing_weights
+
+_INFO = aiva_cy.blas_info()
+needs_bf16 = pytest.mark.skipif(_INFO["bfloat16"] is None,
+                                reason=f"no BLAS with bf16 products: {_INFO.get('bfloat16_missing')}")
+
+MEDIUM = dict(input_size=64, num_tools=10, hidden_size=96, spiking_size=80)
+
+
+def bf(a):
+    """float64 → bfloat16 (round to nearest even, via float32) → float64."""
+    u = np.asarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+class BF16Reference(ReferenceNet):
+    """The step and its backward pass in float64, each matrix product taking bf16-rounded
+    operands: the oracle of precision="bfloat16"."""
+
+    def forward_cache(self, x):
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        h = np.tanh(bf(x) @ bf(self.w["fc1.weight"]))
+        v = bf(h) @ bf(self.w["spiking.weight"])
+        out = (v >= self.threshold) & self.mask(x.shape[0])
+        z = out.astype(np.float64) @ bf(self.w["fc2.weight"])
+        return {"x": x, "h": h, "v": v, "mask": self.mask(x.shape[0]), "out": out, "z": z,
+                "p": softmax(z)}
+
+    def loss_and_grad(self, x, y):
+        c = self.forward_cache(x)
+        self.push(c["out"])
+        y = np.asarray(y, dtype=np.int64).reshape(-1)
+        B, z = c["x"].shape[0], c["z"]
+        m = z.max(axis=1, keepdims=True)
+        lse = (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
+        loss = float(np.mean(lse - z[np.arange(B), y]))
+        dz = (c["p"] - np.eye(z.shape[1])[y]) / B
+        g_fc2 = c["out"].astype(np.float64).T @ bf(dz)
+        surrogate = 1.0 / (1.0 + self.surrogate_slope * np.abs(c["v"] - self.threshold)) ** 2
+        dv = (bf(dz) @ bf(self.w["fc2.weight"]).T) * c["mask"] * surrogate
+        g_spiking = bf(c["h"]).T @ bf(dv)
+        da = (bf(dv) @ bf(self.w["spiking.weight"]).T) * (1.0 - c["h"] ** 2)
+        g_fc1 = bf(c["x"]).T @ bf(da)
+        return loss, {"fc1.weight": g_fc1, "spiking.weight": g_spiking, "fc2.weight": g_fc2}
+
+
+def bf16_margin(weights, x, threshold=0.5):
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    h = np.tanh(bf(x) @ bf(weights["fc1.weight"]))
+    return float(np.abs(bf(h) @ bf(weights["spiking.weight"]) - threshold).min())
+
+
+def safe_inputs(weights, shape, seed, margin=None):
+    """N(0, 1) inputs whose bf16-operand membrane potentials stay `margin` from threshold
+    (float32 against float64 accumulation, and the rare neighbouring rounding of an
+    intermediate, move v by far less)."""
+    if margin is None:
+        margin = 1e-4 if shape[-1] < 512 else 3e-6
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        x = rng.standard_normal(shape)
+        if bf16_margin(weights, x.reshape(-1, shape[-1])) > margin:
+            return x
+    pytest.fail("could not draw inputs away from the threshold")
+
+
+def make(sizes, seed=0, refractory_period=2, slope=25.0):
+    w = firing_weights(sizes, seed)
+    net = AIVANet(**sizes, refractory_period=refractory_period, surrogate_slope=slope, seed=seed,
+                  precision="bfloat16")
+    net.load_state_dict(w)
+    ref = BF16Reference(w, threshold=0.5, refractory_period=refractory_period,
+                        surrogate_slope=slope)
+    return net, ref, w
+
+
+def rel_err(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def mean_rel_err(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - b).mean() / max(np.abs(b).mean(), 1e-30))
+
+
+# Rounded operands move a product by ~2^-9 of its size (measured here: 6e-4 to 0.2 between
+# the float32 and the bf16-operand reference).  The engine sits within ~1e-7 of the
+# bf16-operand reference (float32 accumulation, the odd neighbouring rounding of an
+# intermediate); each test also checks that the float32 reference is farther than 10 TOL,
+# so that it could not pass without bf16 operands.
+TOL = 2e-5
+
+
+SIZES = [pytest.param(SMALL, id="small"), pytest.param(MEDIUM, id="medium"),
+         pytest.param(DEFAULT, id="default")]
+
+
+@needs_bf16
+@pytest.mark.parametrize("sizes", SIZES)
+@pytest.mark.parametrize("batch", [1, 7, 33])
+def test_predict_and_forward_match_bf16_reference(sizes, batch):
+    net, ref, w = make(sizes, seed=batch)
+    x = safe_inputs(w, (batch, sizes["input_size"]), seed=batch)
+    c = ref.forward_cache(x)
+    p = net.predict_proba(x)
+    assert p.dtype == np.float32 and p.shape == c["p"].shape
+    # logits: the fc2 readout is exact in the spikes, so compare z directly too
+    _, z = net._engine.predict(np.ascontiguousarray(x, np.float32), with_logits=True)
+    assert rel_err(z, c["z"]) < TOL
+    assert np.abs(p - c["p"]).max() < 1e-4
+    assert np.array_equal(net.forward(x), p)       # stateful step from an empty state
+    # the float32 reference is measurably different: bf16 really was used
+    z32 = ReferenceNet(w).forward_cache(x)["z"]
+    assert rel_err(z32, c["z"]) > 10 * TOL
+
+
+@needs_bf16
+@pytest.mark.parametrize("batch", [1, 7, 33, 256])
+def test_packed_weights_at_every_batch(batch):
+    # The packs are made once (for any batch); checked at the batches the benchmark uses.
+    net, ref, w = make(DEFAULT, seed=11)
+    assert net._engine.packed()
+    x = safe_inputs(w, (batch, 512), seed=batch)
+    _, z = net._engine.predict(np.ascontiguousarray(x, np.float32), with_logits=True)
+    assert rel_err(z, ref.forward_cache(x)["z"]) < TOL
+
+
+@needs_bf16
+@pytest.mark.parametrize("sizes", [pytest.param(SMALL, id="small"), pytest.param(MEDIUM, id="medium")])
+@pytest.mark.parametrize("batch", [1, 7, 33])
+def test_forward_sequence_matches_bf16_reference(sizes, batch):
+    net, ref, w = make(sizes, seed=batch, refractory_period=2)
+    xs = safe_inputs(w, (5, batch, sizes["input_size"]), seed=batch)
+    want = np.stack([ref.step(x) for x in xs])
+    got = net.forward_sequence(xs)
+    assert np.abs(got - want).max() < 1e-4
+    # and step by step, continuing the same state
+    ref.reset()
+    net.reset_state()
+    for x in xs:
+        assert np.abs(net.forward(x) - ref.step(x)).max() < 1e-4
+
+
+@needs_bf16
+@pytest.mark.parametrize("sizes", SIZES)
+@pytest.mark.parametrize("batch", [1, 7, 33])
+def test_gradients_match_bf16_reference(sizes, batch):
+    net, ref, w = make(sizes, seed=batch, slope=4.0)
+    xs = safe_inputs(w, (3, batch, sizes["input_size"]), seed=batch)
+    rng = np.random.default_rng(batch)
+    ref32 = ReferenceNet(w, threshold=0.5, refractory_period=2, surrogate_slope=4.0)
+    for t in range(3):
+        y = rng.integers(0, sizes["num_tools"], batch)
+        loss_ref, g_ref = ref.loss_and_grad(xs[t], y)
+        _, g32 = ref32.loss_and_grad(xs[t], y)
+        loss, g = net.loss_and_grad(xs[t], y)
+        assert loss == pytest.approx(loss_ref, rel=1e-5)
+        for k in g:
+            assert g[k].dtype == np.float32 and g[k].shape == w[k].shape
+            # Where float32 and float64 put an intermediate (dv above all: the surrogate
+            # multiplies v's float32 rounding error by up to 2 * slope) on either side of a
+            # bf16 rounding boundary, that entry moves by one bf16 step (2^-8 relative).  At
+            # the default size a step has a few dozen of these; through the next product they
+            # shift the fc1 gradient by ~5e-4 on average.  Without bf16 operands (the float32
+            # reference) the gradients are 4e-3 to 0.3 away.
+            assert mean_rel_err(g[k], g_ref[k]) < 1e-3, k
+            assert rel_err(g[k], g_ref[k]) < 2e-2, k
+        assert mean_rel_err(g["fc2.weight"], g_ref["fc2.weight"]) < TOL
+        for k in ("fc1.weight", "spiking.weight"):
+            assert mean_rel_err(g32[k], g_ref[k]) > 3e-3, k
+        if sizes is not DEFAULT:        # no boundary cases at these sizes: near-exact
+            for k in g:
+                assert mean_rel_err(g[k], g_ref[k]) < TOL, k
+
+
+@needs_bf16
+@pytest.mark.parametrize("sizes", [pytest.param(SMALL, id="small"), pytest.param(MEDIUM, id="medium")])
+@pytest.mark.parametrize("batch", [1, 7, 33])
+def test_adam_keeps_float32_master_weights(sizes, batch):
+    # Float32 Adam on the bf16-operand gradients; the master weights are not rounded.
+    net, ref, w = make(sizes, seed=batch + 1, refractory_period=1)
+    net.optimizer.lr = 0.01
+    xs = safe_inputs(w, (5, batch, sizes["input_size"]), seed=batch + 1)
+    rng = np.random.default_rng(batch)
+    W = {k: v.astype(np.float64) for k, v in w.items()}
+    M = {k: np.zeros_like(v) for k, v in W.items()}
+    V = {k: np.zeros_like(v) for k, v in W.items()}
+    for t in range(5):
+        y = rng.integers(0, sizes["num_tools"], batch)
+        ref.w = {k: v.astype(np.float64) for k, v in net.state_dict().items()}
+        loss_ref, _ = ref.loss_and_grad(xs[t], y)
+        state = net._engine.get_state()
+        _, g = net.loss_and_grad(xs[t], y)           # the gradients are tested above
+        net._engine.set_state(state)
+        loss = net.train_step(xs[t], y)
+        assert loss == pytest.approx(loss_ref, rel=1e-5)
+        for k in W:
+            W[k], M[k], V[k] = adam_step(W[k], g[k].astype(np.float64), M[k], V[k], t + 1,
+                                         lr=0.01)
+        for k, v in net.state_dict().items():
+            assert v.dtype == np.float32
+            np.testing.assert_allclose(v, W[k], rtol=0, atol=2e-5 * (t + 1))
+            assert not np.array_equal(bf(v), v), k      # the master weights are not rounded
+
+
+@needs_bf16
+def test_bf16_copies_and_packs_follow_every_weight_change():
+    # After train steps (Adam's fused pass writes the copies) and after load_state_dict, a
+    # trained net answers exactly as a fresh net built from its float32 weights.
+    x = np.random.default_rng(0).standard_normal((33, MEDIUM["input_size"]))
+    net = AIVANet(**MEDIUM, seed=1, precision="bfloat16")
+    net.predict_proba(x)                                 # packs the initial weights
+    for _ in range(3):
+        net.train_step(x, np.arange(33) % 10)
+    fresh = AIVANet(**MEDIUM, seed=2, precision="bfloat16")
+    fresh.load_state_dict(net.state_dict())
+    for b in (1, 7, 33):
+        assert np.array_equal(net.predict_proba(x[:b]), fresh.predict_proba(x[:b]))
+    net.reset_state()                                    # fresh's state is empty too
+    _, g1 = net.loss_and_grad(x, np.arange(33) % 10)
+    _, g2 = fresh.loss_and_grad(x, np.arange(33) % 10)
+    for k in g1:
+        assert np.array_equal(g1[k], g2[k])
+    # load_state_dict on a packed net re-packs
+    other = AIVANet(**MEDIUM, seed=3)
+    net.load_state_dict(other.state_dict())
+    other.precision = "bfloat16"
+    assert np.array_equal(net.predict_proba(x), other.predict_proba(x))
+
+
+@needs_bf16
+def test_precision_is_part_of_the_config_repr_pickle_and_file(tmp_path):
+    net = AIVANet(**SMALL, seed=0, precision="bfloat16")
+    assert net.precision == "bfloat16" and net.config["precision"] == "bfloat16"
+    assert "precision='bfloat16'" in repr(net)
+    x = np.random.default_rng(1).standard_normal((7, SMALL["input_size"]))
+    net.train_step(x, np.arange(7) % 5)
+    net.reset_state()
+    net(x[:3])
+    p = net.predict_proba(x)
+    again = pickle.loads(pickle.dumps(net))
+    assert again.precision == "bfloat16"
+    assert np.array_equal(again.predict_proba(x), p)
+    assert np.array_equal(again(x[:3]), net(x[:3]))          # the state came along too
+    for suffix in (".npz", ".safetensors"):
+        if suffix == ".safetensors":
+            pytest.importorskip("safetensors")
+        path = tmp_path / f"net{suffix}"
+        net.save(path)
+        loaded = AIVANet.load(path)
+        assert loaded.precision == "bfloat16"
+        assert np.array_equal(loaded.predict_proba(x), p)
+        as32 = AIVANet.load(path, precision="float32")
+        assert as32.precision == "float32"
+        for k, v in as32.state_dict().items():       # files hold the float32 master weights
+            assert np.array_equal(v, net.state_dict()[k])
+
+
+@needs_bf16
+def test_precision_changes_on_a_live_net():
+    net = AIVANet(**MEDIUM, seed=4)
+    x = np.random.default_rng(2).standard_normal((7, MEDIUM["input_size"]))
+    p32 = net.predict_proba(x)
+    weights = net.state_dict()
+    assert net.set_precision("bfloat16") is net
+    assert "precision='bfloat16'" in repr(net)
+    p16 = net.predict_proba(x)
+    assert not np.array_equal(p16, p32)
+    ref = BF16Reference(weights).forward_cache(x)["p"]
+    assert np.abs(p16 - ref).max() < 1e-4
+    net.precision = "float32"
+    assert np.array_equal(net.predict_proba(x), p32)
+    for k, v in net.state_dict().items():
+        assert np.array_equal(v, weights[k])
+
+
+def test_bad_precision_is_a_clear_error():
+    with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16', got 'fp16'"):
+        AIVANet(**SMALL, precision="fp16")
+    with pytest.raises(TypeError, match="precision"):
+        AIVANet(**SMALL, precision=16)
+    net = AIVANet(**SMALL)
+    with pytest.raises(ValueError, match="precision"):
+        net.precision = "half"
+    assert net.precision == "float32"
+
+
+def test_bfloat16_on_cuda_is_not_implemented():
+    with pytest.raises(NotImplementedError, match="CPU only"):
+        AIVANet(**SMALL, device="cuda", precision="bfloat16")
+
+
+def test_without_mkl_bfloat16_names_what_to_install():
+    # A fresh interpreter where the MKL lookup finds nothing (as on a machine without it).
+    script = """
+import aiva_cy._core as core
+core._mkl_path = lambda: None
+from aiva_cy import AIVANet, blas_info
+net = AIVANet(input_size=4, num_tools=2, hidden_size=3, spiking_size=3)
+info = blas_info()
+assert info["bfloat16"] is None and 'aiva_cy[mkl]' in info["bfloat16_missing"], info
+try:
+    net.precision = "bfloat16"
+except ImportError as exc:
+    assert net.precision == "float32"
+    print(exc)
+else:
+    raise SystemExit("no error")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "AIVA_CY_BLAS": "numpy"})
+    assert out.returncode == 0, out.stderr
+    assert 'pip install "aiva_cy[mkl]"' in out.stdout
+
+
+# -- decisions survive the rounding (digits) -------------------------------------------------
+@pytest.fixture(scope="module")
+def digits():
+    from aiva_cy.datasets import load_digits
+    X_train, y_train = load_digits(split="train")
+    X_test, y_test = load_digits(split="test")
+    return X_train / 4, y_train, X_test / 4, y_test    # the README's recipe
+
+
+@pytest.fixture(scope="module")
+def digits_float32_net(digits):
+    X_train, y_train, _, _ = digits
+    net = AIVANet(input_size=64, num_tools=10, seed=0)
+    net.fit(X_train, y_train, epochs=20, batch_size=32, seed=0, verbose=0)
+    return net
+
+
+@needs_bf16
+def test_digits_trained_in_bf16_within_half_a_point_of_float32(digits, digits_float32_net):
+    X_train, y_train, X_test, y_test = digits
+    acc32 = digits_float32_net.evaluate(X_test, y_test)["accuracy"]
+    net = AIVANet(input_size=64, num_tools=10, seed=0, precision="bfloat16")
+    net.fit(X_train, y_train, epochs=20, batch_size=32, seed=0, verbose=0)
+    acc16 = net.evaluate(X_test, y_test)["accuracy"]
+    assert acc16 >= acc32 - 0.005, (acc16, acc32)
+
+
+@needs_bf16
+def test_float32_trained_net_keeps_its_decisions_in_bf16(digits, digits_float32_net):
+    _, _, X_test, _ = digits
+    net = digits_float32_net
+    decided32 = net.predict(X_test)
+    net.precision = "bfloat16"
+    try:
+        decided16 = net.predict(X_test)
+    finally:
+        net.precision = "float32"
+    agree = float((decided16 == decided32).mean())
+    assert agree >= 0.995, agree
+
+
+@needs_bf16
+def test_bf16_products_stay_right_after_pytorch_loaded_its_openmp():
+    # Regression: with MKL's default threading layer (Intel OpenMP), a GNU OpenMP already in
+    # the global symbol scope (PyTorch's libgomp) took MKL's omp_* calls and every thread
+    # ran its threads on the wrong runtime: the batch-1 loss below came out anywhere from 21
+    # to 38 instead of 35.2, changing from run to run (a race, hence the repetitions).
+    pytest.importorskip("torch")
+    script = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch  # noqa: F401  (first: its libgomp enters the global scope)
+import numpy as np
+from test_bf16 import DEFAULT, make, safe_inputs, rel_err
+import aiva_cy
+for batch in (1, 33) * 10:
+    net, ref, w = make(DEFAULT, seed=1, slope=4.0)
+    x = safe_inputs(w, (batch, 512), seed=1)
+    y = np.arange(batch) % 20
+    loss, g = net.loss_and_grad(x, y)
+    loss_ref, g_ref = ref.loss_and_grad(x, y)
+    assert abs(loss / loss_ref - 1) < 1e-5, (batch, loss, loss_ref)
+    assert rel_err(g["spiking.weight"], g_ref["spiking.weight"]) < 2e-2
+print(aiva_cy.blas_info()["bfloat16"]["threading_layer"])
+"""
+    env = {k: v for k, v in os.environ.items() if k != "MKL_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] in ("tbb", "sequential")
+
+
+@needs_bf16
+def test_predict_from_threads_while_the_precision_switches():
+    # predict_proba takes no lock: each call must see one precision with its own weights
+    # (a bf16 flag with no bf16 copies installed yet would hand NULL weights to the C core).
+    import threading
+    net = AIVANet(**MEDIUM, seed=5)
+    x = np.random.default_rng(3).standard_normal((7, MEDIUM["input_size"]))
+    p32 = net.predict_proba(x)
+    net.precision = "bfloat16"
+    p16 = net.predict_proba(x)
+    net.precision = "float32"
+    wrong, stop = [], threading.Event()
+
+    def worker():
+        while not stop.is_set():
+            p = net.predict_proba(x)
+            if not (np.array_equal(p, p32) or np.array_equal(p, p16)):
+                wrong.append(p)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for i in range(1000):     # before the fix this crashed in 2 runs out of 3
+        net.precision = "bfloat16" if i % 2 == 0 else "float32"
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not wrong
