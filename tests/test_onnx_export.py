@@ -433,3 +433,19 @@ def test_build_model_is_the_exported_graph(ort, tmp_path):
         built = build_model(w, threshold=0.5, refractory_period=3, stateful=stateful)
         assert built.graph.SerializeToString() == exported.graph.SerializeToString()
         assert built.opset_import == exported.opset_import
+
+
+def test_bfloat16_net_exports_its_float32_master_weights(ort, tmp_path):
+    import onnx
+
+    net, w = make_net(SMALL, refractory_period=2)
+    net.export_onnx(tmp_path / "f32.onnx")
+    try:
+        net.set_precision("bfloat16")
+    except ImportError as exc:
+        pytest.skip(f"no BLAS with bfloat16 products: {exc}")
+    net.export_onnx(tmp_path / "bf16.onnx")
+    f32, bf16 = (onnx.load(str(tmp_path / n)) for n in ("f32.onnx", "bf16.onnx"))
+    assert f32.graph.SerializeToString() == bf16.graph.SerializeToString()
+    meta = {p.key: p.value for p in bf16.metadata_props}
+    assert '"precision": "bfloat16"' in meta["aiva_cy.config"]
