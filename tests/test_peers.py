@@ -1,7 +1,7 @@
 """Tests of the benchmark peers (benchmarks/bioneuron_numpy.py, benchmarks/peers.py).
 
-None of these need aiva_cy: the peers are checked against float64 numpy versions of
-SPEC sections 2 and 4 written out below.
+The peers are checked against float64 numpy versions of SPEC sections 2 and 4 written out
+below; only the ONNX Runtime peer uses aiva_cy (its exporter builds the graph).
 """
 
 from __future__ import annotations
