@@ -3,6 +3,8 @@
     python -m aiva_cy            train on the bundled digits, save, reload, check, benchmark
     python -m aiva_cy train      only the training part
     python -m aiva_cy bench ...  only the benchmark (arguments go to benchmarks/compare.py)
+    python -m aiva_cy convert OLD.pkl NEW.npz --trust-pickle
+                                 AIVA's pickled weights to a checkpoint (aiva_cy.convert)
 """
 from __future__ import annotations
 
@@ -65,6 +67,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         return bench(argv[1:])
+    if argv and argv[0] == "convert":
+        from aiva_cy.convert import main as convert_main
+        return convert_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m aiva_cy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", nargs="?", choices=["all", "train"], default="all")
