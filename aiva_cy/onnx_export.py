@@ -28,6 +28,10 @@ drops by one down to 0.  All zeros is the empty state, the one right after ``res
 (``np.zeros((batch, spiking_size), np.int32)``).  This is exactly the rule "no output spike
 in this stream's last ``refractory_period`` steps"; with ``refractory_period == 0`` the state
 stays all zeros.  The graph does not check the range of the counts it is given.
+
+The graph computes in float32 throughout.  A net with ``precision="bfloat16"`` exports its
+float32 master weights: the file computes what the net computes in float32 precision (the
+precision is recorded in the ``aiva_cy.config`` metadata entry).
 """
 from __future__ import annotations
 

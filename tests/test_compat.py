@@ -43,7 +43,9 @@ def write_pickle(path: Path, obj: Any, protocol: int = pickle.HIGHEST_PROTOCOL) 
 
 
 def cli(argv: List[str]) -> int:
-    return convert_module.main(argv)
+    """``aiva-cy convert ARGV...`` through the package's command-line entry point."""
+    from aiva_cy.__main__ import main
+    return main(["convert", *argv])
 
 
 # ---------------------------------------------------------------------------------------
@@ -127,9 +129,11 @@ def test_cli_reports_what_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture
         assert text in out, text
 
 
-def test_cli_runs_as_a_module(tmp_path: Path) -> None:
+@pytest.mark.parametrize("module", [["aiva_cy"], ["aiva_cy.convert"]])
+def test_cli_runs_as_a_module(tmp_path: Path, module: List[str]) -> None:
     src = write_pickle(tmp_path / "a.pkl", bio_weights())
-    done = subprocess.run([sys.executable, "-m", "aiva_cy.convert", str(src),
+    argv = ["convert"] if module == ["aiva_cy"] else []
+    done = subprocess.run([sys.executable, "-m", *module, *argv, str(src),
                            str(tmp_path / "o.npz"), "--trust-pickle"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -335,7 +339,7 @@ def test_missing_trust_pickle_is_refused_before_reading(tmp_path: Path,
 
 def test_help_says_pickle_can_run_code(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exc:
-        cli(["--help"])
+        convert_module.main(["--help"])
     assert exc.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "pickle file can run arbitrary code" in out and "--trust-pickle" in out

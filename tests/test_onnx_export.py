@@ -417,3 +417,35 @@ def test_cuda_net_exports_and_hands_its_state_over(ort, cuda, tmp_path):
     np.testing.assert_array_equal(gpu.get_state().get(), s_onnx)
     np.testing.assert_array_equal(cpu.get_state(), s_onnx)
     assert s_onnx.any()
+
+
+def test_build_model_is_the_exported_graph(ort, tmp_path):
+    """The benchmark's ONNX Runtime column builds its session with build_model from a plain
+    weights dict: it must be the very graph export_onnx writes (one graph, not two)."""
+    import onnx
+
+    from aiva_cy.onnx_export import build_model
+
+    net, w = make_net(SMALL, refractory_period=3)
+    for stateful in (False, True):
+        net.export_onnx(tmp_path / "m.onnx", stateful=stateful)
+        exported = onnx.load(str(tmp_path / "m.onnx"))
+        built = build_model(w, threshold=0.5, refractory_period=3, stateful=stateful)
+        assert built.graph.SerializeToString() == exported.graph.SerializeToString()
+        assert built.opset_import == exported.opset_import
+
+
+def test_bfloat16_net_exports_its_float32_master_weights(ort, tmp_path):
+    import onnx
+
+    net, w = make_net(SMALL, refractory_period=2)
+    net.export_onnx(tmp_path / "f32.onnx")
+    try:
+        net.set_precision("bfloat16")
+    except ImportError as exc:
+        pytest.skip(f"no BLAS with bfloat16 products: {exc}")
+    net.export_onnx(tmp_path / "bf16.onnx")
+    f32, bf16 = (onnx.load(str(tmp_path / n)) for n in ("f32.onnx", "bf16.onnx"))
+    assert f32.graph.SerializeToString() == bf16.graph.SerializeToString()
+    meta = {p.key: p.value for p in bf16.metadata_props}
+    assert '"precision": "bfloat16"' in meta["aiva_cy.config"]

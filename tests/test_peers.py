@@ -1,7 +1,8 @@
 """Tests of the benchmark peers (aiva_cy.bench.bioneuron_numpy, aiva_cy.bench.peers).
 
-None of these need aiva_cy: the peers are checked against float64 numpy versions of
-docs/contract.md, "One time step" and "Training" written out below.
+The peers are checked against float64 numpy versions of one time step and training
+(docs/contract.md) written out below; only the ONNX Runtime peer uses aiva_cy (its exporter
+builds the graph).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ plus the scalars ``threshold``, ``surrogate_slope`` and ``refractory_period``.
 
 * PyTorch eager: :func:`make_torch` -> (``TorchAIVANet``, ``torch.optim.Adam``),
   :func:`torch_train_step`, :func:`torch_predict_proba`, :func:`torch_loss_and_grad`.
-* ONNX Runtime (inference only): :func:`make_onnx_session`, :func:`onnx_predict`.
+* ONNX Runtime (inference only): :func:`make_onnx_session`, :func:`onnx_predict`, on the
+  graph of aiva_cy's own exporter (``AIVANet.export_onnx``), so there is one ONNX graph.
 
 torch, onnx and onnxruntime are imported lazily so that this module (and the
 benchmark that imports it) works where they are missing; :func:`available_peers`
@@ -52,7 +53,7 @@ def available_peers() -> Dict[str, bool]:
 
     return {
         "torch": has("torch"),
-        # The ONNX peer builds its graph with onnx.helper, so it needs both.
+        # The ONNX peer builds its graph with aiva_cy's exporter (onnx), so it needs both.
         "onnxruntime": has("onnxruntime") and has("onnx"),
     }
 
@@ -301,11 +302,6 @@ def torch_loss_and_grad(
 
 # --------------------------------------------------------------------------- ONNX Runtime
 
-# opset 17 / IR 8 is read by every onnxruntime of the last years; GreaterOrEqual needs >= 12
-# and Softmax over the last axis has its modern meaning from 13 on.
-_ONNX_OPSET = 17
-_ONNX_IR_VERSION = 8
-
 
 def make_onnx_session(
     weights: Mapping[str, Any],
@@ -314,51 +310,21 @@ def make_onnx_session(
 ) -> "onnxruntime.InferenceSession":
     """An ONNX Runtime session for one step from an empty state (inference only).
 
-    Graph: MatMul -> Tanh -> MatMul -> GreaterOrEqual(threshold) -> Cast(float)
-    -> MatMul -> Softmax(axis=-1), float32, input "x" of shape (batch, input_size),
-    output "probs" of shape (batch, num_tools). Built with onnx.helper, no torch.
+    The graph is the stateless one ``AIVANet.export_onnx`` writes, built by aiva_cy's own
+    exporter (:func:`aiva_cy.onnx_export.build_model`), so the benchmark measures the file
+    users serve: float32 initializers, input ``x`` (batch, input_size), output ``probs``
+    (batch, num_tools).
     """
-    import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+
+    from aiva_cy.onnx_export import build_model
 
     w = _check_weights(weights)
-    n_in = w["fc1.weight"].shape[0]
-    n_tools = w["fc2.weight"].shape[1]
-    initializers = [
-        numpy_helper.from_array(w["fc1.weight"], name="fc1_weight"),
-        numpy_helper.from_array(w["spiking.weight"], name="spiking_weight"),
-        numpy_helper.from_array(w["fc2.weight"], name="fc2_weight"),
-        numpy_helper.from_array(np.array(threshold, dtype=np.float32), name="threshold"),
-    ]
-    nodes = [
-        helper.make_node("MatMul", ["x", "fc1_weight"], ["pre1"]),
-        helper.make_node("Tanh", ["pre1"], ["h"]),
-        helper.make_node("MatMul", ["h", "spiking_weight"], ["v"]),
-        helper.make_node("GreaterOrEqual", ["v", "threshold"], ["raw"]),
-        helper.make_node("Cast", ["raw"], ["spikes"], to=TensorProto.FLOAT),
-        helper.make_node("MatMul", ["spikes", "fc2_weight"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "aiva_step",
-        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_in])],
-        outputs=[helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", n_tools])],
-        initializer=initializers,
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", _ONNX_OPSET)],
-        producer_name="aiva_cy-benchmarks",
-    )
-    model.ir_version = _ONNX_IR_VERSION
-    onnx.checker.check_model(model)
-
+    model = build_model(w, threshold=float(threshold))
     so = ort.SessionOptions()
     if intra_op_threads is not None:
         so.intra_op_num_threads = int(intra_op_threads)
-    # Spinning pool threads would steal the CPU from the next peer measured (docs/contract.md, "Speed").
+    # Spinning pool threads would steal the CPU from the next peer measured.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(
         model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"]
