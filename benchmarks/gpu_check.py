@@ -14,8 +14,9 @@ the package from the repository root).  It takes about a minute and prints:
    threshold: a 6-step sequence with refractory state, predict_proba, gradients, Adam fed the
    same gradients as the CPU optimizer, the round trip to the CPU and back (bit-exact);
 4. timings against PyTorch CUDA with the same model and weights: predict_proba and
-   train_step at batch 4096, forward at batch 1 (medians of interleaved rounds, each call
-   synchronised), with kernel launches and host syncs per step counted by the profiler;
+   train_step at batch 4096, forward at batch 1, and the floor (the three products alone,
+   through each library's cuBLAS call) — medians of interleaved rounds, each call
+   synchronised — with kernel launches and host syncs per call counted by the profiler;
 5. PASS/FAIL for every check, and exit status 0 only if all pass (the speed targets: not
    slower than PyTorch CUDA at batch 4096).
 """
@@ -215,11 +216,7 @@ def timings(cp: Any) -> None:
     except Exception as exc:
         check("PyTorch CUDA peer available", False, repr(exc))
         return
-    try:
-        from aiva_cy.bench.peers import make_torch, torch_predict_proba, torch_train_step
-    except ImportError:        # the benchmark before it moved into the package
-        sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-        from peers import make_torch, torch_predict_proba, torch_train_step  # type: ignore
+    from aiva_cy.bench.peers import make_torch, torch_predict_proba, torch_train_step
     from aiva_cy import AIVANet
     import aiva_cy._cuda as cuda_engine
 
@@ -237,6 +234,12 @@ def timings(cp: Any) -> None:
     x1, xt1 = cp.asarray(x_host[:1]), xt[:1]
     left_t = None
 
+    w_t = [torch.as_tensor(weights[k], device="cuda") for k in weights]
+
+    def torch_products(xt_: Any) -> None:
+        with torch.inference_mode():
+            ((xt_ @ w_t[0]) @ w_t[1]) @ w_t[2]
+
     def ours_train() -> None:
         net.reset_state()
         net.train_step(x, y)
@@ -252,6 +255,9 @@ def timings(cp: Any) -> None:
         "train_step, batch 4096": {"aiva_cy": ours_train,
                                    "torch": lambda: torch_train_step(model, opt, xt, yt)},
         "forward, batch 1 (stateful)": {"aiva_cy": lambda: net(x1), "torch": torch_forward1},
+        # the floor: the three float32 products of a step alone, cuBLAS through each library
+        "3 products alone, batch 4096": {"aiva_cy": lambda: net._engine.blas_products(x),
+                                         "torch": lambda: torch_products(xt)},
     }
     net.reset_state()
     for peers in cases.values():                # warm-up: compile, allocate, autotune
@@ -262,7 +268,7 @@ def timings(cp: Any) -> None:
     torch.cuda.synchronize()
     times: Dict[Tuple[str, str], List[float]] = {}
     rounds = {"predict_proba, batch 4096": 30, "train_step, batch 4096": 30,
-              "forward, batch 1 (stateful)": 200}
+              "forward, batch 1 (stateful)": 200, "3 products alone, batch 4096": 30}
     for case, peers in cases.items():
         net.reset_state()
         for _ in range(rounds[case]):
