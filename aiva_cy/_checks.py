@@ -121,3 +121,21 @@ def parse_device(device: Any) -> str:
     if d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
         return d
     raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def label_rows(name: str, arr: Any, batch: int, num_tools: int, xp: Any = np,
+               to_bool: Any = bool) -> Any:
+    """The label checks every device makes: one label per row of x, integers (integral
+    floats allowed, bools not).  ``xp`` is the array module of ``arr`` (NumPy or CuPy) and
+    ``to_bool`` reads a 0-d result of it on the host.  The range is left to the caller."""
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.shape != (batch,):
+        raise ValueError(f"{name} must hold one label per row of x: shape ({batch},), "
+                         f"got {arr.shape}")
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{name} must hold integer labels, got dtype bool")
+    if arr.dtype.kind == "f" and not to_bool(xp.all(xp.isfinite(arr) & (arr == xp.floor(arr)))):
+        raise ValueError(f"{name} must hold integer labels in [0, {num_tools}), "
+                         f"got non-integer values")
+    return arr

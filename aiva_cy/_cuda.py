@@ -43,7 +43,7 @@ except Exception as exc:  # ImportError, or a CuPy that cannot find its CUDA lib
 else:
     _IMPORT_ERROR = None
 
-from aiva_cy._checks import adam_betas, adam_value
+from aiva_cy._checks import adam_betas, adam_value, label_rows
 from aiva_cy._core import PARAM_NAMES, PARAM_TRANSPOSED, batch_mismatch
 
 # Bits of the error word a step gathers on the device.
@@ -443,17 +443,8 @@ class CupyEngine:
         """CuPy labels, kept on the device.  Integer labels are range-checked by the training
         step itself (flagged, fetched with the step's summary); float labels must be
         integral, which costs one check here."""
-        if y.ndim == 0:
-            y = y.reshape(1)
-        if y.shape != (batch,):
-            raise ValueError(f"{name} must hold one label per row of x: shape ({batch},), "
-                             f"got {y.shape}")
-        if y.dtype.kind == "b":
-            raise TypeError(f"{name} must hold integer labels, got dtype bool")
+        y = label_rows(name, y, batch, num_tools, cp, lambda a: bool(_fetch(a)))
         if y.dtype.kind == "f":
-            if not bool(_fetch(cp.all(cp.isfinite(y) & (y == cp.floor(y))))):
-                raise ValueError(f"{name} must hold integer labels in [0, {num_tools}), "
-                                 f"got non-integer values")
             # integral floats beyond int64 wrap: clamp first so the range check sees them
             y = cp.clip(y, -1, num_tools)
         elif y.dtype.kind not in "iu":

@@ -20,6 +20,7 @@ from aiva_cy._checks import as_float32 as _as_float32
 from aiva_cy._checks import check_finite as _check_finite
 from aiva_cy._checks import float_arg as _float_arg
 from aiva_cy._checks import is_cupy as _is_cupy
+from aiva_cy._checks import label_rows
 from aiva_cy._checks import int_arg as _int_arg
 from aiva_cy._checks import numeric_array as _numeric_array
 from aiva_cy._checks import parse_device as _parse_device
@@ -220,18 +221,8 @@ class AIVANet:
     def _as_y(self, y: Any, batch: int, name: str = "y", on_host: bool = False) -> Any:
         if self._device != "cpu" and not on_host and _is_cupy(y):
             return self._engine.as_y(y, batch, name, self.num_tools)
-        arr = _numeric_array(name, y)   # on the host: labels are small; sent back below
-        if arr.ndim == 0:
-            arr = arr.reshape(1)
-        if arr.shape != (batch,):
-            raise ValueError(f"{name} must hold one label per row of x: shape ({batch},), "
-                             f"got {arr.shape}")
-        if arr.dtype.kind == "b":
-            raise TypeError(f"{name} must hold integer labels, got dtype bool")
-        if arr.dtype.kind == "f":
-            if not np.isfinite(arr).all() or not (arr == np.round(arr)).all():
-                raise ValueError(f"{name} must hold integer labels in [0, {self.num_tools}), "
-                                 f"got non-integer values")
+        # on the host: labels are small; sent back below
+        arr = label_rows(name, _numeric_array(name, y), batch, self.num_tools)
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi >= self.num_tools:
             raise ValueError(f"{name} must hold integer labels in [0, {self.num_tools}), got "
