@@ -11,4 +11,4 @@ cdef class Adam:
     cdef readonly tuple shapes       # engine-layout shapes
 
     cdef _reset_bounds(self)
-    cpdef update(self, list params, list grads, list bf16_out=*)
+    cpdef update(self, list params, list grads, list bf16_out=*, list grad_bounds=*)

@@ -5,7 +5,7 @@ A step that would leave any weight or moment non-finite raises FloatingPointErro
 changes nothing: a cheap bound (from the largest |gradient| and the largest |weight|,
 |moment| of the previous pass) proves most steps safe; only a step it cannot prove safe
 pays for an exact read-only pass before the update."""
-from libc.math cimport sqrtf, sqrt, pow
+from libc.math cimport INFINITY, sqrtf, sqrt, pow
 from libc.stdint cimport uint16_t, uint32_t, int64_t
 
 import weakref
@@ -237,15 +237,23 @@ cdef class Adam:
     def betas(self, value):
         self._beta1, self._beta2 = adam_betas(value)
 
-    cpdef update(self, list params, list grads, list bf16_out=None):
+    cpdef update(self, list params, list grads, list bf16_out=None, list grad_bounds=None):
         """One Adam step: ``params[i] -= ...`` in place, from ``grads[i]``; with ``bf16_out``,
         also ``bf16_out[i][...] = params[i]`` rounded to bfloat16 (uint16 bits).
 
         Raises FloatingPointError, with the weights, the moments and the step count
-        unchanged, if the step would leave any of them NaN or Inf."""
+        unchanged, if the step would leave any of them NaN or Inf.  ``grad_bounds`` (one
+        number per gradient, each at least the largest ``|grads[i]|``) saves reading the
+        gradients for that check; the engine passes the bounds its backward pass computed."""
         cdef Py_ssize_t k, n = len(self.shapes)
         if len(params) != n or len(grads) != n or (bf16_out is not None and len(bf16_out) != n):
             raise ValueError(f"Adam.update: expected {n} parameters and gradients")
+        if grad_bounds is not None:
+            if len(grad_bounds) != n:
+                raise ValueError(f"Adam.update: grad_bounds must be {n} finite floats >= 0")
+            for bound in grad_bounds:
+                if not (isinstance(bound, float) and 0.0 <= bound < INFINITY):
+                    raise ValueError(f"Adam.update: grad_bounds must be {n} finite floats >= 0")
         cdef long long step = self.step + 1
         cdef aiva_adam_coeffs c
         # 1 - beta in double, then rounded once: 1 - 0.999f in float32 is 1.3e-5 (relative)
@@ -292,7 +300,9 @@ cdef class Adam:
             if bound[0] is None or bound[0]() is not params[k]:
                 bound[0], bound[1] = weakref.ref(params[k]), _max_abs(w)
             proposed[0], proposed[1], proposed[2] = bound[1], bound[2], bound[3]
-            if safe and not _provably_finite(_max_abs(g), proposed, &c):
+            # The engine's backward hands in bounds on |g| it had for free; otherwise read g.
+            if safe and not _provably_finite(
+                    _max_abs(g) if grad_bounds is None else <double>grad_bounds[k], proposed, &c):
                 safe = False
             new_bounds.append((proposed[0], proposed[1], proposed[2]))
         if not safe:

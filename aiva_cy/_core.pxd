@@ -57,6 +57,7 @@ cdef extern from "aiva_core.h" nogil:
         float *fc1_t
         float *spiking_t
         float *fc2
+        double bound_fc1_t, bound_spiking_t, bound_fc2
 
     enum:
         AIVA_OK

@@ -46,6 +46,7 @@ class Engine:
     surrogate_slope: float
     precision: str
     max_train_batch: int
+    grad_bounds: Optional[List[float]]
     @property
     def pooled_workspaces(self) -> int: ...
     def __init__(self, input_size: int, hidden_size: int, spiking_size: int, num_tools: int,

@@ -392,6 +392,7 @@ cdef class Engine:
     cdef object _weights                        # (fc1_t, spiking_t, fc2): float32, engine
                                                 # layout, swapped in as one tuple
     cdef object g_fc1_t, g_spiking_t, g_fc2     # allocated by the first backward
+    cdef readonly list grad_bounds              # the last backward's bounds on |gradient|
     cdef object refractory_left                 # int32 (B, spiking), or None: empty state
     cdef readonly str precision                 # "float32" or "bfloat16"
     cdef object _bf16                           # bfloat16: the weights rounded (uint16),
@@ -779,6 +780,7 @@ cdef class Engine:
                                      &grads, loss)
         if code != AIVA_OK:
             _raise(code, True)
+        self.grad_bounds = [grads.bound_fc1_t, grads.bound_spiking_t, grads.bound_fc2]
         cdef int b, t, best, correct = 0
         cdef int T = self.num_tools
         for b in range(batch):
@@ -821,7 +823,8 @@ cdef class Engine:
                 # In bfloat16, Adam's fused pass also writes the rounded copies the products
                 # read, as it updates each float32 master weight.
                 optimizer.update(self.params(), [self.g_fc1_t, self.g_spiking_t, self.g_fc2],
-                                 None if self._bf16 is None else list(self._bf16))
+                                 None if self._bf16 is None else list(self._bf16),
+                                 self.grad_bounds)
                 self._version += 1
                 with nogil:
                     aiva_commit_state(&self.net, &self.ws.ws, x.shape[0], &refr[0, 0])

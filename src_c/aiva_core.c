@@ -458,6 +458,11 @@ int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x, co
     double bound_fc1 = (double)batch * max_da * max_abs(x, (long)batch * I);
     if (bound_spiking > AIVA_GRAD_LIMIT || bound_fc1 > AIVA_GRAD_LIMIT)
         return AIVA_ERR_GRAD_NONFINITE;
+    /* Twice the bound: room for float32 rounding of the partial sums and, in bf16 mode, for
+     * operands rounded up by 2^-8.  Adam needs only orders of magnitude. */
+    grads->bound_fc1_t = 2.0 * bound_fc1;
+    grads->bound_spiking_t = 2.0 * bound_spiking;
+    grads->bound_fc2 = 2.0;
     return AIVA_OK;
 }
 

@@ -102,6 +102,9 @@ typedef struct {
     float *fc1_t;       /* (hidden, input)   */
     float *spiking_t;   /* (spiking, hidden) */
     float *fc2;         /* (spiking, tools)  */
+    /* Out: bounds on |every entry| of each gradient, which the backward pass gets for free;
+     * Adam proves its step finite from them instead of reading the gradients again. */
+    double bound_fc1_t, bound_spiking_t, bound_fc2;
 } aiva_grads;
 
 enum {

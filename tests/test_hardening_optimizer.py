@@ -195,3 +195,25 @@ def test_optimizer_state_dict_is_a_copy():
     for m in kept:
         for k, v in kept[m].items():
             np.testing.assert_array_equal(state[m][k], v)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_backward_bounds_cover_every_gradient_and_adam_uses_them(precision):
+    """The bounds the backward pass hands Adam (so its safety proof needs no second read of
+    the gradients) are at least the largest |gradient| entry, in both precisions."""
+    from aiva_cy._core import blas_info
+    if precision == "bfloat16" and not blas_info().get("bfloat16"):
+        pytest.skip("bfloat16 needs MKL")
+    rng = np.random.default_rng(5)
+    for B in (1, 7, 33):
+        net = AIVANet(input_size=24, num_tools=5, hidden_size=40, spiking_size=30, seed=B,
+                      precision=precision)
+        x = rng.standard_normal((B, 24)) * 3
+        y = rng.integers(0, 5, B)
+        _, grads = net.loss_and_grad(x, y)
+        bounds = net._engine.grad_bounds
+        for bound, key in zip(bounds, ("fc1.weight", "spiking.weight", "fc2.weight")):
+            assert np.abs(grads[key]).max() <= bound, (B, key)
+    with pytest.raises(ValueError, match="grad_bounds"):
+        net.optimizer.update(net._engine.params(), [np.zeros_like(p) for p in net._engine.params()],
+                             None, [1.0, float("nan"), 1.0])
