@@ -296,7 +296,7 @@ def timings(cp: Any) -> None:
         kt, st, _ = counts[(case, "torch")]
         print(f"  {case:30s} {ours * 1e3:8.3f}ms {theirs * 1e3:8.3f}ms {theirs / ours:6.2f}x   "
               f"{ko:3d} / {kt:3d}              {so} / {st}  (engine fetches: {fo})")
-        if "4096" in case:
+        if case.startswith(("predict_proba", "train_step")):    # the targets; the floor is a reading
             check(f"{case}: not slower than PyTorch CUDA", ours <= theirs * 1.0,
                   f"aiva_cy {ours * 1e3:.3f} ms, torch {theirs * 1e3:.3f} ms "
                   f"(torch / aiva_cy = {theirs / ours:.2f})")
