@@ -162,6 +162,19 @@ def render_footer(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+
+def _estimate_table(lines: List[str], estimates: Optional[Dict[str, Any]],
+                    header: List[str]) -> None:
+    """Append the FLOPs-over-rate table of one precision (nothing when it was not measured)."""
+    if not estimates:
+        return
+    body = [[ROW_LABELS[r], f"{e['flops'] / 1e9:.2f} GFLOP", fmt_seconds(e["floor_s"]),
+             fmt_seconds(e["aiva_s"]) if e["aiva_s"] else "—",
+             f"{e['aiva_s'] / e['floor_s']:.2f}×" if e["aiva_s"] else "—"]
+            for r, e in estimates.items()]
+    lines.append("")
+    lines.append(_markdown_table(header, body))
+
 def render_floor_notes(floor: Mapping[str, Any]) -> str:
     if not floor:
         return ""
@@ -172,16 +185,9 @@ def render_floor_notes(floor: Mapping[str, Any]) -> str:
     if floor.get("b1_gbytes_s") is not None:
         lines.append(f"batch 1 moves {floor['b1_bytes'] / 1e6:.1f} MB of float32 weights: the floor "
                      f"({fmt_seconds(floor['b1_seconds'])}) reads them at {floor['b1_gbytes_s']:.1f} GB/s")
-    est = floor.get("estimates") or {}
-    if est:
-        body = [[ROW_LABELS[r], f"{e['flops'] / 1e9:.2f} GFLOP", fmt_seconds(e["floor_s"]),
-                 fmt_seconds(e["aiva_s"]) if e["aiva_s"] else "—",
-                 f"{e['aiva_s'] / e['floor_s']:.2f}×" if e["aiva_s"] else "—"]
-                for r, e in est.items()]
-        lines.append("")
-        lines.append(_markdown_table(
-            ["work", "FLOPs (2·B·3,166,208; train 2·B·8,450,048)", "floor = FLOPs / rate", "aiva_cy",
-             "aiva_cy / floor"], body))
+    _estimate_table(lines, floor.get("estimates"),
+                    ["work", "FLOPs (2·B·3,166,208; train 2·B·8,450,048)", "floor = FLOPs / rate",
+                     "aiva_cy", "aiva_cy / floor"])
     if floor.get("bf16_gflops") is not None:
         lines.append("")
         lines.append(f"MKL bf16 rate, from its packed floor at batch 256: "
@@ -190,16 +196,9 @@ def render_floor_notes(floor: Mapping[str, Any]) -> str:
         lines.append(f"batch 1 in bf16 moves {floor['b1_bf16_bytes'] / 1e6:.1f} MB of weights: the "
                      f"bf16 floor ({fmt_seconds(floor['b1_bf16_seconds'])}) reads them at "
                      f"{floor['b1_bf16_gbytes_s']:.1f} GB/s")
-    est16 = floor.get("bf16_estimates") or {}
-    if est16:
-        body = [[ROW_LABELS[r], f"{e['flops'] / 1e9:.2f} GFLOP", fmt_seconds(e["floor_s"]),
-                 fmt_seconds(e["aiva_s"]) if e["aiva_s"] else "—",
-                 f"{e['aiva_s'] / e['floor_s']:.2f}×" if e["aiva_s"] else "—"]
-                for r, e in est16.items()]
-        lines.append("")
-        lines.append(_markdown_table(
-            ["work (bf16)", "FLOPs", "bf16 floor = FLOPs / rate", "aiva_cy bf16",
-             "aiva_cy bf16 / floor"], body))
+    _estimate_table(lines, floor.get("bf16_estimates"),
+                    ["work (bf16)", "FLOPs", "bf16 floor = FLOPs / rate", "aiva_cy bf16",
+                     "aiva_cy bf16 / floor"])
     return "\n".join(lines)
 
 
