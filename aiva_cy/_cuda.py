@@ -385,7 +385,6 @@ class CupyEngine:
 
     def __init__(self, config: Tuple, weights: Dict[str, np.ndarray], device: str):
         self.device_index = _require_cuda(device)
-        self.xp = cp
         (self.input_size, self.hidden_size, self.spiking_size, self.num_tools,
          self.threshold, self.refractory_period, self.surrogate_slope) = config
         self._lock = threading.RLock()

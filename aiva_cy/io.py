@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import hashlib
 import os
