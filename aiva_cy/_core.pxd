@@ -78,7 +78,7 @@ cdef extern from "aiva_core.h" nogil:
                        aiva_blas *out)
     int aiva_mkl_open(const char *path, int threading_layer, aiva_blas *out)
     size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, void *dest)
-    void aiva_round_bf16(const float *src, long n, aiva_bf16 *dst)
+    void aiva_round_bf16(const float *src, Py_ssize_t n, aiva_bf16 *dst)
     void aiva_blas_products(const aiva_blas *blas, const aiva_net *net, const float *x,
                             int batch, aiva_workspace *ws)
 

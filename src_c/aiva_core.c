@@ -1,6 +1,7 @@
 /* aiva_core.c — see aiva_core.h for the contract. */
 #include "aiva_core.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -119,9 +120,9 @@ size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, v
 /* Round to nearest even on the bits: add 0x7fff plus the lowest kept bit, keep the top half.
  * A NaN is kept a (quiet) NaN: the carry could otherwise turn it into Inf. */
 AIVA_VECTOR_PASS
-void aiva_round_bf16(const float *restrict src, long n, aiva_bf16 *restrict dst)
+void aiva_round_bf16(const float *restrict src, ptrdiff_t n, aiva_bf16 *restrict dst)
 {
-    for (long i = 0; i < n; i++) {
+    for (ptrdiff_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &src[i], sizeof u);
         uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
@@ -176,43 +177,43 @@ static inline float exp_nonpositive(float x)
 }
 
 AIVA_VECTOR_PASS
-static void tanh_inplace(float *restrict a, long n)
+static void tanh_inplace(float *restrict a, ptrdiff_t n)
 {
-    for (long i = 0; i < n; i++) a[i] = fast_tanh(a[i]);
+    for (ptrdiff_t i = 0; i < n; i++) a[i] = fast_tanh(a[i]);
 }
 
 /* out = raw AND mask, with the mask read from the countdown (NULL: all open). */
 AIVA_VECTOR_PASS
 static void spike_pass(const float *restrict v, const int32_t *restrict refractory_left,
-                       float thr, uint8_t *restrict open, float *restrict spikes, long n)
+                       float thr, uint8_t *restrict open, float *restrict spikes, ptrdiff_t n)
 {
     if (refractory_left) {
-        for (long i = 0; i < n; i++) {
+        for (ptrdiff_t i = 0; i < n; i++) {
             int o = refractory_left[i] == 0;
             open[i] = (uint8_t)o;
             spikes[i] = (o & (v[i] >= thr)) ? 1.0f : 0.0f;
         }
     } else {
         memset(open, 1, (size_t)n);
-        for (long i = 0; i < n; i++) spikes[i] = v[i] >= thr ? 1.0f : 0.0f;
+        for (ptrdiff_t i = 0; i < n; i++) spikes[i] = v[i] >= thr ? 1.0f : 0.0f;
     }
 }
 
 /* d_membrane = d_spikes * mask / (1 + k|v - thr|)^2, in place. */
 AIVA_VECTOR_PASS
 static void surrogate_pass(float *restrict dv, const float *restrict v,
-                           const uint8_t *restrict open, float thr, float k, long n)
+                           const uint8_t *restrict open, float thr, float k, ptrdiff_t n)
 {
-    for (long i = 0; i < n; i++) {
+    for (ptrdiff_t i = 0; i < n; i++) {
         float a = 1.0f + k * fabsf(v[i] - thr);
         dv[i] = open[i] ? dv[i] / (a * a) : 0.0f;
     }
 }
 
 AIVA_VECTOR_PASS
-static void tanh_backward(float *restrict da, const float *restrict h, long n)
+static void tanh_backward(float *restrict da, const float *restrict h, ptrdiff_t n)
 {
-    for (long i = 0; i < n; i++) da[i] *= 1.0f - h[i] * h[i];
+    for (ptrdiff_t i = 0; i < n; i++) da[i] *= 1.0f - h[i] * h[i];
 }
 
 /* z (B, T) = spikes (B, S) @ fc2 (S, T) for 0/1 spikes: each row of z is the sum of the fc2
@@ -224,12 +225,12 @@ static void spike_readout(const float *restrict spikes, const float *restrict fc
                           int S, int T, float *restrict z)
 {
     for (int b = 0; b < batch; b++) {
-        float *zb = z + (long)b * T;
-        const float *sb = spikes + (long)b * S;
+        float *zb = z + (ptrdiff_t)b * T;
+        const float *sb = spikes + (ptrdiff_t)b * S;
         for (int t = 0; t < T; t++) zb[t] = 0.0f;
         for (int j = 0; j < S; j++) {
             if (sb[j] == 0.0f) continue;
-            const float *row = fc2 + (long)j * T;
+            const float *row = fc2 + (ptrdiff_t)j * T;
             for (int t = 0; t < T; t++) zb[t] += row[t];
         }
     }
@@ -243,7 +244,7 @@ static void spike_readout_bf16(const float *restrict spikes, const aiva_bf16 *re
     for (int t = 0; t < T; t++) z[t] = 0.0f;
     for (int j = 0; j < S; j++) {
         if (spikes[j] == 0.0f) continue;
-        const aiva_bf16 *row = fc2 + (long)j * T;
+        const aiva_bf16 *row = fc2 + (ptrdiff_t)j * T;
         for (int t = 0; t < T; t++) {
             uint32_t u = (uint32_t)row[t] << 16;
             float w;
@@ -254,10 +255,10 @@ static void spike_readout_bf16(const float *restrict spikes, const aiva_bf16 *re
 }
 
 AIVA_VECTOR_PASS
-static int all_finite(const float *a, long n)
+static int all_finite(const float *a, ptrdiff_t n)
 {
     int bad = 0;
-    for (long i = 0; i < n; i++) {
+    for (ptrdiff_t i = 0; i < n; i++) {
         float d = a[i] - a[i];  /* NaN exactly when a[i] is NaN or +-Inf */
         bad |= (d != d);
     }
@@ -268,10 +269,10 @@ static int all_finite(const float *a, long n)
 AIVA_VECTOR_PASS
 static int softmax_rows(const float *restrict z, int batch, int T, float *restrict p)
 {
-    if (!all_finite(z, (long)batch * T)) return 0;
+    if (!all_finite(z, (ptrdiff_t)batch * T)) return 0;
     for (int b = 0; b < batch; b++) {
-        const float *zb = z + (long)b * T;
-        float *pb = p + (long)b * T;
+        const float *zb = z + (ptrdiff_t)b * T;
+        float *pb = p + (ptrdiff_t)b * T;
         float m = zb[0];
         for (int t = 1; t < T; t++) m = zb[t] > m ? zb[t] : m;
         float s = 0.0f;
@@ -287,10 +288,10 @@ static int softmax_rows(const float *restrict z, int batch, int T, float *restri
  * rules) does not.  A NaN's bits sort above +Inf's, so the result is Inf or NaN exactly
  * when some a[i] is not finite. */
 AIVA_VECTOR_PASS
-static float max_abs(const float *a, long n)
+static float max_abs(const float *a, ptrdiff_t n)
 {
     int32_t m = 0;
-    for (long i = 0; i < n; i++) {
+    for (ptrdiff_t i = 0; i < n; i++) {
         int32_t bits;
         memcpy(&bits, &a[i], sizeof bits);
         bits &= 0x7fffffff;
@@ -306,7 +307,7 @@ typedef struct { aiva_bf16 *x, *hidden, *spikes, *d_logits; } bf16_scratch;
 
 static bf16_scratch bf16_parts(const aiva_net *net, const aiva_workspace *ws)
 {
-    const long B = ws->capacity;
+    const ptrdiff_t B = ws->capacity;
     bf16_scratch p;
     p.x = ws->bf16;
     p.hidden = p.x + B * net->input_size;       /* later d_hidden's */
@@ -325,16 +326,16 @@ static void forward_products(const aiva_blas *blas, const aiva_net *net, const f
     if (net->bf16) {
         bf16_scratch b = bf16_parts(net, ws);
         const int use_packs = batch > 1;   /* see AIVA_PACK_ROWS */
-        aiva_round_bf16(x, (long)batch * I, b.x);
+        aiva_round_bf16(x, (ptrdiff_t)batch * I, b.x);
         gemm_bf16(blas, 0, 1, batch, H, I, b.x, I, net->fc1_t_bf16, I, h, H,
                   use_packs ? net->fc1_packed : NULL);
-        if (with_tanh) tanh_inplace(h, (long)batch * H);
-        aiva_round_bf16(h, (long)batch * H, b.hidden);
+        if (with_tanh) tanh_inplace(h, (ptrdiff_t)batch * H);
+        aiva_round_bf16(h, (ptrdiff_t)batch * H, b.hidden);
         gemm_bf16(blas, 0, 1, batch, S, H, b.hidden, H, net->spiking_t_bf16, H, v, S,
                   use_packs ? net->spiking_packed : NULL);
     } else {
         forward_product(blas, batch, H, I, x, net->fc1_t, net->fc1_packed, h);
-        if (with_tanh) tanh_inplace(h, (long)batch * H);
+        if (with_tanh) tanh_inplace(h, (ptrdiff_t)batch * H);
         forward_product(blas, batch, S, H, h, net->spiking_t, net->spiking_packed, v);
     }
 }
@@ -348,7 +349,7 @@ static void readout(const aiva_blas *blas, const aiva_net *net, int batch, aiva_
             spike_readout_bf16(ws->spikes, net->fc2_bf16, S, T, ws->logits);
         } else {
             bf16_scratch b = bf16_parts(net, ws);
-            aiva_round_bf16(ws->spikes, (long)batch * S, b.spikes);
+            aiva_round_bf16(ws->spikes, (ptrdiff_t)batch * S, b.spikes);
             gemm_bf16(blas, 0, 0, batch, T, S, b.spikes, S, net->fc2_bf16, T, ws->logits, T,
                       NULL);
         }
@@ -363,13 +364,13 @@ int aiva_forward(const aiva_blas *blas, const aiva_net *net, const float *x, int
                  const int32_t *refractory_left, aiva_workspace *ws, float *probs)
 {
     if (batch < 1 || batch > ws->capacity) return AIVA_ERR_SIZE;
-    if (!all_finite(x, (long)batch * net->input_size)) return AIVA_ERR_INPUT_NONFINITE;
+    if (!all_finite(x, (ptrdiff_t)batch * net->input_size)) return AIVA_ERR_INPUT_NONFINITE;
     if (net->bf16 && (!blas->gemm_bf16 || !ws->bf16)) return AIVA_ERR_SIZE;
 
     forward_products(blas, net, x, batch, ws, 1);
     /* Threshold spikes, masked by the refractory countdown. */
     spike_pass(ws->membrane, refractory_left, net->threshold, ws->open, ws->spikes,
-               (long)batch * net->spiking_size);
+               (ptrdiff_t)batch * net->spiking_size);
     readout(blas, net, batch, ws);
     if (!softmax_rows(ws->logits, batch, net->num_tools, probs))
         return AIVA_ERR_OUTPUT_NONFINITE;
@@ -381,7 +382,7 @@ void aiva_commit_state(const aiva_net *net, const aiva_workspace *ws, int batch,
 {
     const int32_t R = net->refractory_period;
     const float *spikes = ws->spikes;
-    for (long i = 0, n = (long)batch * net->spiking_size; i < n; i++) {
+    for (ptrdiff_t i = 0, n = (ptrdiff_t)batch * net->spiking_size; i < n; i++) {
         int32_t left = refractory_left[i] > 0 ? refractory_left[i] - 1 : 0;
         refractory_left[i] = spikes[i] != 0.0f ? R : left;
     }
@@ -403,8 +404,8 @@ int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x, co
     float *dz = ws->d_logits;
     if (!softmax_rows(ws->logits, batch, T, dz)) return AIVA_ERR_GRAD_NONFINITE;
     for (int b = 0; b < batch; b++) {
-        const float *z = ws->logits + (long)b * T;
-        float *d = dz + (long)b * T;
+        const float *z = ws->logits + (ptrdiff_t)b * T;
+        float *d = dz + (ptrdiff_t)b * T;
         float m = z[0];
         for (int t = 1; t < T; t++) m = z[t] > m ? z[t] : m;
         double s = 0.0;
@@ -414,17 +415,18 @@ int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x, co
         d[y[b]] -= inv_b;
     }
     *loss = total / batch;
-    if (!isfinite(*loss)) return AIVA_ERR_GRAD_NONFINITE;
+    /* Not isfinite(): mingw-w64's macro converts a double through float (-Wconversion). */
+    if (!(fabs(*loss) <= DBL_MAX)) return AIVA_ERR_GRAD_NONFINITE;
 
     float *dv = ws->d_membrane, *da = ws->d_hidden;
-    const long nS = (long)batch * S, nH = (long)batch * H;
+    const ptrdiff_t nS = (ptrdiff_t)batch * S, nH = (ptrdiff_t)batch * H;
     if (net->bf16) {
         /* The same products on bf16-rounded operands; the elementwise parts stay float32.
          * x and h were rounded by the forward; the spikes' slot is reused for dv's rounding
          * and h's for da's once the products that read them are done. */
         bf16_scratch b = bf16_parts(net, ws);
         aiva_round_bf16(ws->spikes, nS, b.spikes);
-        aiva_round_bf16(dz, (long)batch * T, b.d_logits);
+        aiva_round_bf16(dz, (ptrdiff_t)batch * T, b.d_logits);
         gemm_bf16(blas, 1, 0, S, T, batch, b.spikes, S, b.d_logits, T, grads->fc2, T, NULL);
         gemm_bf16(blas, 0, 1, batch, S, T, b.d_logits, T, net->fc2_bf16, T, dv, S, NULL);
         surrogate_pass(dv, ws->membrane, ws->open, net->threshold, net->surrogate_slope, nS);
@@ -455,7 +457,7 @@ int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x, co
     if (!(max_dv < INFINITY) || !(max_da < INFINITY))   /* an Inf, or NaN bits above it */
         return AIVA_ERR_GRAD_NONFINITE;
     double bound_spiking = (double)batch * max_dv;
-    double bound_fc1 = (double)batch * max_da * max_abs(x, (long)batch * I);
+    double bound_fc1 = (double)batch * max_da * max_abs(x, (ptrdiff_t)batch * I);
     if (bound_spiking > AIVA_GRAD_LIMIT || bound_fc1 > AIVA_GRAD_LIMIT)
         return AIVA_ERR_GRAD_NONFINITE;
     /* Twice the bound: room for float32 rounding of the partial sums and, in bf16 mode, for

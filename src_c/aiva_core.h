@@ -153,7 +153,7 @@ int aiva_mkl_open(const char *path, int threading_layer, aiva_blas *out);
 size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, void *dest);
 
 /* dst = src rounded to bfloat16, to nearest even (NaN stays NaN). */
-void aiva_round_bf16(const float *src, long n, aiva_bf16 *dst);
+void aiva_round_bf16(const float *src, ptrdiff_t n, aiva_bf16 *dst);
 
 /* The three products of a forward step and nothing else — the benchmark's floor. */
 void aiva_blas_products(const aiva_blas *blas, const aiva_net *net, const float *x, int batch,
