@@ -22,6 +22,11 @@ class BlasInfo(_BlasInfoRequired, total=False):
     bf16: bool                                # this library has bfloat16 products
     bfloat16: Optional[Dict[str, Any]]        # the library bfloat16 nets use, or None
     bfloat16_missing: str                     # why there is none, and what to install
+    kernel: Optional[str]                     # the library's own name for the code it runs
+    kernel_config: Optional[str]              # its build/version string
+    kernel_forced_by: Optional[str]           # e.g. "OPENBLAS_CORETYPE=Haswell", or None
+    kernel_older_than_cpu: bool               # it runs less than this CPU could
+    cpu_level: str                            # the best this CPU runs: "AVX-512", "AVX2+FMA", ...
 
 def blas_info() -> BlasInfo: ...
 def require_bf16() -> None: ...

@@ -224,14 +224,20 @@ def blas_info():
     """Which BLAS library the C core calls, and whether it has bfloat16 products.
 
     ``{"provider", "path", "ilp64", "bf16"}`` for float32 (``bf16``: this library has
-    bfloat16 products), and ``"bfloat16"``: the library that bfloat16 nets use (MKL, opened
+    bfloat16 products) with the kernel it runs: ``kernel`` (the library's own name, e.g.
+    OpenBLAS's core type "SkylakeX", or MKL's code path), ``kernel_config``,
+    ``kernel_forced_by`` (an environment variable such as OPENBLAS_CORETYPE that chose it,
+    or None), ``kernel_older_than_cpu`` and ``cpu_level`` (the best this CPU can run); and ``"bfloat16"``: the library that bfloat16 nets use (MKL, opened
     on first use, so this call opens it) as the same kind of dict, or None where there is
     none, with ``"bfloat16_missing"`` saying why and what to install.
     """
+    from aiva_cy import _kernel    # ctypes only when asked: not on the import path
     info = dict(_blas_info)
+    info.update(_kernel.describe(info["provider"], info["path"]))
     try:
         require_bf16()
         info["bfloat16"] = dict(_mkl_info)
+        info["bfloat16"].update(_kernel.describe("mkl", _mkl_info["path"]))
     except ImportError as exc:
         info["bfloat16"], info["bfloat16_missing"] = None, str(exc)
     return info

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from aiva_cy import _kernel
 from aiva_cy.bench.rows import N_PARAMS, PEER_LABELS, PEER_ORDER, ROW_LABELS, TRAIN_MACS
 from aiva_cy.bench.timing import NOISY_MARK, Cell
 
@@ -137,12 +138,26 @@ def render_header(meta: Mapping[str, Any]) -> str:
         f"python {meta['python']}, numpy {meta['numpy']}, aiva_cy {meta['aiva_cy']} "
         f"(BLAS: {blas.get('provider', '?')}), torch {meta['torch'] or 'not installed'}, "
         f"onnxruntime {meta['onnxruntime'] or 'not installed'}",
+        _kernel_line(blas),
         f"threads: {meta['threads']} for every library; mode: {meta['mode']}; {meta['date']}",
         f"other load: CPU busy {_pct(meta.get('cpu_busy_before'))} before the run, "
         f"{_pct(meta.get('cpu_busy_after'))} after; load average (1 min) "
         f"{_num(meta.get('load_before'))} before, {_num(meta.get('load_after'))} after",
     ]
+    for info in (blas, blas.get("bfloat16") or {}):
+        warn = _kernel.warning(info) if info else None
+        if warn:
+            lines.append(warn)
     return "\n".join(lines)
+
+
+def _kernel_line(blas: Mapping[str, Any]) -> str:
+    """The kernels that ran: what the libraries report, not what they were asked for."""
+    line = f"BLAS kernel: float32 {_kernel.summary(blas)} ({blas.get('provider', '?')})"
+    bf16 = blas.get("bfloat16")
+    if bf16:
+        line += f"; bfloat16 {_kernel.summary(bf16)} ({bf16.get('provider', '?')})"
+    return line + f"; CPU has {blas.get('cpu_level', '?')}"
 
 
 def render_footer(result: Mapping[str, Any]) -> str:
