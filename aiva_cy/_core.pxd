@@ -74,6 +74,12 @@ cdef extern from "aiva_core.h" nogil:
     int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x,
                       const int64_t *y, int batch, aiva_workspace *ws, aiva_grads *grads,
                       double *loss)
+    int aiva_forward_sequence(const aiva_blas *blas, const aiva_net *net, const float *xs,
+                              int steps, int batch, int32_t *refractory_left,
+                              aiva_workspace *ws, float *probs)
+    int aiva_backward_weighted(const aiva_blas *blas, const aiva_net *net, const float *x,
+                               const int64_t *y, const float *row_weight, int batch,
+                               aiva_workspace *ws, aiva_grads *grads, double *loss)
     int aiva_blas_open(const char *path, const char *prefix, const char *suffix, int ilp64,
                        aiva_blas *out)
     int aiva_mkl_open(const char *path, int threading_layer, aiva_blas *out)

@@ -698,8 +698,12 @@ cdef class Engine:
         return probs
 
     def forward_sequence(self, const float[:, :, ::1] xs):
-        """T stateful steps; the state advances only if every step succeeds."""
-        cdef Py_ssize_t steps = xs.shape[0], batch = xs.shape[1], t
+        """T stateful steps; the state advances only if every step succeeds.
+
+        A membrane does not depend on the state, so the fc1 and spiking products run over
+        all the steps of a chunk at once (chunks of whole steps, bounded by WORKSPACE_LIMIT);
+        only the threshold and the refractory countdown go step by step (in C)."""
+        cdef Py_ssize_t steps = xs.shape[0], batch = xs.shape[1], t = 0, n
         cdef int code = AIVA_OK
         if steps < 1:
             raise ValueError("xs must hold at least one step")
@@ -708,22 +712,121 @@ cdef class Engine:
         cdef float[:, :, ::1] p = probs
         cdef int32_t[:, ::1] trial
         cdef aiva_net net
-        cdef Py_ssize_t rows
+        cdef Py_ssize_t rows = self._chunk_rows(), chunk_steps
+        cdef aiva_blas *table
         with self._lock:
             keep = self._inference_net(&net)
+            table = &_mkl if net.bf16 else &_blas
             trial = self._state_for(batch).copy()
-            rows = self._reserve_chunk(self.ws, batch)
-            with nogil:
-                for t in range(steps):
-                    code = self._run(&net, &xs[t, 0, 0], batch, &trial[0, 0], self.ws,
-                                     rows, &p[t, 0, 0], NULL)
-                    if code != AIVA_OK:
-                        break
+            if batch <= rows:
+                chunk_steps = min(steps, max(1, rows // batch))
+                self.ws.reserve(<int>(chunk_steps * batch))
+                with nogil:
+                    while t < steps:
+                        n = min(chunk_steps, steps - t)
+                        code = aiva_forward_sequence(table, &net, &xs[t, 0, 0], <int>n,
+                                                     <int>batch, &trial[0, 0], &self.ws.ws,
+                                                     &p[t, 0, 0])
+                        if code != AIVA_OK:
+                            break
+                        t += n
+            else:
+                # A single step wider than a chunk: steps one by one, each in row chunks.
+                rows = self._reserve_chunk(self.ws, batch)
+                with nogil:
+                    for t in range(steps):
+                        code = self._run(&net, &xs[t, 0, 0], batch, &trial[0, 0], self.ws,
+                                         rows, &p[t, 0, 0], NULL)
+                        if code != AIVA_OK:
+                            break
+            self._release_if_large(self.ws)
             if code == AIVA_OK:
                 self.refractory_left = trial.base
         if code != AIVA_OK:
             _raise(code)
         return probs
+
+    cdef int _sequence_backward(self, const float[:, :, ::1] xs, const int64_t[::1] y,
+                                const float[::1] weight, double *loss) except -1:
+        # Caller holds _lock.  An episode from an empty state, forward over all its rows
+        # and the weighted backward; fills the gradient buffers and changes no state.
+        # Returns how many weighted rows the forward classified right.
+        cdef Py_ssize_t steps = xs.shape[0], batch = xs.shape[1]
+        cdef Py_ssize_t rows = steps * batch
+        cdef int code
+        if steps < 1:
+            raise ValueError("xs must hold at least one step")
+        self._check_x(xs[0], False, "xs")
+        if rows > self.max_train_batch:
+            raise ValueError(f"xs has {steps} x {batch} = {rows} rows; an episode batch of "
+                             f"this net takes at most {self.max_train_batch}: use fewer "
+                             f"episodes per batch")
+        if y.shape[0] != rows or weight.shape[0] != rows:
+            raise ValueError(f"ys and the weights need {rows} entries (steps x batch), got "
+                             f"{y.shape[0]} and {weight.shape[0]}")
+        if (<uintptr_t>&y[0]) % sizeof(int64_t) != 0 or (<uintptr_t>&weight[0]) % sizeof(float):
+            raise ValueError("ys and the weights must be aligned arrays; pass copies")
+        if self.g_fc1_t is None:
+            self.g_fc1_t, self.g_spiking_t, self.g_fc2 = (np.zeros_like(w) for w in self._weights)
+        cdef float[:, ::1] g1 = self.g_fc1_t, g2 = self.g_spiking_t, g3 = self.g_fc2
+        cdef aiva_grads grads
+        grads.fc1_t, grads.spiking_t, grads.fc2 = &g1[0, 0], &g2[0, 0], &g3[0, 0]
+        cdef float[::1] scratch_probs = np.empty(rows * self.num_tools, np.float32)
+        cdef int32_t[:, ::1] empty = np.zeros((batch, self.spiking_size), np.int32)
+        self.ws.reserve(<int>rows)
+        cdef aiva_blas *table = self._table()
+        with nogil:
+            code = aiva_forward_sequence(table, &self.net, &xs[0, 0, 0], <int>steps,
+                                         <int>batch, &empty[0, 0], &self.ws.ws,
+                                         &scratch_probs[0])
+            if code == AIVA_OK:
+                code = aiva_backward_weighted(table, &self.net, &xs[0, 0, 0], &y[0],
+                                              &weight[0], <int>rows, &self.ws.ws, &grads, loss)
+        if code != AIVA_OK:
+            _raise(code, True)
+        self.grad_bounds = [grads.bound_fc1_t, grads.bound_spiking_t, grads.bound_fc2]
+        cdef Py_ssize_t b
+        cdef int t, best, correct = 0
+        cdef int T = self.num_tools
+        for b in range(rows):
+            if weight[b] == 0:
+                continue
+            best = 0
+            for t in range(1, T):
+                if scratch_probs[b * T + t] > scratch_probs[b * T + best]:
+                    best = t
+            correct += best == y[b]
+        return correct
+
+    def loss_and_grad_sequence(self, const float[:, :, ::1] xs, const int64_t[::1] y,
+                               const float[::1] weight):
+        """An episode (time-major xs (T, B, in), labels and row weights flattened to T * B,
+        weights normalised by the caller) from an empty state: returns the weighted loss;
+        gradients via gradients().  The net's stream state is not touched."""
+        cdef double loss = 0.0
+        with self._lock:
+            try:
+                self._sequence_backward(xs, y, weight, &loss)
+            finally:
+                self._release_if_large(self.ws)
+        return loss
+
+    def train_sequence(self, const float[:, :, ::1] xs, const int64_t[::1] y,
+                       const float[::1] weight, Adam optimizer):
+        """loss_and_grad_sequence, then the Adam update; on any error nothing changes.
+        Returns (loss, weighted rows classified right)."""
+        cdef double loss = 0.0
+        cdef int correct = 0
+        with self._lock:
+            try:
+                correct = self._sequence_backward(xs, y, weight, &loss)
+                optimizer.update(self.params(), [self.g_fc1_t, self.g_spiking_t, self.g_fc2],
+                                 None if self._bf16 is None else list(self._bf16),
+                                 self.grad_bounds)
+                self._version += 1
+            finally:
+                self._release_if_large(self.ws)
+        return loss, correct
 
     def predict(self, const float[:, ::1] x, bint with_logits=False):
         """One step from an empty state; touches no state, safe from many threads at once.

@@ -404,6 +404,42 @@ class AIVANet:
             loss, _ = self._engine.train_step(arr, labels, self._optimizer)
         return float(loss)
 
+    # -- episodes --------------------------------------------------------------------------
+    def _episode(self, xs: Any, ys: Any, sample_weight: Any) -> Tuple[Any, Any, Any]:
+        from aiva_cy._sequences import episode_inputs, episode_targets
+        if self._device != "cpu":
+            raise NotImplementedError("episode training runs on the CPU engine only so far: "
+                                      "net.to('cpu') first")
+        arr, one = episode_inputs("xs", xs, self.input_size)
+        labels, weights = episode_targets(arr.shape, ys, sample_weight, self.num_tools, one)
+        _check_finite("xs", arr)
+        return arr, labels, weights
+
+    def loss_and_grad_sequence(self, xs: Any, ys: Any, sample_weight: Any = None
+                               ) -> Tuple[float, Dict[str, Any]]:
+        """An episode from an empty state, with the backward pass; no update.
+
+        xs (T, B, in) time-major (or (T, in) for one stream), labels ys (T, B) (or (T,));
+        a label < 0 is a step without a target: it runs and advances the refractory state
+        but adds no loss.  ``sample_weight`` (B,) or (T, B) weights the steps.  The loss is
+        the weighted mean cross-entropy over the targeted steps; the gradient is each
+        step's (its mask from the carried state held constant) summed over the steps,
+        computed as products over all T x B rows at once.  The net's own stream state
+        (``forward``'s) is neither read nor changed.
+        """
+        arr, labels, weights = self._episode(xs, ys, sample_weight)
+        with self._lock:
+            loss = self._engine.loss_and_grad_sequence(arr, labels, weights)
+            return float(loss), self._engine.gradients()
+
+    def train_sequence(self, xs: Any, ys: Any, sample_weight: Any = None) -> float:
+        """:meth:`loss_and_grad_sequence`, then an Adam update; returns the loss.  On an
+        error (FloatingPointError for a non-finite loss or gradient) nothing changes."""
+        arr, labels, weights = self._episode(xs, ys, sample_weight)
+        with self._lock:
+            loss, _ = self._engine.train_sequence(arr, labels, weights, self._optimizer)
+        return float(loss)
+
     def fit(self, X: Any, y: Any, epochs: int = 10, batch_size: int = 32, *,
             shuffle: bool = True, seed: Optional[int] = None,
             validation_data: Optional[Tuple[Any, Any]] = None, validation_split: float = 0.0,

@@ -102,3 +102,43 @@ def membrane_margin(weights: Mapping[str, np.ndarray], x: np.ndarray, threshold:
     v = h @ np.asarray(weights["spiking.weight"], np.float64)
     return float(np.abs(v - threshold).min())
 
+
+
+def sequence_loss_and_grad(weights: Mapping[str, np.ndarray], xs: np.ndarray, ys: np.ndarray,
+                           sample_weight: np.ndarray = None, *, threshold: float = 0.5,
+                           refractory_period: int = 2, surrogate_slope: float = 25.0
+                           ) -> Tuple[float, Dict[str, np.ndarray], np.ndarray]:
+    """An episode, step by step from an empty state, the plain way: xs (T, B, in), labels
+    ys (T, B) with < 0 for "no target at this step", weights (T, B) (default 1).  Returns
+    the weighted mean cross-entropy over targeted steps, its gradients (each step's
+    contract gradient with that step's mask held constant, summed over steps) and the
+    probabilities (T, B, tools)."""
+    ref = ReferenceNet(weights, threshold=threshold, refractory_period=refractory_period,
+                       surrogate_slope=surrogate_slope)
+    xs = np.asarray(xs, np.float64)
+    ys = np.asarray(ys, np.int64)
+    T, B = ys.shape
+    w = np.ones((T, B)) if sample_weight is None else np.broadcast_to(
+        np.asarray(sample_weight, np.float64), (T, B))
+    w = np.where(ys >= 0, w, 0.0)
+    total = w.sum()
+    grads = {k: np.zeros_like(ref.w[k]) for k in KEYS}
+    loss = 0.0
+    probs = []
+    for t in range(T):
+        c = ref.forward_cache(xs[t])
+        ref.push(c["out"])
+        probs.append(c["p"])
+        wt = w[t] / total
+        z = c["z"]
+        m = z.max(axis=1, keepdims=True)
+        lse = (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
+        y = np.where(ys[t] >= 0, ys[t], 0)
+        loss += float(np.sum(wt * (lse - z[np.arange(B), y])))
+        dz = (c["p"] - np.eye(z.shape[1])[y]) * wt[:, None]
+        surrogate = 1.0 / (1.0 + surrogate_slope * np.abs(c["v"] - threshold)) ** 2
+        dv = (dz @ ref.w["fc2.weight"].T) * c["mask"] * surrogate
+        grads["fc2.weight"] += c["out"].astype(np.float64).T @ dz
+        grads["spiking.weight"] += c["h"].T @ dv
+        grads["fc1.weight"] += c["x"].T @ ((dv @ ref.w["spiking.weight"].T) * (1.0 - c["h"] ** 2))
+    return loss, grads, np.stack(probs)

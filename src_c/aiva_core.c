@@ -377,28 +377,73 @@ int aiva_forward(const aiva_blas *blas, const aiva_net *net, const float *x, int
     return AIVA_OK;
 }
 
-void aiva_commit_state(const aiva_net *net, const aiva_workspace *ws, int batch,
-                       int32_t *refractory_left)
+AIVA_VECTOR_PASS
+static void commit_spikes(int32_t R, const float *restrict spikes, ptrdiff_t n,
+                          int32_t *restrict refractory_left)
 {
-    const int32_t R = net->refractory_period;
-    const float *spikes = ws->spikes;
-    for (ptrdiff_t i = 0, n = (ptrdiff_t)batch * net->spiking_size; i < n; i++) {
+    for (ptrdiff_t i = 0; i < n; i++) {
         int32_t left = refractory_left[i] > 0 ? refractory_left[i] - 1 : 0;
         refractory_left[i] = spikes[i] != 0.0f ? R : left;
     }
 }
 
+void aiva_commit_state(const aiva_net *net, const aiva_workspace *ws, int batch,
+                       int32_t *refractory_left)
+{
+    commit_spikes(net->refractory_period, ws->spikes, (ptrdiff_t)batch * net->spiking_size,
+                  refractory_left);
+}
+
+int aiva_forward_sequence(const aiva_blas *blas, const aiva_net *net, const float *xs,
+                          int steps, int batch, int32_t *refractory_left, aiva_workspace *ws,
+                          float *probs)
+{
+    if (steps < 1 || batch < 1 || (int64_t)steps * batch > ws->capacity) return AIVA_ERR_SIZE;
+    const int rows = steps * batch;
+    const ptrdiff_t step_neurons = (ptrdiff_t)batch * net->spiking_size;
+    if (!all_finite(xs, (ptrdiff_t)rows * net->input_size)) return AIVA_ERR_INPUT_NONFINITE;
+    if (net->bf16 && (!blas->gemm_bf16 || !ws->bf16)) return AIVA_ERR_SIZE;
+
+    /* A step's membrane does not depend on the state: the products run over all rows. */
+    forward_products(blas, net, xs, rows, ws, 1);
+    /* Only the threshold and the refractory countdown are sequential. */
+    for (int t = 0; t < steps; t++) {
+        const ptrdiff_t at = (ptrdiff_t)t * step_neurons;
+        spike_pass(ws->membrane + at, refractory_left, net->threshold, ws->open + at,
+                   ws->spikes + at, step_neurons);
+        commit_spikes(net->refractory_period, ws->spikes + at, step_neurons, refractory_left);
+    }
+    readout(blas, net, rows, ws);
+    if (!softmax_rows(ws->logits, rows, net->num_tools, probs))
+        return AIVA_ERR_OUTPUT_NONFINITE;
+    return AIVA_OK;
+}
+
 int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x, const int64_t *y,
                   int batch, aiva_workspace *ws, aiva_grads *grads, double *loss)
+{
+    return aiva_backward_weighted(blas, net, x, y, NULL, batch, ws, grads, loss);
+}
+
+int aiva_backward_weighted(const aiva_blas *blas, const aiva_net *net, const float *x,
+                           const int64_t *y, const float *row_weight, int batch,
+                           aiva_workspace *ws, aiva_grads *grads, double *loss)
 {
     const int I = net->input_size, H = net->hidden_size, S = net->spiking_size,
               T = net->num_tools;
     if (batch < 1 || batch > ws->capacity) return AIVA_ERR_SIZE;
     if (net->bf16 && (!blas->gemm_bf16 || !ws->bf16)) return AIVA_ERR_SIZE;
-    for (int b = 0; b < batch; b++)
-        if (y[b] < 0 || y[b] >= T) return AIVA_ERR_LABEL;
+    /* A row of weight 0 is a step without a target: it may carry any label. */
+    double weight_sum = 0.0;
+    for (int b = 0; b < batch; b++) {
+        const float w = row_weight ? row_weight[b] : 1.0f;
+        if (!(w >= 0.0f && w <= FLT_MAX)) return AIVA_ERR_GRAD_NONFINITE;
+        if (w != 0.0f && (y[b] < 0 || y[b] >= T)) return AIVA_ERR_LABEL;
+        weight_sum += (double)w;
+    }
 
-    /* Cross-entropy from the logits (log-sum-exp) and dz = (softmax - onehot) / B. */
+    /* Cross-entropy from the logits (log-sum-exp) and dz = w_b (softmax - onehot), with
+     * w_b = 1/B without row weights. */
     const float inv_b = 1.0f / (float)batch;
     double total = 0.0;
     float *dz = ws->d_logits;
@@ -406,15 +451,21 @@ int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x, co
     for (int b = 0; b < batch; b++) {
         const float *z = ws->logits + (ptrdiff_t)b * T;
         float *d = dz + (ptrdiff_t)b * T;
+        const float w = row_weight ? row_weight[b] : inv_b;
+        if (w == 0.0f) {
+            for (int t = 0; t < T; t++) d[t] = 0.0f;
+            continue;
+        }
         float m = z[0];
         for (int t = 1; t < T; t++) m = z[t] > m ? z[t] : m;
         double s = 0.0;
         for (int t = 0; t < T; t++) s += exp((double)z[t] - m);
-        total += (double)m + log(s) - (double)z[y[b]];
-        for (int t = 0; t < T; t++) d[t] *= inv_b;
-        d[y[b]] -= inv_b;
+        double ce = (double)m + log(s) - (double)z[y[b]];
+        total += row_weight ? (double)w * ce : ce;
+        for (int t = 0; t < T; t++) d[t] *= w;
+        d[y[b]] -= w;
     }
-    *loss = total / batch;
+    *loss = row_weight ? total : total / batch;
     /* Not isfinite(): mingw-w64's macro converts a double through float (-Wconversion). */
     if (!(fabs(*loss) <= DBL_MAX)) return AIVA_ERR_GRAD_NONFINITE;
 
@@ -464,7 +515,8 @@ int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x, co
      * operands rounded up by 2^-8.  Adam needs only orders of magnitude. */
     grads->bound_fc1_t = 2.0 * bound_fc1;
     grads->bound_spiking_t = 2.0 * bound_spiking;
-    grads->bound_fc2 = 2.0;
+    /* |dz| <= w_b entrywise and spikes are 0/1: |fc2 gradient| <= sum of the weights. */
+    grads->bound_fc2 = 2.0 * (row_weight ? weight_sum : 1.0);
     return AIVA_OK;
 }
 

@@ -136,6 +136,25 @@ void aiva_commit_state(const aiva_net *net, const aiva_workspace *ws, int batch,
 int aiva_backward(const aiva_blas *blas, const aiva_net *net, const float *x, const int64_t *y,
                   int batch, aiva_workspace *ws, aiva_grads *grads, double *loss);
 
+/* T = steps steps of `batch` streams at once; xs is time-major, (steps * batch, in).  The fc1
+ * and spiking products run over all steps * batch rows (a membrane does not depend on the
+ * state), then the threshold and refractory countdown step by step over the stored
+ * membranes, then one readout.  refractory_left (batch, spiking) holds the state before the
+ * first step and is advanced through all of them, also on an error (pass a trial copy).
+ * Needs ws->capacity >= steps * batch; leaves every row's forward in ws for
+ * aiva_backward_weighted.  probs: (steps * batch, tools). */
+int aiva_forward_sequence(const aiva_blas *blas, const aiva_net *net, const float *xs,
+                          int steps, int batch, int32_t *refractory_left, aiva_workspace *ws,
+                          float *probs);
+
+/* aiva_backward with a weight per row: loss = sum_b w_b CE_b, and the gradients of that sum
+ * (each row with the mask it had, held constant).  A row of weight 0 adds nothing and may
+ * carry any label (a step without a target).  Weights must be finite and >= 0; callers
+ * normalise them (sum 1 for a weighted mean).  row_weight NULL is aiva_backward. */
+int aiva_backward_weighted(const aiva_blas *blas, const aiva_net *net, const float *x,
+                           const int64_t *y, const float *row_weight, int batch,
+                           aiva_workspace *ws, aiva_grads *grads, double *loss);
+
 /* Fill `out` from a shared BLAS library (path) whose Fortran symbols are prefix + name +
  * suffix: ("scipy_", "_") for scipy-openblas32 (scipy_sgemm_), ("scipy_", "_64_") with
  * ilp64 = 1 for NumPy's OpenBLAS (scipy_sgemm_64_).  Returns 0, or -1 with out untouched. */

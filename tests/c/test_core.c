@@ -692,6 +692,104 @@ static void test_errors(const aiva_blas *blas)
     fixture_free(&f);
 }
 
+/* With the reference BLAS a row's products do not depend on the other rows (each output is
+ * summed in index order, gemv or gemm alike), so a sequence computed at once must equal the
+ * same steps run one by one bit for bit: any difference is the core's indexing. */
+static void test_sequence_equals_stepping(const aiva_blas *blas, int bf16)
+{
+    const struct sizes sz = {13, 21, 17, 4};
+    const int steps = 6, batch = 3;
+    struct fixture f, one;
+    fixture_init(&f, sz, steps * batch, 0, bf16);
+    fixture_init(&one, sz, batch, 0, bf16);
+    one.net = f.net;   /* the same weights */
+    const ptrdiff_t S = sz.spiking, T = sz.tools, I = sz.input;
+    int32_t *left_seq = calloc((size_t)(batch * S), sizeof(int32_t));
+    int32_t *left_step = calloc((size_t)(batch * S), sizeof(int32_t));
+    for (ptrdiff_t i = 0; i < batch * S; i++) left_seq[i] = left_step[i] = (int32_t)(i % 3);
+    int rc = aiva_forward_sequence(blas, &f.net, f.x, steps, batch, left_seq, &f.ws, f.probs);
+    CHECK(rc == AIVA_OK, "aiva_forward_sequence returned %d", rc);
+    int bad = 0, fired = 0;
+    for (int t = 0; t < steps; t++) {
+        rc = aiva_forward(blas, &one.net, f.x + (ptrdiff_t)t * batch * I, batch, left_step,
+                          &one.ws, one.probs);
+        CHECK(rc == AIVA_OK, "aiva_forward returned %d", rc);
+        aiva_commit_state(&one.net, &one.ws, batch, left_step);
+        for (ptrdiff_t i = 0; i < batch * T; i++)
+            bad += f.probs[(ptrdiff_t)t * batch * T + i] != one.probs[i];
+        for (ptrdiff_t i = 0; i < batch * S; i++) {
+            bad += f.ws.spikes[(ptrdiff_t)t * batch * S + i] != one.ws.spikes[i];
+            bad += f.ws.open[(ptrdiff_t)t * batch * S + i] != one.ws.open[i];
+            fired += one.ws.spikes[i] != 0.0f;
+        }
+    }
+    for (ptrdiff_t i = 0; i < batch * S; i++) bad += left_seq[i] != left_step[i];
+    CHECK(bad == 0, "sequence (bf16 %d): %d values differ from stepping", bf16, bad);
+    CHECK(fired > 0 && fired < steps * batch * S, "sequence test fired %d of %lld", fired,
+          (long long)(steps * batch * S));
+    CHECK(aiva_forward_sequence(blas, &f.net, f.x, steps + 1, batch, left_seq, &f.ws, f.probs)
+          == AIVA_ERR_SIZE, "a sequence over the workspace's capacity is refused");
+    CHECK(aiva_forward_sequence(blas, &f.net, f.x, 0, batch, left_seq, &f.ws, f.probs)
+          == AIVA_ERR_SIZE, "zero steps are refused");
+    free(left_seq); free(left_step);
+    one.net.fc1_t = one.net.spiking_t = one.net.fc2 = NULL;
+    fixture_free(&one);
+    fixture_free(&f);
+}
+
+/* Row weights: w = 1/B is aiva_backward; rows of weight 0 add exactly nothing and may carry
+ * any label (steps without a target), so the weighted gradient over all rows equals the
+ * plain one over the weighted rows alone. */
+static void test_weighted_backward(const aiva_blas *blas)
+{
+    const struct sizes sz = {11, 19, 15, 5};
+    const int B = 8, kept[] = {0, 2, 3, 6}, K = 4;
+    struct fixture all, sub;
+    fixture_init(&all, sz, B, 0, 0);
+    fixture_init(&sub, sz, K, 0, 0);
+    const ptrdiff_t I = sz.input, H = sz.hidden, S = sz.spiking, T = sz.tools;
+    sub.net = all.net;
+    for (int k = 0; k < K; k++) {
+        memcpy(sub.x + k * I, all.x + kept[k] * I, (size_t)I * sizeof(float));
+        sub.y[k] = all.y[kept[k]];
+    }
+    float w[8];
+    for (int b = 0; b < B; b++) { w[b] = 0.0f; all.y[b] = -1; }
+    for (int k = 0; k < K; k++) { w[kept[k]] = 1.0f / (float)K; all.y[kept[k]] = sub.y[k]; }
+    float *ga[3], *gs[3];
+    const ptrdiff_t n[3] = {H * I, S * H, S * T};
+    for (int i = 0; i < 3; i++) {
+        ga[i] = calloc((size_t)n[i], sizeof(float));
+        gs[i] = calloc((size_t)n[i], sizeof(float));
+    }
+    aiva_grads g_all = {ga[0], ga[1], ga[2], 0, 0, 0}, g_sub = {gs[0], gs[1], gs[2], 0, 0, 0};
+    double loss_all = 0, loss_sub = 0;
+    CHECK(aiva_forward(blas, &all.net, all.x, B, NULL, &all.ws, all.probs) == AIVA_OK, "fwd");
+    int rc = aiva_backward_weighted(blas, &all.net, all.x, all.y, w, B, &all.ws, &g_all, &loss_all);
+    CHECK(rc == AIVA_OK, "weighted backward returned %d", rc);
+    CHECK(aiva_forward(blas, &sub.net, sub.x, K, NULL, &sub.ws, sub.probs) == AIVA_OK, "fwd");
+    CHECK(aiva_backward(blas, &sub.net, sub.x, sub.y, K, &sub.ws, &g_sub, &loss_sub) == AIVA_OK,
+          "backward");
+    int bad = 0;
+    for (int i = 0; i < 3; i++)
+        for (ptrdiff_t j = 0; j < n[i]; j++) bad += ga[i][j] != gs[i][j];
+    CHECK(bad == 0, "weighted backward: %d gradient entries differ from the plain one", bad);
+    CHECK(fabs(loss_all - loss_sub) <= 1e-12 * fabs(loss_sub), "loss %.15g vs %.15g", loss_all,
+          loss_sub);
+    /* A negative label where the row has a weight is an error; a negative weight too. */
+    all.y[kept[1]] = -1;
+    CHECK(aiva_backward_weighted(blas, &all.net, all.x, all.y, w, B, &all.ws, &g_all, &loss_all)
+          == AIVA_ERR_LABEL, "a weighted row without a label is refused");
+    all.y[kept[1]] = sub.y[1];
+    w[1] = -0.5f;
+    CHECK(aiva_backward_weighted(blas, &all.net, all.x, all.y, w, B, &all.ws, &g_all, &loss_all)
+          != AIVA_OK, "a negative weight is refused");
+    for (int i = 0; i < 3; i++) { free(ga[i]); free(gs[i]); }
+    sub.net.fc1_t = sub.net.spiking_t = sub.net.fc2 = NULL;
+    fixture_free(&sub);
+    fixture_free(&all);
+}
+
 int main(void)
 {
     aiva_blas lp64, ilp64;
@@ -709,6 +807,10 @@ int main(void)
     none = lp64;
     none.gemm_bf16 = NULL;
     test_errors(&none);
+    test_sequence_equals_stepping(&lp64, 0);
+    test_sequence_equals_stepping(&ilp64, 0);
+    test_sequence_equals_stepping(&lp64, 1);
+    test_weighted_backward(&lp64);
 
     const struct sizes small = {24, 40, 30, 5}, odd = {37, 65, 33, 7},
                        deflt = {512, 2048, 1024, 20};
