@@ -215,3 +215,16 @@ def test_train_sequence_changes_nothing_on_failure_and_learns():
         last = net.train_sequence(xs, ys)
     assert net.optimizer.step == 31
     assert last < 0.7 * first
+
+
+def test_the_sequence_benchmark_cases_run():
+    """Each case of the sequence rows runs (the timings themselves are the benchmark's)."""
+    from aiva_cy.bench import sequences
+    net = AIVANet(seed=0)
+    rows = sequences.cases(net, have_torch=False)
+    assert set(rows) == set(sequences.TARGETS)
+    for label, calls in rows.values():
+        for name, call in calls.items():
+            call()
+    seq = rows["forward_sequence"][1]["forward_sequence"]()
+    assert seq.shape == (64, 1, 20)
