@@ -5,7 +5,6 @@ loader (attribute assignment, resizes included).  "The NumPy core" is tests/aiva
 
 from __future__ import annotations
 
-import logging
 import pickle
 import re
 import threading
@@ -57,6 +56,7 @@ def test_initialisation_is_aivas() -> None:
     x = unit_rows(64, 1024, seed=0)
     assert 0.9 < (x @ core.fc1).std() < 1.1            # AIVANet's LeCun init: ~0.03 here
     assert (x @ AIVANet(1024, 2, seed=5).state_dict()["fc1.weight"]).std() < 0.05
+    assert not np.array_equal(small(seed=1).fc1, small(seed=2).fc1)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -278,9 +278,11 @@ def test_assigning_new_shapes_rebuilds_the_net() -> None:
 def test_racing_setters_lose_no_update(threads_per_weight: int) -> None:
     """Each round, threads assign fc1, spiking1.weights and fc2 at once; afterwards each
     weight holds one of the arrays assigned to it that round, never the round before's."""
-    core = ScalableBioNet(6, 3, seed=0, hidden_size=8, spiking_size=5)
+    # Large enough that copying the weights releases the GIL mid-assignment: without the
+    # lock, most rounds at this size lose an update.
+    core = ScalableBioNet(64, 3, seed=0, hidden_size=256, spiking_size=128)
     names = ["fc1", "spiking1.weights", "fc2"] * threads_per_weight
-    shapes = {"fc1": (6, 8), "spiking1.weights": (8, 5), "fc2": (5, 3)}
+    shapes = {"fc1": (64, 256), "spiking1.weights": (256, 128), "fc2": (128, 3)}
 
     def assign(name: str, value: np.ndarray) -> None:
         barrier.wait()
@@ -289,7 +291,7 @@ def test_racing_setters_lose_no_update(threads_per_weight: int) -> None:
         else:
             setattr(core, name, value)
 
-    for round_ in range(150 if threads_per_weight == 1 else 60):
+    for round_ in range(100 if threads_per_weight == 1 else 40):
         values = [np.full(shapes[n], round_ * 100 + i, np.float32) for i, n in enumerate(names)]
         barrier = threading.Barrier(len(names))
         threads = [threading.Thread(target=assign, args=a) for a in zip(names, values)]
@@ -344,12 +346,6 @@ def test_scalable_bionet_call_shapes() -> None:
     assert isinstance(core.net, AIVANet)
 
 
-def test_seed_gives_the_same_weights() -> None:
-    a, b, c = (ScalableBioNet(8, 3, seed=s, hidden_size=16, spiking_size=12) for s in (1, 1, 2))
-    np.testing.assert_array_equal(a.fc1, b.fc1)
-    assert not np.array_equal(a.fc1, c.fc1)
-
-
 @pytest.mark.parametrize("args, kwargs, error, message", [
     ((0, 20), {}, ValueError, "input_size"),
     ((512, 0), {}, ValueError, "num_tools"),
@@ -378,9 +374,8 @@ def test_forward_validates_input() -> None:
 def test_weights_in_aiva_names() -> None:
     core = ScalableBioNet(8, 3, seed=0, hidden_size=6, spiking_size=5)
     sd = core.net.state_dict()
-    np.testing.assert_array_equal(core.fc1, sd["fc1.weight"])
-    np.testing.assert_array_equal(core.spiking1.weights, sd["spiking.weight"])
-    np.testing.assert_array_equal(core.fc2, sd["fc2.weight"])
+    for mine, key in ((core.fc1, "fc1"), (core.spiking1.weights, "spiking"), (core.fc2, "fc2")):
+        np.testing.assert_array_equal(mine, sd[f"{key}.weight"])
     with pytest.raises(ValueError, match="read-only"):
         core.fc1[0, 0] = 1.0                    # would silently change nothing: refused
     core.fc1 = np.ones((8, 6))
@@ -454,88 +449,6 @@ def test_a_cuda_net_answers_in_numpy(cuda: Any) -> None:
     # check() takes the net's own (CuPy) output as well.
     passed, confidence = AntiHallucinationModule(0.5).check(gpu.net.predict_proba(xs[0]))
     assert confidence == pytest.approx(float(gpu.net.predict_proba(xs[0]).get().max()))
-
-
-# ---------------------------------------------------------------------------------------
-# compat.AntiHallucinationModule
-# ---------------------------------------------------------------------------------------
-def test_check_semantics(caplog: pytest.LogCaptureFixture) -> None:
-    module = AntiHallucinationModule()
-    assert module.confidence_threshold == 0.7
-    passed, confidence = module.check(np.array([0.1, 0.7, 0.2]))
-    assert (passed, confidence) == (True, 0.7)                 # at the threshold: passes
-    assert type(passed) is bool and type(confidence) is float
-    with caplog.at_level(logging.WARNING, logger="aiva_cy.compat"):
-        assert module.check([0.31, 0.69]) == (False, 0.69)     # a list works too
-    assert "0.69 < 0.70" in caplog.text
-    assert AntiHallucinationModule(confidence_threshold=0.3).check([0.31, 0.69])[0] is True
-    assert module.check_confidence([0.6, 0.4], threshold=0.5) == (True, 0.6)
-    assert module.check(np.array([0.6, 0.4], dtype=np.float32))[1] == pytest.approx(0.6)
-    module.confidence_threshold = 0.5
-    assert module.check([0.5, 0.5]) == (True, 0.5)
-
-
-def test_check_agrees_with_decide() -> None:
-    core = ScalableBioNet(16, 4, seed=0, hidden_size=32, spiking_size=24)
-    X = np.random.default_rng(5).standard_normal((20, 16))
-    # The median confidence as the level: some decisions pass, some do not.
-    level = float(np.median(core.net.predict_proba(X).max(axis=1)))
-    module = AntiHallucinationModule(level)
-    results = []
-    for x in X:
-        core.reset_state()
-        passed, confidence = module.check(core.forward(x))
-        tool, top, ok = core.net.decide(x, confidence=level)
-        assert (passed, confidence) == (ok, top)
-        results.append(passed)
-    assert 0 < sum(results) < len(results)
-
-
-@pytest.mark.parametrize("value, error", [
-    (1.5, ValueError), (-0.1, ValueError), (float("nan"), ValueError), (True, TypeError),
-    ("0.7", TypeError), (None, TypeError)])
-def test_confidence_threshold_is_validated(value: Any, error: type) -> None:
-    with pytest.raises(error, match="confidence_threshold"):
-        AntiHallucinationModule(value)
-    module = AntiHallucinationModule()
-    with pytest.raises(error, match="confidence_threshold"):
-        module.confidence_threshold = value
-    assert module.confidence_threshold == 0.7
-    if value is not None:
-        with pytest.raises(error, match="threshold"):
-            module.check_confidence([0.9, 0.1], threshold=value)
-
-
-@pytest.mark.parametrize("probs, error, message", [
-    (np.ones((2, 3)) / 3, ValueError, "1-D"),
-    (np.array([]), ValueError, "non-empty"),
-    (np.array([0.5, np.nan]), ValueError, "NaN"),
-    (["a", "b"], TypeError, "real numbers"),
-    ([[0.5], [0.5, 0.5]], ValueError, "1-D array of numbers"),
-])
-def test_check_validates_probs(probs: Any, error: type, message: str) -> None:
-    with pytest.raises(error, match=message):
-        AntiHallucinationModule().check(probs)
-
-
-def test_multi_layer_validation_and_stats() -> None:
-    module = AntiHallucinationModule(0.5)
-    p = np.array([0.8, 0.1, 0.1])
-    passed, final, record = module.multi_layer_validation(p)
-    stability = max(0.0, min(1.0, 1.0 - p.std() / p.mean()))
-    assert record["basic_confidence"] == 0.8 and record["stability"] == pytest.approx(stability)
-    assert record["consistency"] == pytest.approx(1 / 3)
-    assert final == pytest.approx(np.mean([0.8, stability, 1 / 3]))
-    assert record["consensus_reached"] is False and passed is False   # 0.8 alone exceeds 0.6
-    stats = module.get_validation_stats()
-    assert stats["total_validations"] == 1
-    assert stats["recent_average_confidence"] == pytest.approx(final)
-    for _ in range(100):
-        module.multi_layer_validation(np.array([0.9, 0.9]))   # stability 1, consistency 1
-    assert len(module.validation_history) == 50               # 101 records: trimmed to 50
-    assert module.multi_layer_validation([0.9, 0.9])[0] is True
-    assert len(module.validation_history) == 51
-    assert AntiHallucinationModule().get_validation_stats() == {"total_validations": 0}
 
 
 # ---------------------------------------------------------------------------------------
