@@ -232,7 +232,7 @@ class ScalableBioNet:
         net = AIVANet(sizes[0], sizes[1], hidden_size=sizes[2], spiking_size=sizes[3],
                       threshold=first, refractory_period=refractory_period, seed=0,
                       device="cpu")
-        net.load_state_dict(_aiva_weights(*sizes, seed))
+        net.load_state_dict(_aiva_weights(sizes[0], sizes[1], sizes[2], sizes[3], seed))
         if device != "cpu":
             net.to(device)
         self._attach(net, first)
