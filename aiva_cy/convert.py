@@ -70,8 +70,8 @@ DEFAULT_REFRACTORY_PERIOD = 0
 PICKLE_WARNING = (
     "a pickle file can run arbitrary code while it is being read. Convert only files whose "
     "origin you trust. With --trust-pickle aiva_cy reads the file through a restricted "
-    "unpickler that admits only dicts, lists, NumPy arrays and dates, and refuses everything else "
-    "before it can run.")
+    "unpickler that admits only dicts, lists, NumPy arrays and dates, and refuses everything "
+    "else before it can run.")
 
 
 class ForbiddenPickleError(pickle.UnpicklingError):
@@ -213,8 +213,8 @@ def read_weights_pickle(src: PathLike, *, trust_pickle: bool) -> Dict[Any, Any]:
     """The dict in an AIVA weight pickle, read with the restricted unpickler.
 
     Raises ValueError when ``trust_pickle`` is not True, when the file names anything but
-    dicts, lists, NumPy arrays and dates (nothing in it runs), or when it is not a readable pickle
-    of a dict.  Checks no keys or shapes: :func:`convert` does.
+    dicts, lists, NumPy arrays and dates (nothing in it runs), or when it is not a readable
+    pickle of a dict.  Checks no keys or shapes: :func:`convert` does.
     """
     path = _validated_path("src", src)
     _check_trust(trust_pickle, path)
@@ -249,11 +249,15 @@ def dates_in(obj: Any, limit: int = 20) -> List[str]:
     durations: ``"'metadata'['saved_at'] = 2024-05-01 12:00:00"``, at most ``limit``."""
     found: List[str] = []
     todo: List[Tuple[str, Any]] = [("", obj)]   # iterative: a pickle may nest deeply
+    seen = set()                                # and may hold a list that holds itself
     while todo and len(found) < limit:
         where, value = todo.pop()
         if isinstance(value, _TIME_TYPES):
             found.append(f"{where} = {value}")
-        elif isinstance(value, dict):
+        elif not isinstance(value, (dict, list, tuple)) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, dict):
             todo.extend((f"{where}[{k!r}]" if where else repr(k), v)
                         for k, v in reversed(list(value.items())))
         elif isinstance(value, (list, tuple)):

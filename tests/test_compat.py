@@ -138,7 +138,8 @@ def test_the_schedule_options() -> None:
     given.adaptive_threshold = False
     given.forward(x[0])
     assert given.spiking1.threshold == 0.7 and "threshold=0.7" in repr(given)
-    for bad, error in (({"threshold_decay": 0.0}, ValueError), ({"threshold_decay": 1.5}, ValueError),
+    for bad, error in (({"threshold_decay": 0.0}, ValueError),
+                       ({"threshold_decay": 1.5}, ValueError),
                        ({"adaptive_threshold": "yes"}, TypeError),
                        ({"threshold_floor": float("nan")}, ValueError)):
         with pytest.raises(error, match=next(iter(bad))):

@@ -372,6 +372,9 @@ def test_dates_read_back(tmp_path: Path, protocol: int) -> None:
     assert convert_module.read_weights_pickle(src, trust_pickle=True) == obj
     assert convert_module.dates_in(obj) == ["'when' = 2023-12-31 23:59:59.999999",
                                             "'day' = 1999-01-02", "'took' = -2 days, 0:00:07"]
+    loop: List[Any] = [obj["day"]]
+    loop.append(loop)                         # a pickle can hold a list that holds itself
+    assert convert_module.dates_in({"m": loop}) == ["'m'[0] = 1999-01-02"]
 
 
 @pytest.mark.parametrize("stream, message", [
