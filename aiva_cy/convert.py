@@ -22,6 +22,9 @@ global in the pickle stream                    why it is there
 ``_codecs.encode`` (``"latin1"`` only)          how protocols 0-2 spell ``bytes`` (the raw data)
 ``__builtin__.bytes``, ``builtins.bytes``       how protocols 0-2 spell ``b""`` (an empty array's
 (no arguments only)                            data)
+``datetime.datetime``, ``datetime.date``,       the save time in the metadata of AIVA's
+``datetime.timedelta`` (bytes and int          ``AIModelManager``; reported, then dropped with
+arguments only)                                the rest of the metadata
 ============================================  =====================================================
 
 Everything else a pickle can name — ``os.system``, ``builtins.eval``, any class — is refused
@@ -33,34 +36,42 @@ writes (the data arrives later, sized by the file), and no object dtype gets thr
 from __future__ import annotations
 
 import argparse
+import datetime as _datetime
 import io as _bytes_io
 import math
 import numbers
 import os
 import pickle
 import sys
+import textwrap
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["ConversionReport", "PICKLE_WARNING", "add_parser", "convert", "main",
-           "read_weights_pickle"]
+__all__ = ["ConversionReport", "PICKLE_WARNING", "THRESHOLDS", "add_parser", "convert",
+           "dates_in", "main", "read_weights_pickle"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 REQUIRED_KEYS = ("fc1", "spiking1_weights", "fc2")
 #: The optional threshold entry from_bioneuron also reads from a mapping.
 THRESHOLD_KEY = "threshold"
-#: Without --threshold or a "threshold" entry: the NumPy BioNeuron's initial threshold
-#: (the same default as AIVANet.from_bioneuron, so both give the same net).
-DEFAULT_THRESHOLD = 1.0
+#: The thresholds --threshold names.  AIVA's layer starts at 1.0 and multiplies its threshold
+#: by 0.98 BEFORE the spike test of every call, down to 0.3: its first call tests at 0.98,
+#: its 60th and every later one at 0.3.
+THRESHOLDS = {"first": 0.98, "steady": 0.3}
+#: Without --threshold or a "threshold" entry: AIVA's first decision.
+DEFAULT_THRESHOLD = THRESHOLDS["first"]
+#: Steps (calls) a neuron stays silent after it fired.  AIVA's period is 0.05 s of wall-clock
+#: time, which calls further apart never meet (an agent answering requests): 0.
+DEFAULT_REFRACTORY_PERIOD = 0
 
 PICKLE_WARNING = (
     "a pickle file can run arbitrary code while it is being read. Convert only files whose "
     "origin you trust. With --trust-pickle aiva_cy reads the file through a restricted "
-    "unpickler that admits only dicts, lists and NumPy arrays and refuses everything else "
-    "before it can run.")
+    "unpickler that admits only dicts, lists, NumPy arrays and dates, and refuses everything "
+    "else before it can run.")
 
 
 class ForbiddenPickleError(pickle.UnpicklingError):
@@ -138,6 +149,20 @@ def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
+def _time_type(cls: Any) -> Callable[..., Any]:
+    # datetime.__reduce__ gives (cls, (bytes state,)) for a naive datetime or a date and
+    # (timedelta, (days, seconds, microseconds)); with bytes and ints these constructors
+    # build a value and run nothing.  A tzinfo argument would be an object: refused.
+    def build(*args: Any) -> Any:
+        if not 1 <= len(args) <= 8 or not all(type(a) in (bytes, int) for a in args):
+            raise ForbiddenPickleError(
+                f"datetime.{cls.__name__} with arguments of types "
+                f"{[type(a).__name__ for a in args]} refused: only bytes and ints (a naive "
+                f"date, time or duration)")
+        return cls(*args)
+    return build
+
+
 def _empty_bytes(*args: Any) -> bytes:
     # Protocols 0-2 spell b"" as bytes(); with an argument bytes() could allocate at will.
     if args:
@@ -152,6 +177,9 @@ _ALLOWED: Dict[Tuple[str, str], Any] = {
     # find_class sees the stream's own module name; protocols 0-2 write Python 2's.
     ("__builtin__", "bytes"): _empty_bytes,
     ("builtins", "bytes"): _empty_bytes,
+    ("datetime", "datetime"): _time_type(_datetime.datetime),
+    ("datetime", "date"): _time_type(_datetime.date),
+    ("datetime", "timedelta"): _time_type(_datetime.timedelta),
 }
 for _core in ("numpy.core", "numpy._core"):
     _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = _reconstruct
@@ -167,7 +195,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         except (KeyError, TypeError):
             raise ForbiddenPickleError(
                 f"the file refers to {module}.{name}, which is not part of a dict of NumPy "
-                f"arrays: refused without running it (the file may be malicious)") from None
+                f"arrays and metadata: refused without running it (the file may be "
+                f"malicious)") from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise ForbiddenPickleError("persistent ids refused")
@@ -184,8 +213,8 @@ def read_weights_pickle(src: PathLike, *, trust_pickle: bool) -> Dict[Any, Any]:
     """The dict in an AIVA weight pickle, read with the restricted unpickler.
 
     Raises ValueError when ``trust_pickle`` is not True, when the file names anything but
-    dicts, lists and NumPy arrays (nothing in it runs), or when it is not a readable pickle
-    of a dict.  Checks no keys or shapes: :func:`convert` does.
+    dicts, lists, NumPy arrays and dates (nothing in it runs), or when it is not a readable
+    pickle of a dict.  Checks no keys or shapes: :func:`convert` does.
     """
     path = _validated_path("src", src)
     _check_trust(trust_pickle, path)
@@ -210,6 +239,30 @@ def read_weights_pickle(src: PathLike, *, trust_pickle: bool) -> Dict[Any, Any]:
         if isinstance(value, np.ndarray) and value.dtype.hasobject:   # belt and braces
             raise ValueError(f"'{path}': entry {key!r} has object dtype")
     return obj
+
+
+_TIME_TYPES = (_datetime.date, _datetime.timedelta)   # datetime.datetime is a date
+
+
+def dates_in(obj: Any, limit: int = 20) -> List[str]:
+    """Where ``obj`` (what :func:`read_weights_pickle` returned) holds dates, times or
+    durations: ``"'metadata'['saved_at'] = 2024-05-01 12:00:00"``, at most ``limit``."""
+    found: List[str] = []
+    todo: List[Tuple[str, Any]] = [("", obj)]   # iterative: a pickle may nest deeply
+    seen = set()                                # and may hold a list that holds itself
+    while todo and len(found) < limit:
+        where, value = todo.pop()
+        if isinstance(value, _TIME_TYPES):
+            found.append(f"{where} = {value}")
+        elif not isinstance(value, (dict, list, tuple)) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, dict):
+            todo.extend((f"{where}[{k!r}]" if where else repr(k), v)
+                        for k, v in reversed(list(value.items())))
+        elif isinstance(value, (list, tuple)):
+            todo.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return found
 
 
 def _check_trust(trust_pickle: Any, path: str) -> None:
@@ -240,8 +293,12 @@ class ConversionReport:
     refractory_period: int
     bytes_written: int
     ignored_keys: Tuple[str, ...]
+    #: Dates and times found in the file's metadata, as ``"where = value"``; not carried over.
+    dropped_dates: Tuple[str, ...] = ()
+    refractory_source: str = "given"
 
     def summary(self) -> str:
+        """What was written, and what each choice made for it means."""
         lines = [
             f"wrote {self.destination} ({self.bytes_written:,} bytes) from {self.source}",
             f"  fc1.weight      ({self.input_size}, {self.hidden_size})",
@@ -250,12 +307,32 @@ class ConversionReport:
             f"  {self.num_parameters:,} weights, float64 -> float32",
             f"  threshold {self.threshold!r} ({self.threshold_source}); spikes fire at "
             f"potential >= threshold",
-            f"  refractory period {self.refractory_period} steps (the NumPy version's period "
-            f"in seconds is not carried over)",
         ]
+        lines.extend(_explain(
+            "AIVA's layer tests at 1.0 x 0.98 = 0.98 on its first call, 2% lower on each "
+            "later one, and at 0.3 from its 60th: --threshold first (0.98, the default) gives "
+            "a fresh AIVA net's decisions, --threshold steady (0.3) those of a service that "
+            "has run longer. ScalableBioNet.load(path, adaptive_threshold=True) replays the "
+            "schedule from this threshold."))
+        lines.append(f"  refractory period {self.refractory_period} calls "
+                     f"({self.refractory_source})")
+        lines.extend(_explain(
+            ("no refractory mask: a neuron may fire on every call" if self.refractory_period == 0
+             else f"a neuron that fired stays silent for the next {self.refractory_period} "
+                  f"calls of its stream") +
+            "; AIVA's period is 0.05 s of wall-clock time: 0 calls matches calls more than "
+            "50 ms apart (an agent answering requests), floor(0.05 / dt) calls every dt "
+            "seconds."))
         if self.ignored_keys:
-            lines.append(f"  ignored entries: {', '.join(self.ignored_keys)}")
+            lines.append(f"  ignored entries (not carried over): {', '.join(self.ignored_keys)}")
+        if self.dropped_dates:
+            lines.append("  dates and times in them, dropped:")
+            lines.extend(f"    {d}" for d in self.dropped_dates)
         return "\n".join(lines)
+
+
+def _explain(text: str) -> List[str]:
+    return textwrap.wrap(text, width=92, initial_indent="    ", subsequent_indent="    ")
 
 
 def _real(name: str, value: Any) -> float:
@@ -277,17 +354,32 @@ def _steps(name: str, value: Any) -> int:
     return int(value)
 
 
+def _threshold_arg(value: Any) -> Tuple[float, str]:
+    """(threshold, what it means) from a number or one of the names in THRESHOLDS."""
+    if isinstance(value, str):
+        if value not in THRESHOLDS:
+            raise TypeError(f"threshold must be a real number or one of "
+                            f"{', '.join(map(repr, THRESHOLDS))}, got {value!r}")
+        return THRESHOLDS[value], {"first": "first: AIVA's first call",
+                                   "steady": "steady: AIVA's floor, from its 60th call"}[value]
+    return _real("threshold", value), "given"
+
+
 def convert(src: PathLike, dst: PathLike, *, trust_pickle: bool,
-            threshold: Optional[float] = None,
+            threshold: Optional[Union[float, str]] = None,
             refractory_period: Optional[int] = None) -> ConversionReport:
     """Convert AIVA's pickled weight dict at ``src`` into an aiva_cy checkpoint at ``dst``.
 
     ``trust_pickle`` must be True: reading a pickle can run code (see :data:`PICKLE_WARNING`);
     the file is read with a restricted unpickler in any case.  ``dst`` ends in ``.npz`` or
     ``.safetensors`` and is written atomically, without optimizer state.  The threshold is
-    ``threshold`` if given, else the file's ``"threshold"`` entry, else 1.0 (the NumPy
-    BioNeuron's initial threshold — the default of ``AIVANet.from_bioneuron`` too).
-    ``refractory_period`` is in steps (default: AIVANet's, 2).
+    ``threshold`` if given (a number, ``"first"`` = 0.98 or ``"steady"`` = 0.3), else the
+    file's ``"threshold"`` entry, else 0.98: AIVA's layer lowers its threshold from 1.0 by
+    x0.98 before its first spike test, so 0.98 reproduces a fresh AIVA net's first decision
+    (``AIVANet.from_bioneuron`` defaults to the 1.0 the layer starts at).
+    ``refractory_period`` is in calls (default 0: AIVA's 0.05 s never engages between calls
+    further apart).  Dates and times in the file's metadata are admitted, reported in
+    ``dropped_dates`` and not carried over, like every entry but the weights.
 
     Every check (arguments, keys, 2-D shapes that chain, real finite numbers that fit in
     float32) runs before anything is written; on any error ``dst`` is left as it was.
@@ -302,11 +394,13 @@ def convert(src: PathLike, dst: PathLike, *, trust_pickle: bool,
         raise ValueError(f"dst '{dst_path}' must end in {' or '.join(SUFFIXES)}, got "
                          f"{suffix or 'no suffix'!r}")
     _check_trust(trust_pickle, src_path)
+    given_source = ""
     if threshold is not None:
-        threshold = _real("threshold", threshold)
-    kwargs: Dict[str, Any] = {}
-    if refractory_period is not None:
-        kwargs["refractory_period"] = _steps("refractory_period", refractory_period)
+        threshold, given_source = _threshold_arg(threshold)
+    if refractory_period is None:
+        refractory, refractory_source = DEFAULT_REFRACTORY_PERIOD, "default"
+    else:
+        refractory, refractory_source = _steps("refractory_period", refractory_period), "given"
 
     weights = read_weights_pickle(src_path, trust_pickle=trust_pickle)
     missing = [k for k in REQUIRED_KEYS if k not in weights]
@@ -315,7 +409,7 @@ def convert(src: PathLike, dst: PathLike, *, trust_pickle: bool,
                          f"{', '.join(map(repr, REQUIRED_KEYS))}; it has "
                          f"{sorted(map(repr, weights))}")
     if threshold is not None:
-        source = "given"
+        source = given_source
     elif THRESHOLD_KEY in weights:
         try:
             threshold = _real(f"'{src_path}' entry 'threshold'", weights[THRESHOLD_KEY])
@@ -324,13 +418,12 @@ def convert(src: PathLike, dst: PathLike, *, trust_pickle: bool,
         source = "the file's 'threshold' entry"
     else:
         threshold = DEFAULT_THRESHOLD
-        source = ("default: the NumPy BioNeuron's initial threshold; its adaptive one decays "
-                  "to 0.3 after about 60 calls: pass --threshold to choose")
+        source = "default, first: AIVA's first call"
     ignored = tuple(sorted(repr(k) for k in weights
                            if k not in REQUIRED_KEYS and k != THRESHOLD_KEY))
     try:
         net = AIVANet.from_bioneuron({k: weights[k] for k in REQUIRED_KEYS},
-                                     threshold=threshold, **kwargs)
+                                     threshold=threshold, refractory_period=refractory)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"'{src_path}': {exc}") from None
     net.save(dst_path, include_optimizer=False)
@@ -339,7 +432,8 @@ def convert(src: PathLike, dst: PathLike, *, trust_pickle: bool,
         hidden_size=net.hidden_size, spiking_size=net.spiking_size, num_tools=net.num_tools,
         num_parameters=net.num_parameters, threshold=net.threshold, threshold_source=source,
         refractory_period=net.refractory_period, bytes_written=os.path.getsize(dst_path),
-        ignored_keys=ignored)
+        ignored_keys=ignored, dropped_dates=tuple(dates_in(weights)),
+        refractory_source=refractory_source)
 
 
 # ---------------------------------------------------------------------------------------
@@ -371,11 +465,26 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         ".safetensors); replaced atomically")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="required: confirm you trust OLD.pkl (pickle can run code)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="spike threshold (default: the file's 'threshold' entry, else "
-                        f"{DEFAULT_THRESHOLD}, the NumPy BioNeuron's initial threshold)")
-    parser.add_argument("--refractory-period", type=int, default=None, metavar="STEPS",
-                        help="refractory period in steps (default 2)")
+    parser.add_argument("--threshold", type=_cli_threshold, default=None,
+                        metavar="{first,steady,NUMBER}",
+                        help="spike threshold: 'first' (0.98, AIVA's first call: a fresh "
+                        "AIVA net's decisions), 'steady' (0.3, where AIVA's threshold settles "
+                        "from its 60th call: a service that has been running) or a number "
+                        "(default: the file's 'threshold' entry, else 'first')")
+    parser.add_argument("--refractory-period", type=int, default=None, metavar="CALLS",
+                        help="calls a neuron stays silent after it fired (default "
+                        f"{DEFAULT_REFRACTORY_PERIOD}: AIVA's 0.05 s never engages between "
+                        "calls more than 50 ms apart; floor(0.05 / dt) for calls every dt s)")
+
+
+def _cli_threshold(text: str) -> Union[float, str]:
+    if text in THRESHOLDS:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'first', 'steady' or a number, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -385,8 +494,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prog}: refusing to read '{args.src}': {PICKLE_WARNING} Run again with "
               f"--trust-pickle if you trust this file.", file=sys.stderr)
         return 2
-    print(f"{prog}: reading '{args.src}' with a restricted unpickler (dicts, lists and NumPy "
-          f"arrays only)", file=sys.stderr)
+    print(f"{prog}: reading '{args.src}' with a restricted unpickler (dicts, lists, NumPy "
+          f"arrays and dates only)", file=sys.stderr)
     try:
         report = convert(args.src, args.dst, trust_pickle=True, threshold=args.threshold,
                          refractory_period=args.refractory_period)

@@ -325,6 +325,13 @@ class AIVANet:
             return int(tool[0]), float(top[0]), bool(top[0] >= level)
         return tool, top, top >= level
 
+    def calibrate_threshold(self, X: ArrayLike, firing_rate: float = 0.1) -> float:
+        """Set and return the spike threshold at which the spiking layer fires for
+        ``firing_rate`` (in (0, 1)) of the neurons over the rows of X, each row one step
+        from an empty state.  Any input scale; weights, optimizer and state are kept."""
+        from aiva_cy._threshold import calibrate_threshold
+        return calibrate_threshold(self, X, firing_rate)
+
     def reset_state(self) -> None:
         """Empty the refractory ring buffer (the next call may use any batch size)."""
         with self._lock:
