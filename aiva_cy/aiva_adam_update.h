@@ -5,11 +5,18 @@
 #ifndef AIVA_ADAM_UPDATE_H
 #define AIVA_ADAM_UPDATE_H
 
-#if defined(__CUDACC__)
-#define AIVA_HD __host__ __device__ __forceinline__
+#if defined(__CUDACC_RTC__)
+/* NVRTC compiles device code only; not static, which would warn in every module that
+ * includes the header without calling both functions. */
+#define AIVA_HD __device__ __forceinline__
+#define AIVA_BOOL bool
+#elif defined(__CUDACC__)
+#define AIVA_HD static __host__ __device__ __forceinline__
+#define AIVA_BOOL bool
 #else
 #include <math.h>
-#define AIVA_HD inline
+#define AIVA_HD static inline
+#define AIVA_BOOL int
 #endif
 
 /* torch.optim.Adam's arithmetic, in its order, so the float32 results agree to an ulp: L2
@@ -18,10 +25,9 @@
  * (1 - 0.999f in float32 is 1.3e-5, relative, off torch's) and the bias correction of the
  * second moment as a reciprocal: a multiply, where torch divides, because divides and
  * square roots are what the CPU loop spends its time on. */
-static AIVA_HD void aiva_adam_update(float g, float w, float m, float v, float one_minus_b1,
-                                     float b2, float one_minus_b2, float eps, float wd,
-                                     float step_size, float inv_bc2_sqrt,
-                                     float *w_new, float *m_new, float *v_new)
+AIVA_HD void aiva_adam_update(float g, float w, float m, float v, float one_minus_b1, float b2,
+                              float one_minus_b2, float eps, float wd, float step_size,
+                              float inv_bc2_sqrt, float *w_new, float *m_new, float *v_new)
 {
     const float gi = g + wd * w;
     const float mi = m + one_minus_b1 * (gi - m);
@@ -34,7 +40,7 @@ static AIVA_HD void aiva_adam_update(float g, float w, float m, float v, float o
 /* Whether an update may be written: the new weight and both moments are finite.  Applied
  * per element on the GPU; on the CPU to the largest magnitudes of a pass, which are NaN or
  * Inf exactly when some element's are. */
-static AIVA_HD int aiva_adam_finite(float w_new, float m_new, float v_new)
+AIVA_HD AIVA_BOOL aiva_adam_finite(float w_new, float m_new, float v_new)
 {
     return isfinite(w_new) && isfinite(m_new) && isfinite(v_new);
 }
