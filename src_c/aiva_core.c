@@ -96,9 +96,9 @@ static void forward_product(const aiva_blas *blas, int M, int N, int K, const fl
 }
 
 /* MKL lays a pack out for the m (batch rows) it is told, though compute accepts any m: packed
- * for 256 rows, the bf16 fc1 product measured 0.69 ms at batch 256 and 0.20 at batch 64
- * (unpacked 0.67 and 0.25); packed for one row, 1.13 ms at batch 256.  At batch 1 the
- * unpacked call was faster (0.031 ms against 0.042), so single rows skip the packs. */
+ * for 256 rows it is as fast as unpacked calls at batch 256 and faster at 64, packed for one
+ * row it is slower at 256, and at batch 1 the unpacked call is faster, so single rows skip
+ * the packs (figures: benchmarks/README.md, "Figures behind design choices"). */
 #define AIVA_PACK_ROWS 256
 
 size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, void *dest)
