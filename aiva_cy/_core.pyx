@@ -427,7 +427,8 @@ cdef class Engine:
         cdef int code = AIVA_OK
         for k in range(chunks):
             n = base + (1 if k < extra else 0)
-            code = aiva_forward(mkl_table() if net.bf16 else float32_table(), net, x + start * I, <int>n,
+            code = aiva_forward(mkl_table() if net.bf16 else float32_table(), net,
+                                x + start * I, <int>n,
                                 NULL if state == NULL else state + start * S, &ws.ws,
                                 probs + start * T)
             if code != AIVA_OK:
