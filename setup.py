@@ -1,4 +1,5 @@
-"""Build the two extension modules: the engine (Cython over the C core) and Adam."""
+"""Build the three extension modules: the BLAS loader, the engine (Cython over the C core)
+and Adam."""
 import os
 import sys
 
@@ -19,21 +20,36 @@ else:
     # it comes after the interpreter's own CFLAGS, so it wins over their -g.
     c_flags = ["-O3", "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-g0"]
 
+# No NumPy headers anywhere: the modules use typed memoryviews and call NumPy only from
+# Python, so building needs no NumPy and one wheel runs on every NumPy >= the floor.
+# aiva_cy/ is on the include path for aiva_adam_update.h, the one definition of Adam's update
+# that the CUDA engine also compiles (it ships as package data, beside kernels.cu).
+INCLUDE = [SRC_C, "aiva_cy"]
 extensions = [
+    # The BLAS loader and table: _core cimports the table from it.
+    Extension(
+        "aiva_cy._blas",
+        sources=["aiva_cy/_blas.pyx", "src_c/blas_open.c"],
+        include_dirs=INCLUDE,
+        depends=["src_c/aiva_core.h", "aiva_cy/_blas.pxd"],
+        extra_compile_args=c_flags,
+        libraries=[] if sys.platform == "win32" else ["dl"],
+    ),
     Extension(
         "aiva_cy._core",
-        sources=["aiva_cy/_core.pyx", "src_c/aiva_core.c", "src_c/blas_open.c"],
-        # No NumPy headers: the modules use typed memoryviews and call NumPy only from
-        # Python, so building needs no NumPy and one wheel runs on every NumPy >= the floor.
-        include_dirs=[SRC_C],
-        depends=["src_c/aiva_core.h", "aiva_cy/_core.pxd", "aiva_cy/_adam.pxd"],
+        sources=["aiva_cy/_core.pyx", "src_c/aiva_core.c"],
+        include_dirs=INCLUDE,
+        depends=["src_c/aiva_core.h", "src_c/aiva_common.h", "aiva_cy/_core.pxd",
+                 "aiva_cy/_blas.pxd", "aiva_cy/_adam.pxd"],
         extra_compile_args=c_flags,
-        libraries=[] if sys.platform == "win32" else ["dl", "m"],
+        libraries=[] if sys.platform == "win32" else ["m"],
     ),
     Extension(
         "aiva_cy._adam",
-        sources=["aiva_cy/_adam.pyx"],
-        depends=["aiva_cy/_adam.pxd"],
+        sources=["aiva_cy/_adam.pyx", "src_c/aiva_adam.c"],
+        include_dirs=INCLUDE,
+        depends=["aiva_cy/_adam.pxd", "src_c/aiva_adam.h", "src_c/aiva_common.h",
+                 "aiva_cy/aiva_adam_update.h"],
         extra_compile_args=c_flags,
         libraries=[] if sys.platform == "win32" else ["m"],
     ),

@@ -4,7 +4,7 @@
     net = AIVANet(seed=0)
     tool, confidence, is_confident = net.decide(features)   # features: 512 numbers
 """
-from aiva_cy._core import blas_info
+from aiva_cy._blas import blas_info
 from aiva_cy.net import AIVANet
 
 __version__ = "0.1.0"

@@ -5,8 +5,9 @@ A step that would leave any weight or moment non-finite raises FloatingPointErro
 changes nothing: a cheap bound (from the largest |gradient| and the largest |weight|,
 |moment| of the previous pass) proves most steps safe; only a step it cannot prove safe
 pays for an exact read-only pass before the update."""
-from libc.math cimport INFINITY, sqrtf, sqrt, pow
-from libc.stdint cimport uint16_t, uint32_t, int64_t
+from libc.math cimport INFINITY
+from libc.stddef cimport ptrdiff_t
+from libc.stdint cimport int64_t, uint16_t
 
 import weakref
 
@@ -14,148 +15,29 @@ import numpy as np
 
 from aiva_cy._checks import adam_betas, adam_value, int_arg
 
-cdef extern from *:
-    """
-    #include <math.h>
-    #include <stdint.h>
-    #include <string.h>
-    /* |f| as the bits of a non-negative float: they order like the value, and NaN/Inf sort
-       above every finite value; an integer max reduction vectorises where a float one
-       (with its NaN rules) does not. */
-    static inline uint32_t aiva_abs_bits(float f) {
-        uint32_t u; memcpy(&u, &f, sizeof u); return u & 0x7fffffffu;
-    }
-    static inline float aiva_bits_float(uint32_t u) {
-        float f; memcpy(&f, &u, sizeof f); return f;
-    }
-    typedef struct {
-        float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay;
-        float step_size, inv_bias_correction2_sqrt;
-    } aiva_adam_coeffs;
-
-    #if defined(__GNUC__)
-    #define AIVA_NOINLINE __attribute__((noinline))
-    #else
-    #define AIVA_NOINLINE
-    #endif
-    /* The loops are in C with restrict pointers, the coefficients as locals, and out of
-       line: inlined into Cython's large wrapper function, gcc left them scalar (4x slower). */
-
-    /* Each element is read once and written once: weight, gradient and both moments stream
-       through together, where torch's single-tensor Adam makes ~6 passes over 4 arrays.
-       The arithmetic follows torch's order (lerp for the first moment, the square root
-       scaled by the bias correction, then eps) so the float32 results agree to an ulp; the
-       bias correction is a multiply by its reciprocal, not torch's divide, because divides
-       and square roots are what this loop spends its time on. */
-    #define AIVA_ADAM_ELEMENT                                                      \
-        const float gi = g[i] + wd * w[i];                                         \
-        const float mi = m[i] + omb1 * (gi - m[i]);                                \
-        const float vi = b2 * v[i] + omb2 * gi * gi;                               \
-        const float wi = w[i] - step_size * mi / (sqrtf(vi) * inv_bc2 + eps);
-    #define AIVA_ADAM_LOCALS                                                       \
-        const float wd = c.weight_decay, omb1 = c.one_minus_beta1, b2 = c.beta2;   \
-        const float omb2 = c.one_minus_beta2, eps = c.eps, step_size = c.step_size; \
-        const float inv_bc2 = c.inv_bias_correction2_sqrt;
-
-    static AIVA_NOINLINE void aiva_adam_pass(float *restrict w, const float *restrict g,
-                                             float *restrict m, float *restrict v,
-                                             Py_ssize_t n, aiva_adam_coeffs c) {
-        AIVA_ADAM_LOCALS
-        for (Py_ssize_t i = 0; i < n; i++) {
-            AIVA_ADAM_ELEMENT
-            m[i] = mi; v[i] = vi; w[i] = wi;
-        }
-    }
-
-    /* The same, also writing each updated weight rounded to bfloat16 (to nearest even; the
-       weights are finite here) into w16: a bfloat16 net's copy, written while w[i] is in a
-       register (the update then a separate rounding pass measured 1.5x the time).  A loop
-       of its own so that the float32 one stays as it is. */
-    static AIVA_NOINLINE void aiva_adam_pass_bf16(float *restrict w, const float *restrict g,
-                                                  float *restrict m, float *restrict v,
-                                                  uint16_t *restrict w16, Py_ssize_t n,
-                                                  aiva_adam_coeffs c) {
-        AIVA_ADAM_LOCALS
-        for (Py_ssize_t i = 0; i < n; i++) {
-            AIVA_ADAM_ELEMENT
-            m[i] = mi; v[i] = vi; w[i] = wi;
-            uint32_t u; memcpy(&u, &wi, sizeof u);
-            w16[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-        }
-    }
-
-    /* The same arithmetic, storing nothing: the largest |w|, |m|, |v| it would write, as
-       bits (at or above those of +Inf if any would be NaN or Inf), in max_bits[0..2]. */
-    static AIVA_NOINLINE void aiva_adam_check(const float *restrict w, const float *restrict g,
-                                              const float *restrict m, const float *restrict v,
-                                              Py_ssize_t n, aiva_adam_coeffs c,
-                                              uint32_t *max_bits) {
-        AIVA_ADAM_LOCALS
-        uint32_t mw = 0, mm = 0, mv = 0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            AIVA_ADAM_ELEMENT
-            const uint32_t bw = aiva_abs_bits(wi), bm = aiva_abs_bits(mi), bv = aiva_abs_bits(vi);
-            mw = bw > mw ? bw : mw; mm = bm > mm ? bm : mm; mv = bv > mv ? bv : mv;
-        }
-        max_bits[0] = mw; max_bits[1] = mm; max_bits[2] = mv;
-    }
-
-    static uint32_t aiva_max_abs_bits(const float *restrict a, Py_ssize_t n) {
-        uint32_t worst = 0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            uint32_t b = aiva_abs_bits(a[i]);
-            worst = b > worst ? b : worst;
-        }
-        return worst;
-    }
-    """
+cdef extern from "aiva_adam.h" nogil:
     ctypedef struct aiva_adam_coeffs:
-        float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay
+        float one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay
         float step_size, inv_bias_correction2_sqrt
-    float aiva_bits_float(uint32_t u) noexcept nogil
-    void aiva_adam_pass(float *w, const float *g, float *m, float *v, Py_ssize_t n,
-                        aiva_adam_coeffs c) noexcept nogil
+    enum:
+        AIVA_ADAM_OK
+    aiva_adam_coeffs aiva_adam_coefficients(double lr, double beta1, double beta2, double eps,
+                                            double weight_decay, int64_t step)
+    double aiva_adam_max_abs(const float *a, ptrdiff_t n)
+    int aiva_adam_provably_finite(double max_abs_g, double *bound, const aiva_adam_coeffs *c)
+    int aiva_adam_check(const float *w, const float *g, const float *m, const float *v,
+                        ptrdiff_t n, const aiva_adam_coeffs *c, float *max_abs)
+    void aiva_adam_pass(float *w, const float *g, float *m, float *v, ptrdiff_t n,
+                        const aiva_adam_coeffs *c)
     void aiva_adam_pass_bf16(float *w, const float *g, float *m, float *v, uint16_t *w16,
-                             Py_ssize_t n, aiva_adam_coeffs c) noexcept nogil
-    void aiva_adam_check(const float *w, const float *g, const float *m, const float *v,
-                         Py_ssize_t n, aiva_adam_coeffs c, uint32_t *max_bits) noexcept nogil
-    uint32_t aiva_max_abs_bits(const float *a, Py_ssize_t n) noexcept nogil
-
-# Bits of +Inf: a max of |x| bits at or above this means a NaN or an Inf.
-cdef uint32_t _INF_BITS = 0x7f800000u
-# Every bound the safe path proves stays below this, 34x under float32's largest value, which
-# leaves room for the rounding of the few float32 operations per element.
-cdef double _SAFE_LIMIT = 1e37
+                             ptrdiff_t n, const aiva_adam_coeffs *c)
 
 
 cdef double _max_abs(float[::1] a):
-    cdef uint32_t bits
+    cdef double m
     with nogil:
-        bits = aiva_max_abs_bits(&a[0], a.shape[0])
-    return aiva_bits_float(bits) if bits < _INF_BITS else np.inf
-
-
-cdef bint _provably_finite(double G, double *bound, const aiva_adam_coeffs *c) noexcept:
-    """Whether every element's update stays finite, from the largest |g| and the bounds on
-    |w|, |m|, |v| in bound[0..2] alone; if so, bound[0..2] become bounds on the results.
-    Each intermediate of the update is bounded in magnitude by an expression below (the
-    first moment is a convex combination of |m| and |g + wd w|, the second of v and the
-    square, and the denominator is at least eps).  The float32 rounding of a few operations
-    is covered by the margin between _SAFE_LIMIT and float32's largest value."""
-    cdef double W = bound[0], M = bound[1], V = bound[2]
-    cdef double decay = <double>c.weight_decay * W
-    cdef double gi = G + decay
-    cdef double m_new = max(M, gi)
-    cdef double v_new = max(V, gi * gi)
-    cdef double step = <double>c.step_size * m_new
-    cdef double w_new = W + step / <double>c.eps
-    cdef double denom = sqrt(v_new) * <double>c.inv_bias_correction2_sqrt + <double>c.eps
-    if not (G < _SAFE_LIMIT and W < _SAFE_LIMIT and M < _SAFE_LIMIT and V < _SAFE_LIMIT
-            and decay < _SAFE_LIMIT and gi + M < _SAFE_LIMIT and gi * gi < _SAFE_LIMIT
-            and step < _SAFE_LIMIT and w_new < _SAFE_LIMIT and denom < _SAFE_LIMIT):
-        return False
-    bound[0], bound[1], bound[2] = w_new, m_new, v_new
-    return True
+        m = aiva_adam_max_abs(&a[0], a.shape[0])
+    return m
 
 
 cdef class Adam:
@@ -255,14 +137,8 @@ cdef class Adam:
                 if not (isinstance(bound, float) and 0.0 <= bound < INFINITY):
                     raise ValueError(f"Adam.update: grad_bounds must be {n} finite floats >= 0")
         cdef long long step = self.step + 1
-        cdef aiva_adam_coeffs c
-        # 1 - beta in double, then rounded once: 1 - 0.999f in float32 is 1.3e-5 (relative)
-        # away from the value torch passes to its kernels.
-        c.beta1, c.one_minus_beta1 = <float>self._beta1, <float>(1.0 - self._beta1)
-        c.beta2, c.one_minus_beta2 = <float>self._beta2, <float>(1.0 - self._beta2)
-        c.eps, c.weight_decay = <float>self._eps, <float>self._weight_decay
-        c.step_size = <float>(self._lr / (1.0 - pow(self._beta1, <double>step)))
-        c.inv_bias_correction2_sqrt = <float>(1.0 / sqrt(1.0 - pow(self._beta2, <double>step)))
+        cdef aiva_adam_coeffs c = aiva_adam_coefficients(
+            self._lr, self._beta1, self._beta2, self._eps, self._weight_decay, step)
         flat = []
         rounded_copies = []
         for k in range(n):
@@ -287,8 +163,8 @@ cdef class Adam:
                          self._exp_avg[k].reshape(-1), self._exp_avg_sq[k].reshape(-1)))
             rounded_copies.append(rounded)
         cdef float[::1] w, g, m, v
-        cdef bint safe = True
-        cdef uint32_t max_bits[3]
+        cdef bint safe = True, finite
+        cdef float max_abs[3]
         cdef double proposed[3]
         new_bounds = []
         for k in range(n):
@@ -301,7 +177,7 @@ cdef class Adam:
                 bound[0], bound[1] = weakref.ref(params[k]), _max_abs(w)
             proposed[0], proposed[1], proposed[2] = bound[1], bound[2], bound[3]
             # The engine's backward hands in bounds on |g| it had for free; otherwise read g.
-            if safe and not _provably_finite(
+            if safe and not aiva_adam_provably_finite(
                     _max_abs(g) if grad_bounds is None else <double>grad_bounds[k], proposed, &c):
                 safe = False
             new_bounds.append((proposed[0], proposed[1], proposed[2]))
@@ -313,15 +189,15 @@ cdef class Adam:
                 if w.shape[0] == 0:
                     continue
                 with nogil:
-                    aiva_adam_check(&w[0], &g[0], &m[0], &v[0], w.shape[0], c, max_bits)
-                if max(max_bits[0], max_bits[1], max_bits[2]) >= _INF_BITS:
+                    finite = aiva_adam_check(&w[0], &g[0], &m[0], &v[0], w.shape[0], &c,
+                                             max_abs) == AIVA_ADAM_OK
+                if not finite:
                     raise FloatingPointError(
                         f"Adam step {step} would make {self.names[k]!r} or its moments NaN or "
                         f"Inf (lr={self._lr!r}, betas=({self._beta1!r}, {self._beta2!r}), "
                         f"eps={self._eps!r}, weight_decay={self._weight_decay!r}); the weights, "
                         f"moments and step count are unchanged")
-                new_bounds[k] = (aiva_bits_float(max_bits[0]), aiva_bits_float(max_bits[1]),
-                                 aiva_bits_float(max_bits[2]))
+                new_bounds[k] = (max_abs[0], max_abs[1], max_abs[2])
         cdef uint16_t[::1] w16
         for k in range(n):
             w, g, m, v = flat[k]
@@ -329,11 +205,11 @@ cdef class Adam:
                 continue
             if rounded_copies[k] is None:
                 with nogil:
-                    aiva_adam_pass(&w[0], &g[0], &m[0], &v[0], w.shape[0], c)
+                    aiva_adam_pass(&w[0], &g[0], &m[0], &v[0], w.shape[0], &c)
             else:
                 w16 = rounded_copies[k]
                 with nogil:
-                    aiva_adam_pass_bf16(&w[0], &g[0], &m[0], &v[0], &w16[0], w.shape[0], c)
+                    aiva_adam_pass_bf16(&w[0], &g[0], &m[0], &v[0], &w16[0], w.shape[0], &c)
             self._bounds[k][1:] = new_bounds[k]
         self.step = step
 

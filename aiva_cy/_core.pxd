@@ -1,31 +1,9 @@
 # cython: language_level=3
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 
+from aiva_cy._blas cimport aiva_blas, aiva_bf16
 
 cdef extern from "aiva_core.h" nogil:
-    ctypedef void (*aiva_sgemm_fn)(const char *, const char *, const int *, const int *,
-                                   const int *, const float *, const float *, const int *,
-                                   const float *, const int *, const float *, float *,
-                                   const int *)
-    ctypedef void (*aiva_sgemv_fn)(const char *, const int *, const int *, const float *,
-                                   const float *, const int *, const float *, const int *,
-                                   const float *, float *, const int *)
-    ctypedef void *aiva_sgemm64_fn
-    ctypedef void *aiva_sgemv64_fn
-    ctypedef uint16_t aiva_bf16
-    ctypedef struct aiva_blas:
-        aiva_sgemm_fn sgemm
-        aiva_sgemv_fn sgemv
-        aiva_sgemm64_fn sgemm64
-        aiva_sgemv64_fn sgemv64
-        void *gemm_bf16
-        void *gemm_bf16_compute
-        void *pack_bf16_size
-        void *pack_f32_size
-        void *pack_bf16
-        void *pack_f32
-        void *compute_f32
-
     ctypedef struct aiva_net:
         int input_size, hidden_size, spiking_size, num_tools
         float threshold
@@ -80,9 +58,6 @@ cdef extern from "aiva_core.h" nogil:
     int aiva_backward_weighted(const aiva_blas *blas, const aiva_net *net, const float *x,
                                const int64_t *y, const float *row_weight, int batch,
                                aiva_workspace *ws, aiva_grads *grads, double *loss)
-    int aiva_blas_open(const char *path, const char *prefix, const char *suffix, int ilp64,
-                       aiva_blas *out)
-    int aiva_mkl_open(const char *path, int threading_layer, aiva_blas *out)
     size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, void *dest)
     void aiva_round_bf16(const float *src, Py_ssize_t n, aiva_bf16 *dst)
     void aiva_blas_products(const aiva_blas *blas, const aiva_net *net, const float *x,

@@ -1,35 +1,22 @@
-from typing import Any, Dict, List, Mapping, Optional, Tuple, TypedDict, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from aiva_cy._adam import Adam
+# Re-exported from aiva_cy._blas, where they live.
+from aiva_cy._blas import BlasInfo as BlasInfo
+from aiva_cy._blas import MKL_EXTRA as MKL_EXTRA
+from aiva_cy._blas import blas_info as blas_info
+from aiva_cy._blas import require_bf16 as require_bf16
 
 PARAM_NAMES: Tuple[str, str, str]
 PARAM_TRANSPOSED: Tuple[bool, bool, bool]
 
 PRECISIONS: Tuple[str, str]
-MKL_EXTRA: str
 WORKSPACE_LIMIT: int
 POOL_MAX: int
 
-class _BlasInfoRequired(TypedDict):
-    provider: str   # "numpy", "scipy-openblas32", "scipy.linalg.cython_blas" or "mkl"
-    path: str       # the library file (or the cython_blas module) it came from
-    ilp64: bool     # 64-bit integer interface
-
-class BlasInfo(_BlasInfoRequired, total=False):
-    bf16: bool                                # this library has bfloat16 products
-    bfloat16: Optional[Dict[str, Any]]        # the library bfloat16 nets use, or None
-    bfloat16_missing: str                     # why there is none, and what to install
-    kernel: Optional[str]                     # the library's own name for the code it runs
-    kernel_config: Optional[str]              # its build/version string
-    kernel_forced_by: Optional[str]           # e.g. "OPENBLAS_CORETYPE=Haswell", or None
-    kernel_older_than_cpu: bool               # it runs less than this CPU could
-    cpu_level: str                            # the best this CPU runs: "AVX-512", "AVX2+FMA", ...
-
-def blas_info() -> BlasInfo: ...
-def require_bf16() -> None: ...
 def _row_bytes(hidden_size: int, spiking_size: int, num_tools: int, input_size: int = ...) -> int: ...
 def batch_mismatch(batch: int, held: int, name: str = ...) -> ValueError: ...
 

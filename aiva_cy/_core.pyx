@@ -2,245 +2,20 @@
 """The CPU engine: owns the weights, the workspaces and the refractory state, and hands raw
 pointers to the C core with the GIL released.  It checks sizes (so C never reads or writes
 out of bounds) but leaves user-facing validation to :mod:`aiva_cy.net`."""
-from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uintptr_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
-import os
 import threading
 
 import numpy as np
 
 from aiva_cy._adam cimport Adam
 
-# ---------------------------------------------------------------------------------------
-# BLAS, found by path and opened with dlopen: importing scipy.linalg to reach cython_blas
-# costs ~160 ms of start-up.  In order of preference:
-#   numpy     the OpenBLAS inside NumPy's own wheel (ILP64): already loaded by `import numpy`,
-#             so no second library to initialise and no second pool of worker threads
-#             competing for the cores with NumPy's (NumPy 2 names its symbols scipy_sgemm_64_,
-#             NumPy 1.x wheels sgemm_64_);
-#   openblas32  the scipy-openblas32 wheel (a dependency only where NumPy's wheel may carry no
-#             OpenBLAS we can find, see pyproject.toml; also the fallback for e.g. conda's);
-#   scipy     scipy.linalg.cython_blas.
-#   mkl       Intel MKL (the `mkl` wheel: `pip install "aiva_cy[mkl]"`), only when asked for
-#             with AIVA_CY_BLAS=mkl.  Then float32 inference uses weights pre-packed by MKL.
-# AIVA_CY_BLAS=numpy|openblas32|scipy|mkl forces one.
-#
-# Why MKL is not the automatic float32 choice: at batch 1, AIVA's one decision at a time, its
-# float32 products measured 1.4x slower than OpenBLAS's gemv (326 against 229 us, one run on
-# the 2-core development machine); opening it adds 18-27 ms to the start-up (the dispatcher
-# loads libmkl_core and a CPU-specific kernel library); and it brings a second pool of
-# worker threads beside NumPy's OpenBLAS.  It is faster at batch 256 (pre-packed: 5.3 ms
-# against 6.6 on a quiet machine), so AIVA_CY_BLAS=mkl is there for batch work.  bfloat16 is
-# different: only MKL has the products, so MKL is opened, on first use, for every net that
-# asks for precision="bfloat16", whatever the float32 provider is.
-# ---------------------------------------------------------------------------------------
-cdef aiva_blas _blas
-_blas_info = {}
-_PROVIDERS = ("numpy", "openblas32", "scipy", "mkl")
-
-cdef aiva_blas _mkl          # MKL's table, for bfloat16 (filled by _open_mkl)
-cdef bint _mkl_open = False
-_mkl_info = {}
-_mkl_lock = threading.Lock()
-MKL_EXTRA = 'pip install "aiva_cy[mkl]"'
-
-# MKL_THREADING_* values of mkl_service.h.  The layer is TBB, found next to MKL (the `mkl`
-# wheel depends on `tbb`), else sequential; never MKL's default, Intel OpenMP, because:
-# - correctness: with a GNU OpenMP already loaded into the global symbol scope (PyTorch's
-#   libgomp, for one), libmkl_intel_thread's omp_* calls bind to it while libiomp5 runs the
-#   threads, and products come out wrong, differently from run to run (measured: the loss
-#   of a default-size step anywhere from 21 to 38 instead of 35.2 after `import torch`);
-# - speed, measured on the 2-core development machine (bf16 products of one forward step,
-#   median of runs): TBB 0.18-0.20 ms at batch 1 and 1.9-2.2 ms at batch 256 (packed),
-#   Intel OpenMP 0.33-0.44 and 2.7-3.8, sequential 0.30-0.36 and 1.9-2.2;
-# - sharing the cores: TBB's idle workers block after a short spin, where Intel OpenMP's
-#   spin for 200 ms (KMP_BLOCKTIME) on the core NumPy's OpenBLAS pool needs next.
-# A user's MKL_THREADING_LAYER wins.
-_MKL_THREADING = {"intel": 0, "sequential": 1, "gnu": 3, "tbb": 4}
-_tbb_library = None          # kept loaded: MKL's TBB layer resolves against it
-
-
-def _preload_tbb(mkl_path):
-    """Load libtbb by path (the loader would not find it in a virtual environment's lib/), so
-    that MKL's TBB layer links to it.  True if it could."""
-    global _tbb_library
-    import ctypes
-    import glob
-    folder = os.path.dirname(mkl_path)
-    for name in sorted(glob.glob(os.path.join(folder, "libtbb.so.*"))
-                       + glob.glob(os.path.join(folder, "libtbb*.dylib"))
-                       + glob.glob(os.path.join(folder, "tbb12*.dll"))):
-        if "malloc" in name or "bind" in name:
-            continue
-        try:
-            _tbb_library = ctypes.CDLL(name)
-            return True
-        except OSError:
-            continue
-    return False
-
-
-def _mkl_path():
-    """libmkl_rt of the installed `mkl` distribution (its file list), else under sys.prefix."""
-    import glob
-    import re
-    import sys
-    pattern = re.compile(r"^(lib)?mkl_rt(\.\d+)*\.(so|dylib|dll)(\.\d+)*$")
-    try:
-        from importlib import metadata
-        files = metadata.distribution("mkl").files or ()
-    except Exception:   # not installed, or metadata unreadable
-        files = ()
-    found = sorted(os.path.normpath(str(f.locate())) for f in files if pattern.match(f.name))
-    found = [f for f in found if os.path.exists(f)]
-    if not found:
-        for where in ("lib", os.path.join("Library", "bin")):
-            found = sorted(f for f in glob.glob(os.path.join(sys.prefix, where, "*mkl_rt*"))
-                           if pattern.match(os.path.basename(f)))
-            if found:
-                break
-    return max(found) if found else None
-
-
-cdef int _open_mkl() except -1:
-    """Open MKL into _mkl once; raise ImportError (saying what to install) if it cannot be."""
-    global _mkl_open
-    if _mkl_open:
-        return 0
-    with _mkl_lock:
-        if _mkl_open:
-            return 0
-        path = _mkl_path()
-        if path is None:
-            raise ImportError(f"MKL is not installed; install it with: {MKL_EXTRA}")
-        if "MKL_THREADING_LAYER" in os.environ:
-            layer_name = os.environ["MKL_THREADING_LAYER"].lower()
-            layer = -1
-        else:
-            layer_name = "tbb" if _preload_tbb(path) else "sequential"
-            layer = _MKL_THREADING[layer_name]
-        if aiva_mkl_open(os.fsencode(path), layer, &_mkl) != 0:
-            raise ImportError(f"{path} could not be opened as MKL (or its interface is fixed "
-                              f"to ILP64); reinstall it with: {MKL_EXTRA}")
-        _mkl_info.update(provider="mkl", path=path, ilp64=False,
-                         bf16=_mkl.gemm_bf16 != NULL and _mkl.pack_bf16 != NULL,
-                         threading_layer=layer_name)
-        _mkl_open = True
-    return 0
-
-
-def require_bf16():
-    """Open MKL if needed; raise a clear error if no BLAS here has bfloat16 products."""
-    _open_mkl()
-    if not _mkl_info["bf16"]:
-        raise ImportError(f"the MKL at {_mkl_info['path']} has no bfloat16 products "
-                          f"(cblas_gemm_bf16bf16f32); upgrade it with: {MKL_EXTRA}")
-
-
-def _numpy_openblas_path(prefix="libscipy_openblas64_"):
-    libdir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-    try:
-        names = sorted(n for n in os.listdir(libdir) if n.startswith(prefix))
-    except OSError:
-        return None
-    return os.path.join(libdir, names[0]) if names else None
-
-
-def _openblas32_path():
-    import importlib.util
-    spec = importlib.util.find_spec("scipy_openblas32")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    libdir = os.path.join(list(spec.submodule_search_locations)[0], "lib")
-    try:
-        names = sorted(n for n in os.listdir(libdir)
-                       if n.startswith("libscipy_openblas")
-                       and os.path.splitext(n)[1] in (".so", ".dylib", ".dll"))
-    except OSError:
-        return None
-    return os.path.join(libdir, names[0]) if names else None
-
-
-cdef void *_capsule_pointer(object capi, str name) except NULL:
-    cap = capi[name]
-    return PyCapsule_GetPointer(cap, PyCapsule_GetName(cap))
-
-
-cdef bint _try_open(str provider, object path, bytes suffix, int ilp64, bytes prefix=b"scipy_"):
-    cdef aiva_blas found
-    if path is None or aiva_blas_open(os.fsencode(path), prefix, suffix, ilp64, &found) != 0:
-        return False
-    _blas.sgemm, _blas.sgemv = found.sgemm, found.sgemv
-    _blas.sgemm64, _blas.sgemv64 = found.sgemm64, found.sgemv64
-    _blas_info.update(provider=provider, path=path, ilp64=bool(ilp64), bf16=False)
-    return True
-
-
-cdef int _load_blas() except -1:
-    global _blas
-    choice = os.environ.get("AIVA_CY_BLAS", "auto").lower()
-    if choice not in ("auto",) + _PROVIDERS:
-        raise ImportError(f"AIVA_CY_BLAS must be 'auto', 'numpy', 'openblas32', 'scipy' or "
-                          f"'mkl', got {choice!r}")
-    if choice == "mkl":
-        try:
-            _open_mkl()
-        except ImportError as exc:
-            raise ImportError(f"AIVA_CY_BLAS=mkl: {exc}") from None
-        _blas = _mkl
-        _blas_info.update(_mkl_info)
-        return 0
-    if choice in ("auto", "numpy") and _try_open("numpy", _numpy_openblas_path(), b"_64_", 1):
-        return 0
-    if choice in ("auto", "numpy") and _try_open("numpy", _numpy_openblas_path("libopenblas64_"),
-                                                 b"_64_", 1, b""):
-        return 0
-    if choice in ("auto", "openblas32") and _try_open("scipy-openblas32", _openblas32_path(), b"_", 0):
-        return 0
-    if choice not in ("auto", "scipy"):
-        raise ImportError(f"AIVA_CY_BLAS={choice}: that BLAS library could not be found or "
-                          f"opened")
-    try:
-        from scipy.linalg import cython_blas
-    except ImportError:
-        raise ImportError("aiva_cy needs a BLAS: install scipy-openblas32 or scipy") from None
-    capi = cython_blas.__pyx_capi__
-    _blas.sgemm = <aiva_sgemm_fn>_capsule_pointer(capi, "sgemm")
-    _blas.sgemv = <aiva_sgemv_fn>_capsule_pointer(capi, "sgemv")
-    _blas.sgemm64 = NULL
-    _blas.sgemv64 = NULL
-    _blas_info.update(provider="scipy.linalg.cython_blas", path=cython_blas.__file__, ilp64=False,
-                      bf16=False)
-    return 0
-
-
-_load_blas()
-
-
-def blas_info():
-    """Which BLAS library the C core calls, and whether it has bfloat16 products.
-
-    ``{"provider", "path", "ilp64", "bf16"}`` for float32 (``bf16``: this library has
-    bfloat16 products) with the kernel it runs: ``kernel`` (the library's own name, e.g.
-    OpenBLAS's core type "SkylakeX", or MKL's code path), ``kernel_config``,
-    ``kernel_forced_by`` (an environment variable such as OPENBLAS_CORETYPE that chose it,
-    or None), ``kernel_older_than_cpu`` and ``cpu_level`` (the best this CPU can run); and ``"bfloat16"``: the library that bfloat16 nets use (MKL, opened
-    on first use, so this call opens it) as the same kind of dict, or None where there is
-    none, with ``"bfloat16_missing"`` saying why and what to install.
-    """
-    from aiva_cy import _kernel    # ctypes only when asked: not on the import path
-    info = dict(_blas_info)
-    info.update(_kernel.describe(info["provider"], info["path"]))
-    try:
-        require_bf16()
-        info["bfloat16"] = dict(_mkl_info)
-        info["bfloat16"].update(_kernel.describe("mkl", _mkl_info["path"]))
-    except ImportError as exc:
-        info["bfloat16"], info["bfloat16_missing"] = None, str(exc)
-    return info
+# The BLAS tables (float32, and MKL's for bfloat16) are aiva_cy._blas's; blas_info and
+# require_bf16 are re-exported here, where they were first defined.
+from aiva_cy._blas cimport float32_table, mkl_table, open_mkl
+from aiva_cy._blas import MKL_EXTRA, blas_info, require_bf16
 
 
 # ---------------------------------------------------------------------------------------
@@ -507,7 +282,7 @@ cdef class Engine:
         net.fc1_t_bf16, net.spiking_t_bf16, net.fc2_bf16 = &a[0, 0], &b[0, 0], &c[0, 0]
 
     cdef aiva_blas *_table(self):
-        return &_mkl if self.net.bf16 else &_blas
+        return mkl_table() if self.net.bf16 else float32_table()
 
     def set_precision(self, str precision):
         """Switch between float32 and bfloat16 products; the float32 weights are kept."""
@@ -556,7 +331,7 @@ cdef class Engine:
             # The library of this generation's precision, not self.net's (see _inference_net):
             # a float32 pack made by MKL would reach OpenBLAS, which has no compute for it.
             source = bf16 if bf16 is not None else weights
-            table = &_mkl if bf16 is not None else &_blas
+            table = mkl_table() if bf16 is not None else float32_table()
             p1 = _pack_weight(table, bf16 is not None, source[0])
             p2 = None if p1 is None else _pack_weight(table, bf16 is not None, source[1])
             packed = (version, p1 if p2 is not None else None, p2)
@@ -652,7 +427,8 @@ cdef class Engine:
         cdef int code = AIVA_OK
         for k in range(chunks):
             n = base + (1 if k < extra else 0)
-            code = aiva_forward(&_mkl if net.bf16 else &_blas, net, x + start * I, <int>n,
+            code = aiva_forward(mkl_table() if net.bf16 else float32_table(), net,
+                                x + start * I, <int>n,
                                 NULL if state == NULL else state + start * S, &ws.ws,
                                 probs + start * T)
             if code != AIVA_OK:
@@ -716,7 +492,7 @@ cdef class Engine:
         cdef aiva_blas *table
         with self._lock:
             keep = self._inference_net(&net)
-            table = &_mkl if net.bf16 else &_blas
+            table = mkl_table() if net.bf16 else float32_table()
             trial = self._state_for(batch).copy()
             if batch <= rows:
                 chunk_steps = min(steps, max(1, rows // batch))
@@ -955,18 +731,18 @@ cdef class Engine:
         if provider not in (None, "mkl"):
             raise ValueError(f"provider must be None or 'mkl', got {provider!r}")
         if provider == "mkl":
-            _open_mkl()
+            open_mkl()
         with self._lock:
             keep = self._inference_net(&net)
-            table = &_mkl if net.bf16 else &_blas
+            table = mkl_table() if net.bf16 else float32_table()
             if provider == "mkl" and not net.bf16:
-                table = &_mkl
+                table = mkl_table()
                 net.fc1_packed = net.spiking_packed = NULL
                 if packed:
                     packs = self._mkl_f32_packs
                     if packs is None or packs[0] != self._version:
-                        packs = (self._version, _pack_weight(&_mkl, False, self._weights[0]),
-                                 _pack_weight(&_mkl, False, self._weights[1]))
+                        packs = (self._version, _pack_weight(mkl_table(), False, self._weights[0]),
+                                 _pack_weight(mkl_table(), False, self._weights[1]))
                         self._mkl_f32_packs = packs
                     p1, p2 = packs[1], packs[2]
                     net.fc1_packed, net.spiking_packed = &p1[0], &p2[0]

@@ -103,159 +103,65 @@ def _require_cuda(device: str) -> int:
 # ---------------------------------------------------------------------------------------
 # the fused kernels, compiled once per process on first use
 # ---------------------------------------------------------------------------------------
-# torch.optim.Adam's arithmetic for one weight, as the CPU twin in _adam.pyx: lerp for the
-# first moment, 1 - beta computed in double by the caller, the bias correction of the second
-# moment as a multiply by its reciprocal.  One definition for the update and for the check
-# that runs before it, so the check predicts exactly what the update would write.
-_ADAM_MATH = r"""
-__device__ __forceinline__ void aiva_adam_math(
-        float g, float w, float m, float v, float one_minus_b1, float b2, float one_minus_b2,
-        float eps, float wd, float step_size, float inv_bc2_sqrt,
-        float *w_new, float *m_new, float *v_new) {
-    float gi = g + wd * w;
-    float mi = m + one_minus_b1 * (gi - m);
-    float vi = b2 * v + one_minus_b2 * gi * gi;
-    *m_new = mi;
-    *v_new = vi;
-    *w_new = w - step_size * mi / (sqrtf(vi) * inv_bc2_sqrt + eps);
-}
-"""
+def _kernel_sources() -> Tuple[str, str]:
+    """(RawModule source, ElementwiseKernel preamble): aiva_cy/kernels.cu behind the error
+    bits above and aiva_adam_update.h (torch.optim.Adam's arithmetic for one element, the
+    CPU's too, so both devices and the check before each update compute the same numbers).
+    The header's text is put in rather than passed as an include path: CuPy caches compiled
+    kernels by their source, which then covers the header as well."""
+    from importlib.resources import files
+    package = files("aiva_cy")
+    try:
+        kernels = package.joinpath("kernels.cu").read_text(encoding="utf-8")
+        adam = package.joinpath("aiva_adam_update.h").read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RuntimeError(f"the CUDA kernels' source is missing from the aiva_cy package "
+                           f"({exc}); reinstall aiva_cy") from None
+    bits = "".join(f"#define {name} {value}\n" for name, value in (
+        ("BAD_X", BAD_X), ("BAD_LOGITS", BAD_LOGITS), ("BAD_LABEL", BAD_LABEL),
+        ("BAD_GRAD", BAD_GRAD), ("BAD_UPDATE", BAD_UPDATE)))
+    common = bits + adam + "\n"
+    return common + kernels, common + "#define AIVA_ELEMENTWISE_ONLY\n" + kernels
 
-_ROW_KERNELS = _ADAM_MATH + r"""
-#define BAD_X 1
-#define BAD_LOGITS 2
-#define BAD_LABEL 4
-#define BAD_GRAD 8
-#define BAD_UPDATE 16
-
-// One thread per row: num_tools is small (20), so a row fits in registers and a block per
-// row would leave most of its threads idle.
-extern "C" __global__ void aiva_softmax_rows(const float *z, int B, int T, float *p, int *flags) {
-    int b = blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= B) return;
-    const float *zr = z + (long long)b * T;
-    float *pr = p + (long long)b * T;
-    float m = zr[0];
-    bool finite = isfinite(zr[0]);
-    for (int t = 1; t < T; ++t) { finite &= isfinite(zr[t]); m = fmaxf(m, zr[t]); }
-    if (!finite) atomicOr(flags, BAD_LOGITS);
-    float s = 0.0f;
-    for (int t = 0; t < T; ++t) { float e = expf(zr[t] - m); pr[t] = e; s += e; }
-    float inv = 1.0f / s;
-    for (int t = 0; t < T; ++t) pr[t] *= inv;
-}
-
-// Softmax, cross-entropy from the logits (log-sum-exp), dz = (p - onehot(y)) / B and the
-// argmax check, in one pass per row.  A label out of range is flagged and read as 0, so no
-// thread reads outside the row.
-extern "C" __global__ void aiva_xent_rows(const float *z, const long long *y, int B, int T,
-                                          float inv_batch, float *dz, double *loss_row,
-                                          int *correct_row, int *flags) {
-    int b = blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= B) return;
-    const float *zr = z + (long long)b * T;
-    float *dr = dz + (long long)b * T;
-    long long label = y[b];
-    if (label < 0 || label >= T) { atomicOr(flags, BAD_LABEL); label = 0; }
-    float m = zr[0];
-    int best = 0;
-    bool finite = isfinite(zr[0]);
-    for (int t = 1; t < T; ++t) {
-        finite &= isfinite(zr[t]);
-        if (zr[t] > m) { m = zr[t]; best = t; }   // first maximum, as numpy's argmax
-    }
-    if (!finite) atomicOr(flags, BAD_LOGITS);
-    float s = 0.0f;
-    for (int t = 0; t < T; ++t) s += expf(zr[t] - m);
-    float inv = 1.0f / s;
-    for (int t = 0; t < T; ++t)
-        dr[t] = (expf(zr[t] - m) * inv - (t == label ? 1.0f : 0.0f)) * inv_batch;
-    loss_row[b] = (double)m + log((double)s) - (double)zr[label];
-    correct_row[b] = best == label;
-}
-
-// Sets `bit` in flags if any |a[i]| is not below `limit` (NaN included).  One atomic per
-// block at most, so the usual all-clear case costs one read of `a`.
-extern "C" __global__ void aiva_flag_nonfinite(const float *a, long long n, float limit,
-                                               int bit, int *flags) {
-    int bad = 0;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x)
-        bad |= !(fabsf(a[i]) < limit);
-    if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(flags, bit);
-}
-
-// Sets BAD_UPDATE if the Adam step would leave any weight or moment NaN or Inf.  Reads
-// only: a step that fails here has written nothing.
-extern "C" __global__ void aiva_adam_flag(const float *g, const float *w, const float *m,
-                                          const float *v, long long n, float one_minus_b1,
-                                          float b2, float one_minus_b2, float eps, float wd,
-                                          float step_size, float inv_bc2_sqrt, int *flags) {
-    int bad = 0;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        float nw, nm, nv;
-        aiva_adam_math(g[i], w[i], m[i], v[i], one_minus_b1, b2, one_minus_b2, eps, wd,
-                       step_size, inv_bc2_sqrt, &nw, &nm, &nv);
-        bad |= !(isfinite(nw) && isfinite(nm) && isfinite(nv));
-    }
-    if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(flags, BAD_UPDATE);
-}
-
-// One block folds the rows into the step's summary: mean loss, correct rows, error flags.
-// A fixed-order tree, so the loss is the same number on every run.
-extern "C" __global__ void aiva_finish(const double *loss_row, const int *correct_row, int B,
-                                       const int *flags, double *summary) {
-    __shared__ double s_loss[256];
-    __shared__ int s_correct[256];
-    int t = threadIdx.x;
-    double l = 0.0;
-    int c = 0;
-    for (int i = t; i < B; i += 256) { l += loss_row[i]; c += correct_row[i]; }
-    s_loss[t] = l; s_correct[t] = c;
-    __syncthreads();
-    for (int half = 128; half > 0; half >>= 1) {
-        if (t < half) { s_loss[t] += s_loss[t + half]; s_correct[t] += s_correct[t + half]; }
-        __syncthreads();
-    }
-    if (t == 0) { summary[0] = s_loss[0] / B; summary[1] = s_correct[0]; summary[2] = flags[0]; }
-}
-"""
 
 _kernels: Dict[str, Any] = {}
 
 
 def _k(name: str) -> Any:
     if not _kernels:
-        ek = cp.ElementwiseKernel
-        module = cp.RawModule(code=_ROW_KERNELS, options=("--std=c++11",))
+        module_source, preamble = _kernel_sources()
+
+        def ek(in_params: str, out_params: str, operation: str, kernel: str) -> Any:
+            return cp.ElementwiseKernel(in_params, out_params, operation, kernel,
+                                        preamble=preamble)
+        module = cp.RawModule(code=module_source, options=("--std=c++11",))
         _kernels.update({
             # The refractory mask is read from the countdown the step starts from; a fresh
             # (empty) state has no countdown array at all: the *_fresh twins.
             "spike": ek("float32 v, int32 left, float32 thr", "float32 spikes",
-                        "spikes = (left == 0 && v >= thr) ? 1.0f : 0.0f", "aiva_spike"),
+                        "spikes = aiva_spike_value(v, left, thr)", "aiva_spike"),
             "spike_fresh": ek("float32 v, float32 thr", "float32 spikes",
-                              "spikes = v >= thr ? 1.0f : 0.0f", "aiva_spike_fresh"),
+                              "spikes = aiva_spike_fresh_value(v, thr)", "aiva_spike_fresh"),
             "commit": ek("float32 spikes, int32 R", "int32 left",
-                         "left = spikes != 0.0f ? R : (left > 0 ? left - 1 : 0)", "aiva_commit"),
+                         "left = aiva_commit_value(spikes, R, left)", "aiva_commit"),
             "commit_fresh": ek("float32 spikes, int32 R", "int32 left",
-                               "left = spikes != 0.0f ? R : 0", "aiva_commit_fresh"),
+                               "left = aiva_commit_fresh_value(spikes, R)", "aiva_commit_fresh"),
             # fast-sigmoid surrogate; d_spikes is overwritten by dv
             "surrogate": ek("float32 v, int32 left, float32 thr, float32 k", "float32 d",
-                            "float a = 1.0f + k * fabsf(v - thr); d = left == 0 ? d / (a * a) : 0.0f",
-                            "aiva_surrogate"),
+                            "d = aiva_surrogate_value(v, left, thr, k, d)", "aiva_surrogate"),
             "surrogate_fresh": ek("float32 v, float32 thr, float32 k", "float32 d",
-                                  "float a = 1.0f + k * fabsf(v - thr); d = d / (a * a)",
+                                  "d = aiva_surrogate_fresh_value(v, thr, k, d)",
                                   "aiva_surrogate_fresh"),
-            "tanh_back": ek("float32 h", "float32 d", "d = d * (1.0f - h * h)", "aiva_tanh_back"),
+            "tanh_back": ek("float32 h", "float32 d", "d = aiva_tanh_back_value(h, d)",
+                            "aiva_tanh_back"),
             # Adam, one fused pass per weight array
             "adam": ek("float32 g, float32 one_minus_b1, float32 b2, float32 one_minus_b2, "
                        "float32 eps, float32 wd, float32 step_size, float32 inv_bc2_sqrt",
                        "float32 w, float32 m, float32 v",
                        "float nw, nm, nv;"
-                       "aiva_adam_math(g, w, m, v, one_minus_b1, b2, one_minus_b2, eps, wd,"
-                       "               step_size, inv_bc2_sqrt, &nw, &nm, &nv);"
-                       "w = nw; m = nm; v = nv;", "aiva_adam", preamble=_ADAM_MATH),
+                       "aiva_adam_update(g, w, m, v, one_minus_b1, b2, one_minus_b2, eps, wd,"
+                       "                 step_size, inv_bc2_sqrt, &nw, &nm, &nv);"
+                       "w = nw; m = nm; v = nv;", "aiva_adam"),
             "adam_flag": module.get_function("aiva_adam_flag"),
             "softmax_rows": module.get_function("aiva_softmax_rows"),
             "xent_rows": module.get_function("aiva_xent_rows"),

@@ -5,6 +5,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "aiva_common.h"
+
 /* The elementwise passes are memory- or latency-bound loops the compiler vectorises; built
  * for the baseline ISA they get 16-byte SSE vectors.  Where the toolchain can, build each in
  * AVX-512, AVX2 and baseline versions and let the loader pick the widest the CPU has. */
@@ -95,9 +97,9 @@ static void forward_product(const aiva_blas *blas, int M, int N, int K, const fl
 }
 
 /* MKL lays a pack out for the m (batch rows) it is told, though compute accepts any m: packed
- * for 256 rows, the bf16 fc1 product measured 0.69 ms at batch 256 and 0.20 at batch 64
- * (unpacked 0.67 and 0.25); packed for one row, 1.13 ms at batch 256.  At batch 1 the
- * unpacked call was faster (0.031 ms against 0.042), so single rows skip the packs. */
+ * for 256 rows it is as fast as unpacked calls at batch 256 and faster at 64, packed for one
+ * row it is slower at 256, and at batch 1 the unpacked call is faster, so single rows skip
+ * the packs (figures: benchmarks/README.md, "Figures behind design choices"). */
 #define AIVA_PACK_ROWS 256
 
 size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, void *dest)
@@ -117,18 +119,10 @@ size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, v
     return blas->pack_f32_size(B_MATRIX, m, n, k);
 }
 
-/* Round to nearest even on the bits: add 0x7fff plus the lowest kept bit, keep the top half.
- * A NaN is kept a (quiet) NaN: the carry could otherwise turn it into Inf. */
 AIVA_VECTOR_PASS
 void aiva_round_bf16(const float *restrict src, ptrdiff_t n, aiva_bf16 *restrict dst)
 {
-    for (ptrdiff_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &src[i], sizeof u);
-        uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-        uint32_t is_nan = (u & 0x7fffffffu) > 0x7f800000u;
-        dst[i] = (aiva_bf16)(is_nan ? ((u >> 16) | 0x40u) : rounded);
-    }
+    for (ptrdiff_t i = 0; i < n; i++) dst[i] = aiva_bf16_round(src[i]);
 }
 
 /* tanh as a 13/6 rational function (the approximation Eigen and PyTorch use for float):
@@ -283,23 +277,11 @@ static int softmax_rows(const float *restrict z, int batch, int T, float *restri
     return 1;
 }
 
-/* max |a[i]|, compared as integers: the bits of a non-negative float order like its value,
- * and an integer max reduction vectorises where a float one (with its NaN and signed-zero
- * rules) does not.  A NaN's bits sort above +Inf's, so the result is Inf or NaN exactly
- * when some a[i] is not finite. */
+/* max |a[i]|: Inf or NaN exactly when some a[i] is not finite (aiva_common.h). */
 AIVA_VECTOR_PASS
 static float max_abs(const float *a, ptrdiff_t n)
 {
-    int32_t m = 0;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        int32_t bits;
-        memcpy(&bits, &a[i], sizeof bits);
-        bits &= 0x7fffffff;
-        m = bits > m ? bits : m;
-    }
-    float r;
-    memcpy(&r, &m, sizeof r);
-    return r;
+    return aiva_bits_float(aiva_max_abs_bits(a, n));
 }
 
 /* Where the bf16 operands of one step live in ws->bf16. */

@@ -311,8 +311,8 @@ def test_bfloat16_on_cuda_is_not_implemented():
 def test_without_mkl_bfloat16_names_what_to_install():
     # A fresh interpreter where the MKL lookup finds nothing (as on a machine without it).
     script = """
-import aiva_cy._core as core
-core._mkl_path = lambda: None
+import aiva_cy._blas as blas
+blas._mkl_path = lambda: None
 from aiva_cy import AIVANet, blas_info
 net = AIVANet(input_size=4, num_tools=2, hidden_size=3, spiking_size=3)
 info = blas_info()

@@ -34,7 +34,7 @@ def test_default_provider_is_reported():
 
 
 def _have_mkl():
-    from aiva_cy._core import _mkl_path
+    from aiva_cy._blas import _mkl_path
     return _mkl_path() is not None
 
 

@@ -18,7 +18,8 @@ cleanup() {
 trap cleanup EXIT
 WARN="-std=c99 -Wall -Wextra -Wconversion -Wshadow -Werror"
 OPT="-O3 -fno-math-errno -fno-trapping-math"
-SRC="tests/c/test_core.c src_c/aiva_core.c src_c/blas_open.c"
+SRC="tests/c/test_core.c src_c/aiva_core.c src_c/aiva_adam.c src_c/blas_open.c"
+INC="-Isrc_c -Iaiva_cy"
 ran=0 skipped=0
 
 missing() {
@@ -32,7 +33,7 @@ native() {
     for cc in gcc clang; do
         if ! command -v "$cc" >/dev/null; then missing "$cc" "$cc"; continue; fi
         echo "--- native, $cc"
-        "$cc" $WARN $OPT -Isrc_c $SRC -ldl -lm -o "$out/test_$cc"
+        "$cc" $WARN $OPT $INC $SRC -ldl -lm -o "$out/test_$cc"
         "$out/test_$cc"
         ran=$((ran + 1))
     done
@@ -44,7 +45,7 @@ win64() {
     fi
     if ! command -v wine >/dev/null; then missing wine "wine wine64"; return 0; fi
     echo "--- win64 (mingw-w64, LLP64) under wine"
-    x86_64-w64-mingw32-gcc $WARN $OPT -Isrc_c $SRC -o "$out/test_core.exe"
+    x86_64-w64-mingw32-gcc $WARN $OPT $INC $SRC -o "$out/test_core.exe"
     # A private wine prefix: nothing of the user's, and nothing left behind.
     WINEPREFIX="$out/wine" WINEDEBUG=-all wine "$out/test_core.exe"
     ran=$((ran + 1))
