@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, TextIO, Tuple
 import numpy as np
 
 from aiva_cy._checks import as_float32, check_finite, float_arg, int_arg, numeric_array
+from aiva_cy._engine import host_y
 
 if TYPE_CHECKING:
     from aiva_cy.net import AIVANet
@@ -53,7 +54,7 @@ def _dataset(net: "AIVANet", X: Any, y: Any, xname: str, yname: str) -> Tuple[np
         raise ValueError(f"{xname} must have shape (n >= 1, {net.input_size}), got {arr.shape}")
     arr = as_float32(xname, arr)
     check_finite(xname, arr)
-    return arr, net._as_y(y, arr.shape[0], name=yname, on_host=True)
+    return arr, host_y(y, arr.shape[0], yname, net.num_tools)
 
 
 def evaluate(net: "AIVANet", X: Any, y: Any, batch_size: int = 256) -> Dict[str, float]:
@@ -66,12 +67,8 @@ def _evaluate(net: "AIVANet", X: np.ndarray, y: np.ndarray, batch_size: int) -> 
     total_loss, correct = 0.0, 0
     engine = net._engine
     for start in range(0, X.shape[0], batch_size):
-        xb = X[start:start + batch_size]
-        if net.device != "cpu":
-            xb = engine.to_device(xb)
-        probs, logits = engine.predict(xb, True)   # (CupyEngine on CUDA: CuPy arrays)
-        if net.device != "cpu":
-            probs, logits = probs.get(), logits.get()
+        probs, logits = engine.predict(engine.to_device(X[start:start + batch_size]), True)
+        probs, logits = engine.to_host(probs), engine.to_host(logits)
         yb = y[start:start + batch_size]
         z = logits.astype(np.float64)
         m = z.max(axis=1)
@@ -128,7 +125,6 @@ def fit(net: "AIVANet", X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
     monitor = "val_loss" if X_val is not None else "loss"
     best, best_epoch, best_weights = math.inf, -1, None
     engine, optimizer = net._engine, net._optimizer
-    on_gpu = net.device != "cpu"
 
     for epoch in range(epochs):
         order = rng.permutation(n) if shuffle else np.arange(n)
@@ -136,9 +132,8 @@ def fit(net: "AIVANet", X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
         loss_sum, correct, seen = 0.0, 0, 0
         for step in range(steps):
             idx = order[step * batch_size:(step + 1) * batch_size]
-            xb, yb = np.ascontiguousarray(X[idx]), np.ascontiguousarray(y[idx])
-            if on_gpu:
-                xb, yb = engine.to_device(xb), engine.to_device(yb)
+            xb = engine.to_device(np.ascontiguousarray(X[idx]))
+            yb = engine.to_device(np.ascontiguousarray(y[idx]))
             engine.reset_state()          # each mini-batch is one step from an empty state
             loss, right = engine.train_step(xb, yb, optimizer)
             loss_sum += float(loss) * len(idx)
