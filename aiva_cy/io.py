@@ -43,8 +43,8 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tu
 
 import numpy as np
 
-from aiva_cy._checks import adam_betas, adam_value, float_arg, int_arg
-from aiva_cy._core import PARAM_NAMES
+from aiva_cy._checks import adam_betas, adam_value, int_arg
+from aiva_cy._model import INDEX_LIMIT, PARAM_NAMES, check_config, param_shapes, sizes
 
 if TYPE_CHECKING:  # only for annotations: net.py imports this module lazily
     from aiva_cy.net import AIVANet
@@ -516,17 +516,6 @@ def _check_format(path: str, header: Mapping[str, str]) -> None:
         raise _Corrupt(f"'{path}': {_FORMAT_KEY!r} has unknown keys {unknown}")
 
 
-#: The config keys every checkpoint holds, with their checks; "precision" may be present.
-_CONFIG_CHECKS: Dict[str, Callable[[str, Any], Any]] = {
-    "input_size": lambda k, v: int_arg(k, v, 1),
-    "num_tools": lambda k, v: int_arg(k, v, 1),
-    "hidden_size": lambda k, v: int_arg(k, v, 1),
-    "spiking_size": lambda k, v: int_arg(k, v, 1),
-    "threshold": lambda k, v: float_arg(k, v),
-    "refractory_period": lambda k, v: int_arg(k, v, 0),
-    "surrogate_slope": lambda k, v: float_arg(k, v, 0.0),
-}
-_OPTIONAL_CONFIG_KEYS = ("precision",)
 _OPTIMIZER_FIELDS = ("lr", "betas", "eps", "weight_decay", "step")
 
 
@@ -536,19 +525,10 @@ def _check_config(path: str, header: Mapping[str, str]) -> Dict[str, Any]:
     config = _parse_json(path, header, _CONFIG_KEY)
     if not isinstance(config, dict):
         raise _Corrupt(f"'{path}': {_CONFIG_KEY!r} must be a JSON object, got {config!r}")
-    missing = [k for k in _CONFIG_CHECKS if k not in config]
-    unknown = sorted(k for k in config if k not in _CONFIG_CHECKS
-                     and k not in _OPTIONAL_CONFIG_KEYS)
-    if missing or unknown:
-        raise _Corrupt(f"'{path}': {_CONFIG_KEY!r} must hold exactly the keys "
-                       f"{list(_CONFIG_CHECKS)}: missing {missing}, unknown {unknown}")
-    checked = dict(config)
-    for key, check in _CONFIG_CHECKS.items():
-        try:
-            checked[key] = check(key, config[key])
-        except (TypeError, ValueError) as exc:
-            raise _Corrupt(f"'{path}': config {key!r}: {exc}") from None
-    return checked
+    try:
+        return check_config(config, exact=True)
+    except (TypeError, ValueError) as exc:
+        raise _Corrupt(f"'{path}': {_CONFIG_KEY!r}: {exc}") from None
 
 
 def _optimizer_header(path: str, header: Mapping[str, str]) -> Tuple[Dict[str, Any], int]:
@@ -602,9 +582,7 @@ def _expected_arrays(path: str, header: Mapping[str, str]) -> Dict[str, _Spec]:
     """Every array the checkpoint described by ``header`` may hold, with its spec."""
     _check_format(path, header)
     c = _check_config(path, header)
-    shapes = {"fc1.weight": (c["input_size"], c["hidden_size"]),
-              "spiking.weight": (c["hidden_size"], c["spiking_size"]),
-              "fc2.weight": (c["spiking_size"], c["num_tools"])}
+    shapes = param_shapes(*sizes(c))
     specs = {k: _Spec("f", shapes[k]) for k in PARAM_NAMES}
     if _OPTIMIZER_KEY in header:
         _optimizer_header(path, header)
@@ -613,7 +591,7 @@ def _expected_arrays(path: str, header: Mapping[str, str]) -> Dict[str, _Spec]:
     # The state is what a forward at some batch left; the engine takes at most this many
     # rows in one call.
     specs[_STATE_KEY] = _Spec("iu", (0, c["spiking_size"]),
-                              max_rows=max(1, 2**30 // max(c["hidden_size"], c["spiking_size"])))
+                              max_rows=max(1, INDEX_LIMIT // max(c["hidden_size"], c["spiking_size"])))
     return specs
 
 
@@ -672,7 +650,7 @@ def _build(cls: Type["AIVANet"], path: str, arrays: Dict[str, np.ndarray],
             config["precision"] = precision
         net = cls(**config, **opt_args, seed=0)
         net.load_state_dict(weights)
-        net._engine.set_state(arrays.get(_STATE_KEY))
+        net.set_state(arrays.get(_STATE_KEY))
         if opt_state is not None:
             net.optimizer.load_state_dict(opt_state)
     except (TypeError, ValueError) as exc:
@@ -754,5 +732,5 @@ def from_bioneuron(cls: Type["AIVANet"], obj: Any, *, threshold: Optional[float]
     kwargs.setdefault("seed", 0)
     net = cls(input_size=fc1.shape[0], num_tools=fc2.shape[1], hidden_size=fc1.shape[1],
               spiking_size=spiking.shape[1], threshold=threshold, **kwargs)
-    net.load_state_dict({"fc1.weight": fc1, "spiking.weight": spiking, "fc2.weight": fc2})
+    net.load_state_dict(dict(zip(PARAM_NAMES, (fc1, spiking, fc2))))
     return net
