@@ -14,7 +14,7 @@ engine contract checks them equal to the ones here.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -87,8 +87,9 @@ SIZE_KEYS = ("input_size", "hidden_size", "spiking_size", "num_tools")
 def check_config(config: Mapping[str, Any], *, exact: bool = False) -> Dict[str, Any]:
     """A checked copy of ``config``, in CONFIG_KEYS order, defaults filled in.
 
-    Raises TypeError or ValueError naming the key; a missing key is a ValueError too.  ``exact``: keys outside CONFIG_KEYS are an error too (a checkpoint);
-    otherwise the caller passes exactly the keys it has (the constructor, unpickling).
+    Raises TypeError or ValueError naming the key; a missing key is a ValueError too.
+    ``exact``: keys outside CONFIG_KEYS are an error as well (a checkpoint); otherwise they
+    are ignored (the constructor and unpickling pass only the keys they have).
     """
     missing = [k for k in REQUIRED_CONFIG_KEYS if k not in config]
     unknown = sorted(str(k) for k in config if k not in CONFIG_CHECKS)
@@ -137,6 +138,17 @@ def init_weights(config: Mapping[str, Any], seed: Optional[int]) -> Dict[str, np
         w -= a
         out[key] = w.T if transposed else w
     return out
+
+
+class Snapshot(NamedTuple):
+    """One training step's net, on the host: what a checkpoint or a pickle holds.  Taken
+    under the net's lock (``AIVANet._snapshot``), so weights, state and optimizer belong
+    together; written out afterwards, without the lock."""
+
+    config: Dict[str, Any]                 # the checked config (see check_config)
+    weights: Dict[str, np.ndarray]         # PARAM_NAMES -> float32, state_dict layout
+    state: Optional[np.ndarray]            # int32 (B, spiking_size), or None: empty
+    optimizer: Optional[Dict[str, Any]]    # Adam's state_dict(), or None: not included
 
 
 # ---------------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ from aiva_cy._checks import int_arg as _int_arg
 from aiva_cy._checks import numeric_array as _numeric_array
 from aiva_cy._checks import parse_device as _parse_device
 from aiva_cy._core import Engine
-from aiva_cy._model import (PARAM_NAMES, batch_mismatch, check_config, check_device_precision,
-                            check_precision, check_state, init_weights, num_parameters,
-                            param_shapes, sizes)
+from aiva_cy._model import (PARAM_NAMES, Snapshot, batch_mismatch, check_config,
+                            check_device_precision, check_precision, check_state, init_weights,
+                            num_parameters, param_shapes, sizes)
 
 # Static types of the input: a flat list of numbers is one stream, a list of lists a batch.
 # An array's number of dimensions is not in its static type, so an array gets the union.
@@ -364,7 +364,7 @@ class AIVANet:
         ``include_optimizer``, Adam's hyper-parameters, step and moments.
         """
         from aiva_cy import io
-        io.save(self, path, include_optimizer=include_optimizer)
+        io.save(self._snapshot(bool(include_optimizer)), path)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], *, device: str = "cpu",
@@ -403,23 +403,22 @@ class AIVANet:
         return self.to("cuda")
 
     # -- pickle ----------------------------------------------------------------------------
-    def __getstate__(self) -> Dict[str, Any]:
-        with self._lock:      # weights, state and optimizer of the same step
+    def _snapshot(self, include_optimizer: bool = True) -> Snapshot:
+        """Weights, state and optimizer of one step, on the host, taken under the lock."""
+        with self._lock:
             state = self._engine.get_state()
-            return {"format": 1, "config": dict(self._config), "device": self.device,
-                    "weights": _to_numpy(self.state_dict()),
-                    "state": None if state is None else self._engine.to_host(state),
-                    "optimizer": _to_numpy(self._optimizer.state_dict())}
+            return Snapshot(self.config, self._engine.get_weights(),
+                            None if state is None else self._engine.to_host(state),
+                            self._optimizer.state_dict() if include_optimizer else None)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        snap = self._snapshot()
+        return {"format": 1, "config": snap.config, "device": self.device,
+                "weights": snap.weights, "state": snap.state, "optimizer": snap.optimizer}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self._build(check_config(state["config"]), state["weights"], {})
         self._engine.set_state(state["state"])
         self._optimizer.load_state_dict(state["optimizer"])
-        if state.get("device", "cpu") != "cpu":
-            self.to(state["device"])
+        self.to(state.get("device", "cpu"))
 
-
-def _to_numpy(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _to_numpy(v) for k, v in obj.items()}
-    return obj.get() if type(obj).__module__.startswith("cupy") else obj

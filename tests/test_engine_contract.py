@@ -102,16 +102,19 @@ def test_both_engines_convert_input_alike(engines):
         assert e.to("cpu" if net is cpu else e.device, net.optimizer) == (e, net.optimizer)
 
 
-BAD_INPUT = [
+BAD_INPUT = [   # SMALL: input_size 24, num_tools 5, spiking_size 30, refractory_period 2
     ("as_x", (np.zeros((2, 3)),), ValueError, r"x must have shape \(24,\) or \(batch >= 1, 24\)"),
     ("as_x", (np.array(["a"] * 24),), TypeError, "x must hold real numbers"),
     ("as_xs", (np.zeros((2, 2, 2, 24)),), ValueError, r"xs must have shape \(steps >= 1, 24\)"),
     ("as_xs", (np.full((2, 24), np.nan),), ValueError, "xs contains NaN or Inf"),
-    ("as_y", ([0, 9], 2), ValueError, r"y must hold integer labels in \[0, 5\), got values from 0 to 9"),
+    ("as_y", ([0, 9], 2), ValueError,
+     r"y must hold integer labels in \[0, 5\), got values from 0 to 9"),
     ("as_y", ([0.5, 1], 2), ValueError, "non-integer"),
     ("as_y", ([0, 1, 2], 2), ValueError, r"one label per row of x: shape \(2,\)"),
-    ("set_state", (np.full((2, 30), 7),), ValueError, r"refractory state must hold integers in \[0, 2\]"),
-    ("set_state", (np.zeros((2, 3)),), ValueError, r"refractory state must have shape \(batch >= 1, 30\)"),
+    ("set_state", (np.full((2, 30), 7),), ValueError,
+     r"refractory state must hold integers in \[0, 2\]"),
+    ("set_state", (np.zeros((2, 3)),), ValueError,
+     r"refractory state must have shape \(batch >= 1, 30\)"),
     ("set_precision", ("float16",), ValueError, "precision must be 'float32' or 'bfloat16'"),
 ]
 
