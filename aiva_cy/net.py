@@ -318,7 +318,8 @@ class AIVANet:
         """
         from aiva_cy._training import fit
         with self._lock:      # the net is fit's until it returns: other threads' calls wait
-            return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
+            return fit(self._engine, self._optimizer, X, y, epochs=epochs, batch_size=batch_size,
+                       shuffle=shuffle, seed=seed,
                        validation_data=validation_data, validation_split=validation_split,
                        patience=patience, min_delta=min_delta,
                        restore_best_weights=restore_best_weights, verbose=verbose)
@@ -327,7 +328,7 @@ class AIVANet:
         """Mean cross-entropy and accuracy, each row one step from an empty state."""
         from aiva_cy._training import evaluate
         with self._lock:
-            return evaluate(self, X, y, batch_size=batch_size)
+            return evaluate(self._engine, X, y, batch_size=batch_size)
 
     # -- weights ---------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
