@@ -1,4 +1,4 @@
-"""Argument checks shared by net.py, io.py and _training.py.
+"""Argument checks shared by net.py, _model.py, the engines, io.py and _training.py.
 
 Imports run one way: those modules import this one, and this one imports none of them.
 Every check raises TypeError or ValueError with a message that names the argument, what

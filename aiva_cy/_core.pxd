@@ -37,6 +37,8 @@ cdef extern from "aiva_core.h" nogil:
         float *fc2
         double bound_fc1_t, bound_spiking_t, bound_fc2
 
+    double AIVA_GRAD_LIMIT
+
     enum:
         AIVA_OK
         AIVA_ERR_INPUT_NONFINITE

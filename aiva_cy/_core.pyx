@@ -16,6 +16,10 @@ from aiva_cy._adam cimport Adam
 # require_bf16 are re-exported here, where they were first defined.
 from aiva_cy._blas cimport float32_table, mkl_table, open_mkl
 from aiva_cy._blas import MKL_EXTRA, blas_info, require_bf16
+from aiva_cy import _engine
+from aiva_cy._model import (INDEX_LIMIT, PARAM_NAMES, PARAM_TRANSPOSED, PRECISIONS,
+                            batch_mismatch, check_precision, check_state, engine_error,
+                            max_train_rows, param_shapes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -73,24 +77,15 @@ cdef class Workspace:
         return 0
 
 
-cdef str _error_text(int code):
-    if code == AIVA_ERR_INPUT_NONFINITE:
-        return "x contains NaN or Inf (or a value too large for float32)"
-    if code == AIVA_ERR_OUTPUT_NONFINITE:
-        return "the logits are not finite: the weights are too large for float32"
-    if code == AIVA_ERR_LABEL:
-        return "a label is outside [0, num_tools)"
-    if code == AIVA_ERR_GRAD_NONFINITE:
-        return "the loss or a gradient is not finite (or overflows float32)"
-    return "batch size does not fit the workspace"
-
-
 cdef _raise(int code, bint training=False):
-    # In training, logits that overflow are a non-finite loss: FloatingPointError, as for
-    # gradients.  In inference they are reported like bad input.
-    if code == AIVA_ERR_GRAD_NONFINITE or (training and code == AIVA_ERR_OUTPUT_NONFINITE):
-        raise FloatingPointError(_error_text(code) + "; the net was left unchanged")
-    raise ValueError(_error_text(code))
+    # The words are aiva_cy._model's, shared with the CUDA engine.
+    raise engine_error(code, training=training)
+
+
+#: The C core's own copies of aiva_cy._model's facts (its test checks them equal).
+C_CONSTANTS = {"GRAD_LIMIT": AIVA_GRAD_LIMIT, "ERR_INPUT_NONFINITE": AIVA_ERR_INPUT_NONFINITE,
+               "ERR_OUTPUT_NONFINITE": AIVA_ERR_OUTPUT_NONFINITE, "ERR_LABEL": AIVA_ERR_LABEL,
+               "ERR_GRAD_NONFINITE": AIVA_ERR_GRAD_NONFINITE, "ERR_SIZE": AIVA_ERR_SIZE}
 
 
 # ---------------------------------------------------------------------------------------
@@ -104,9 +99,8 @@ cdef _raise(int code, bint training=False):
 WORKSPACE_LIMIT = 16 << 20
 # Free workspaces kept for predict_proba between calls (one per concurrent thread is used).
 POOL_MAX = 4
-# The C core indexes a step's arrays with 32-bit ints: the most rows one training step
-# (which is not chunked) may have is 2**30 // the widest layer.
-_INT_LIMIT = 2**30
+# The C core indexes a step's arrays with 32-bit ints (see aiva_cy._model.INDEX_LIMIT).
+_INT_LIMIT = INDEX_LIMIT
 
 
 def _row_bytes(int hidden_size, int spiking_size, int num_tools, int input_size=0):
@@ -119,17 +113,8 @@ def _row_bytes(int hidden_size, int spiking_size, int num_tools, int input_size=
 # ---------------------------------------------------------------------------------------
 # Engine
 # ---------------------------------------------------------------------------------------
-PARAM_NAMES = ("fc1.weight", "spiking.weight", "fc2.weight")
-PARAM_TRANSPOSED = (True, True, False)   # kept as (out, in): see src_c/aiva_core.h
-
-
-def batch_mismatch(int batch, int held, str name="x"):
-    """The error for a call whose batch size differs from the refractory state's."""
-    return ValueError(f"{name} has batch size {batch} but the net's refractory state holds "
-                      f"{held} streams; call reset_state() first to change the batch size")
-
-
-PRECISIONS = ("float32", "bfloat16")
+# PARAM_NAMES, PARAM_TRANSPOSED (fc1 and spiking kept as (out, in): see src_c/aiva_core.h),
+# PRECISIONS and batch_mismatch are aiva_cy._model's, imported above and importable from here.
 
 
 def _round_bf16(w):
@@ -195,8 +180,7 @@ cdef class Engine:
         # copying them: a fresh net's 12.7 MB of weights are then written only once.
         if min(input_size, hidden_size, spiking_size, num_tools) < 1 or refractory_period < 0:
             raise ValueError("sizes must be >= 1 and refractory_period >= 0")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+        check_precision(precision)
         if precision == "bfloat16":
             require_bf16()
         self._lock = threading.Lock()
@@ -214,18 +198,19 @@ cdef class Engine:
         self.net.spiking_size, self.net.num_tools = spiking_size, num_tools
         self.net.threshold, self.net.refractory_period = threshold, refractory_period
         self.net.surrogate_slope = surrogate_slope
-        if not copy and _adoptable(weights["fc1.weight"].T, (hidden_size, input_size)) \
-                and _adoptable(weights["spiking.weight"].T, (spiking_size, hidden_size)) \
-                and _adoptable(weights["fc2.weight"], (spiking_size, num_tools)):
-            self._install(weights["fc1.weight"].T, weights["spiking.weight"].T,
-                          weights["fc2.weight"])
+        shapes = param_shapes(input_size, hidden_size, spiking_size, num_tools)
+        layout = None if copy else [
+            (weights[k].T, shapes[k][::-1]) if t else (weights[k], shapes[k])
+            for k, t in zip(PARAM_NAMES, PARAM_TRANSPOSED)]
+        if layout is not None and all(_adoptable(a, shape) for a, shape in layout):
+            self._install(layout[0][0], layout[1][0], layout[2][0])
         else:
             self.set_weights(weights)
         self.g_fc1_t = self.g_spiking_t = self.g_fc2 = None
         self.refractory_left = None
         self.ws = Workspace(input_size, hidden_size, spiking_size, num_tools)
         self._pool = []
-        self.max_train_batch = max(1, _INT_LIMIT // max(hidden_size, spiking_size, num_tools))
+        self.max_train_batch = max_train_rows(hidden_size, spiking_size, num_tools)
 
     @property
     def pooled_workspaces(self):
@@ -243,25 +228,21 @@ cdef class Engine:
 
     def get_weights(self):
         """state_dict-layout copies (of one generation of weights)."""
-        fc1_t, spiking_t, fc2 = self._weights
-        return {"fc1.weight": np.ascontiguousarray(fc1_t.T),
-                "spiking.weight": np.ascontiguousarray(spiking_t.T),
-                "fc2.weight": fc2.copy()}
+        return _state_dict_layout(self._weights)
 
     def set_weights(self, weights):
         """Copy state_dict-layout arrays in.  Shapes are checked here; finiteness and dtypes
         by the caller.  The copies are new arrays, swapped in as one under the lock, so a
         predict running meanwhile in another thread sees the old weights or the new ones,
         never a mix."""
-        want = {"fc1.weight": (self.input_size, self.hidden_size),
-                "spiking.weight": (self.hidden_size, self.spiking_size),
-                "fc2.weight": (self.spiking_size, self.num_tools)}
+        want = param_shapes(self.input_size, self.hidden_size, self.spiking_size,
+                            self.num_tools)
         for k, shape in want.items():
             if weights[k].shape != shape:
                 raise ValueError(f"{k} must have shape {shape}, got {weights[k].shape}")
-        fc1_t = np.array(weights["fc1.weight"].T, dtype=np.float32, order="C")
-        spiking_t = np.array(weights["spiking.weight"].T, dtype=np.float32, order="C")
-        fc2 = np.array(weights["fc2.weight"], dtype=np.float32, order="C")
+        fc1_t, spiking_t, fc2 = (np.array(weights[k].T if t else weights[k], dtype=np.float32,
+                                          order="C")
+                                 for k, t in zip(PARAM_NAMES, PARAM_TRANSPOSED))
         with self._lock:
             self._install(fc1_t, spiking_t, fc2)
 
@@ -286,8 +267,7 @@ cdef class Engine:
 
     def set_precision(self, str precision):
         """Switch between float32 and bfloat16 products; the float32 weights are kept."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+        check_precision(precision)
         if precision == "bfloat16":
             require_bf16()
         with self._lock:
@@ -343,9 +323,7 @@ cdef class Engine:
         """state_dict-layout copies of the last computed gradients."""
         if self.g_fc1_t is None:
             return None
-        return {"fc1.weight": np.ascontiguousarray(self.g_fc1_t.T),
-                "spiking.weight": np.ascontiguousarray(self.g_spiking_t.T),
-                "fc2.weight": self.g_fc2.copy()}
+        return _state_dict_layout((self.g_fc1_t, self.g_spiking_t, self.g_fc2))
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -365,14 +343,9 @@ cdef class Engine:
             with self._lock:
                 self.refractory_left = None
             return
-        a = np.asarray(state)
-        if a.ndim != 2 or a.shape[1] != self.spiking_size or a.shape[0] < 1:
-            raise ValueError(f"refractory state must have shape (batch, {self.spiking_size}), "
-                             f"got {a.shape}")
-        if a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() > self.refractory_period)):
-            raise ValueError(f"refractory state must hold integers in [0, {self.refractory_period}]")
+        a = check_state(state, self.spiking_size, self.refractory_period, "refractory state")
         with self._lock:
-            self.refractory_left = np.array(a, dtype=np.int32, order="C")
+            self.refractory_left = a
 
     cdef object _state_for(self, int batch):
         # The ring buffer follows the batch: the first call after a reset gets a new, empty
@@ -758,11 +731,51 @@ cdef class Engine:
         self._inference_net(&net)
         return net.fc1_packed != NULL
 
+    # -- the rest of the engine contract (aiva_cy._engine): input, devices, optimizer --
+    @property
+    def device(self):
+        return "cpu"
+
+    def as_x(self, x, name="x"):
+        """(B, input_size) float32, C order, aligned, and whether x was 1-D; NaN and Inf
+        are left to the C core, which checks them in the pass that reads x."""
+        return _engine.host_x(x, name, self.input_size)
+
+    def as_xs(self, xs, name="xs"):
+        """(T, B, input_size) float32, C order, checked finite; and whether xs was 2-D."""
+        return _engine.host_xs(xs, name, self.input_size)
+
+    def as_y(self, y, int batch, name="y"):
+        """int64 labels (batch,), aligned, checked in [0, num_tools)."""
+        return _engine.host_y(y, batch, name, self.num_tools)
+
+    def to_device(self, arr):
+        """The host is this engine's device: the same array."""
+        return arr
+
+    def to_host(self, arr):
+        return np.asarray(arr)
+
+    def make_optimizer(self, **hyper):
+        """Adam over params(), told which of them are kept transposed."""
+        return Adam(self.param_shapes(), names=PARAM_NAMES, transposed=PARAM_TRANSPOSED,
+                    **hyper)
+
+    def to(self, device, optimizer):
+        """(engine, optimizer) on device: these two on "cpu", CUDA copies otherwise."""
+        return _engine.cpu_engine_to(self, device, optimizer)
+
     def __reduce__(self):
         return (_rebuild_engine,
                 ((self.input_size, self.hidden_size, self.spiking_size, self.num_tools,
                   self.threshold, self.refractory_period, self.surrogate_slope),
                  self.get_weights(), self.get_state(), self.precision))
+
+
+def _state_dict_layout(arrays):
+    """Copies of engine-layout arrays (weights or gradients) in the state_dict's layout."""
+    return {k: np.ascontiguousarray(a.T) if t else a.copy()
+            for k, a, t in zip(PARAM_NAMES, arrays, PARAM_TRANSPOSED)}
 
 
 def _rebuild_engine(config, weights, state, precision="float32"):

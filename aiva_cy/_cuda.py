@@ -43,14 +43,15 @@ except Exception as exc:  # ImportError, or a CuPy that cannot find its CUDA lib
 else:
     _IMPORT_ERROR = None
 
-from aiva_cy._checks import adam_betas, adam_value, label_rows
-from aiva_cy._core import PARAM_NAMES, PARAM_TRANSPOSED, batch_mismatch
+from aiva_cy import _engine
+from aiva_cy._checks import adam_betas, adam_value, check_finite, is_cupy, label_rows
+from aiva_cy._model import (ERR_GRAD_NONFINITE, ERR_INPUT_NONFINITE, ERR_OUTPUT_NONFINITE,
+                            ERR_UPDATE_NONFINITE, GRAD_LIMIT, PARAM_NAMES, batch_mismatch,
+                            check_device_precision, check_precision, check_state, engine_error,
+                            label_range_error, param_shapes)
 
 # Bits of the error word a step gathers on the device.
 BAD_X, BAD_LOGITS, BAD_LABEL, BAD_GRAD, BAD_UPDATE = 1, 2, 4, 8, 16
-# A gradient entry at or above this (or NaN) fails the step: Adam squares it, and 1e18**2
-# is still finite in float32.  The CPU engine uses the same limit.
-GRAD_LIMIT = 1e18
 
 _INSTALL_HINT = ("install CuPy with its CUDA libraries: pip install \"aiva_cy[cuda]\" (CUDA 12) "
                  "or \"aiva_cy[cuda13]\" (CUDA 13)")
@@ -165,6 +166,8 @@ def _k(name: str) -> Any:
             "adam_flag": module.get_function("aiva_adam_flag"),
             "softmax_rows": module.get_function("aiva_softmax_rows"),
             "xent_rows": module.get_function("aiva_xent_rows"),
+            "xent_rows_weighted": module.get_function("aiva_xent_rows_weighted"),
+            "spike_sequence": module.get_function("aiva_spike_sequence"),
             "flag_nonfinite": module.get_function("aiva_flag_nonfinite"),
             "finish": module.get_function("aiva_finish"),
         })
@@ -189,7 +192,7 @@ def _on_device(method: F) -> F:
     """Run the method inside the engine's device context (so cuda:N works)."""
     @functools.wraps(method)
     def wrapper(self: "CupyEngine", *args: Any, **kwargs: Any) -> Any:
-        with cp.cuda.Device(self.device_index):
+        with cp.cuda.Device(self._device_index):
             return method(self, *args, **kwargs)
     return wrapper  # type: ignore[return-value]
 
@@ -287,81 +290,112 @@ class CupyAdam:
 # the engine
 # ---------------------------------------------------------------------------------------
 class CupyEngine:
-    """One network's weights, refractory state and step on a CUDA device."""
+    """One network's weights, refractory state and step on a CUDA device (the contract of
+    :class:`aiva_cy._engine.EngineProtocol`)."""
+
+    #: Where the products come from: always float32 (bfloat16 is MKL's, on the CPU).
+    precision = "float32"
+    #: Nothing here bounds the gradients for Adam: the fused check reads them instead.
+    grad_bounds: Optional[List[float]] = None
+    #: The row kernels and cuBLAS take a batch as a 32-bit int.
+    max_train_batch = 2**31 - 1
+    #: Each call allocates its scratch from CuPy's memory pool; none is kept here.
+    pooled_workspaces = 0
 
     def __init__(self, config: Tuple, weights: Dict[str, np.ndarray], device: str):
-        self.device_index = _require_cuda(device)
+        self._device_index = _require_cuda(device)
+        self._device = device
         (self.input_size, self.hidden_size, self.spiking_size, self.num_tools,
          self.threshold, self.refractory_period, self.surrogate_slope) = config
         self._lock = threading.RLock()
-        self.grads: Optional[Dict[str, Any]] = None
-        self.refractory_left: Any = None
+        self._grads: Optional[Dict[str, Any]] = None
+        self._left: Any = None        # the refractory countdown (B, spiking) int32, or None
         self._install(weights)
 
-    # -- moving --------------------------------------------------------------------------
-    @classmethod
-    def from_cpu(cls, engine: Any, optimizer: Any, device: str) -> Tuple["CupyEngine", CupyAdam]:
-        index = _require_cuda(device)
-        config = (engine.input_size, engine.hidden_size, engine.spiking_size, engine.num_tools,
-                  engine.threshold, engine.refractory_period, engine.surrogate_slope)
-        new = cls(config, engine.get_weights(), device)
-        new.set_state(engine.get_state())
-        opt = CupyAdam(new.param_shapes(), names=PARAM_NAMES, device_index=index)
-        opt.load_state_dict(optimizer.state_dict())
-        return new, opt
+    @property
+    def device(self) -> str:
+        return self._device
 
-    def to_cpu(self, optimizer: CupyAdam) -> Tuple[Any, Any]:
-        from aiva_cy._adam import Adam
+    # -- moving --------------------------------------------------------------------------
+    def to(self, device: str, optimizer: "CupyAdam") -> Tuple[Any, Any]:
+        if device == self._device:
+            return self, optimizer
+        if device == "cpu":
+            return self._to_cpu(optimizer)
+        return from_engine(self, optimizer, device)
+
+    def _to_cpu(self, optimizer: "CupyAdam") -> Tuple[Any, Any]:
         from aiva_cy._core import Engine
         engine = Engine(self.input_size, self.hidden_size, self.spiking_size, self.num_tools,
                         self.threshold, self.refractory_period, self.surrogate_slope,
                         self.get_weights())
         state = self.get_state()
         engine.set_state(None if state is None else _fetch(state))
-        opt = Adam(engine.param_shapes(), names=PARAM_NAMES, transposed=PARAM_TRANSPOSED)
+        opt = engine.make_optimizer()
         opt.load_state_dict(optimizer.state_dict())
         return engine, opt
+
+    def make_optimizer(self, **hyper: Any) -> "CupyAdam":
+        return CupyAdam(self.param_shapes(), names=PARAM_NAMES, device_index=self._device_index,
+                        **hyper)
 
     # -- arrays --------------------------------------------------------------------------
     @_on_device
     def to_device(self, arr: np.ndarray) -> Any:
         return cp.asarray(arr)
 
+    def to_host(self, arr: Any) -> np.ndarray:
+        return _fetch(arr) if is_cupy(arr) else np.asarray(arr)
+
     @_on_device
-    def as_x(self, x: Any, name: str, n_in: int) -> Tuple[Any, bool]:
-        """A CuPy input, float32 in C order, still on the device: each step checks it for
-        NaN/Inf itself, with the step's other checks."""
+    def as_x(self, x: Any, name: str = "x") -> Tuple[Any, bool]:
+        """A CuPy input stays on the device, float32 in C order: each step checks it for
+        NaN/Inf itself, with the step's other checks.  A host input is checked on the host
+        and sent."""
+        if not is_cupy(x):
+            arr, one = _engine.host_x(x, name, self.input_size)
+            check_finite(name, arr)
+            return cp.asarray(arr), one
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers (bool, int or float), got dtype {x.dtype}")
-        one = x.ndim == 1
-        if not ((one and x.shape[0] == n_in) or (x.ndim == 2 and x.shape[1] == n_in and x.shape[0] >= 1)):
-            raise ValueError(f"{name} must have shape ({n_in},) or (batch >= 1, {n_in}), got {x.shape}")
-        return cp.ascontiguousarray(x.reshape(1, n_in) if one else x, dtype=cp.float32), one
+        one = _engine.x_is_one_row(x.shape, self.input_size, name)
+        return cp.ascontiguousarray(x.reshape(1, self.input_size) if one else x,
+                                    dtype=cp.float32), one
 
     @_on_device
-    def as_xs(self, xs: Any) -> Any:
-        """A CuPy sequence (T, B, in), float32 in C order (checked by forward_sequence)."""
-        return cp.ascontiguousarray(xs, dtype=cp.float32)
+    def as_xs(self, xs: Any, name: str = "xs") -> Tuple[Any, bool]:
+        """A CuPy sequence (T, B, in) stays on the device (checked by forward_sequence)."""
+        if not is_cupy(xs):
+            arr, one = _engine.host_xs(xs, name, self.input_size)
+            return cp.asarray(arr), one
+        if xs.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers (bool, int or float), got dtype {xs.dtype}")
+        one = _engine.xs_is_one_stream(xs.shape, self.input_size, name)
+        return cp.ascontiguousarray(xs[:, None, :] if one else xs, dtype=cp.float32), one
 
     @_on_device
-    def as_y(self, y: Any, batch: int, name: str, num_tools: int) -> Any:
-        """CuPy labels, kept on the device.  Integer labels are range-checked by the training
+    def as_y(self, y: Any, batch: int, name: str = "y") -> Any:
+        """CuPy labels stay on the device.  Integer labels are range-checked by the training
         step itself (flagged, fetched with the step's summary); float labels must be
-        integral, which costs one check here."""
-        y = label_rows(name, y, batch, num_tools, cp, lambda a: bool(_fetch(a)))
+        integral, which costs one check here.  Host labels are checked on the host."""
+        T = self.num_tools
+        if not is_cupy(y):
+            return cp.asarray(_engine.host_y(y, batch, name, T))
+        y = label_rows(name, y, batch, T, cp, lambda a: bool(_fetch(a)))
         if y.dtype.kind == "f":
             # integral floats beyond int64 wrap: clamp first so the range check sees them
-            y = cp.clip(y, -1, num_tools)
+            y = cp.clip(y, -1, T)
         elif y.dtype.kind not in "iu":
             raise TypeError(f"{name} must hold integer labels, got dtype {y.dtype}")
         elif y.dtype.kind == "u" and y.dtype.itemsize == 8:
-            y = cp.minimum(y, num_tools)          # uint64 beyond int64 would turn negative
+            y = cp.minimum(y, T)          # uint64 beyond int64 would turn negative
         return cp.ascontiguousarray(y, dtype=cp.int64)
 
-    def param_shapes(self):
+    # -- weights -------------------------------------------------------------------------
+    def param_shapes(self) -> Tuple[Tuple[int, ...], ...]:
         return tuple(w.shape for w in self._weights)
 
-    def params(self):
+    def params(self) -> List[Any]:
         return list(self._weights)
 
     @_on_device
@@ -378,51 +412,51 @@ class CupyEngine:
             self._weights = new
 
     def set_weights(self, weights: Dict[str, np.ndarray]) -> None:
-        for k, shape in zip(PARAM_NAMES, ((self.input_size, self.hidden_size),
-                                          (self.hidden_size, self.spiking_size),
-                                          (self.spiking_size, self.num_tools))):
+        want = param_shapes(self.input_size, self.hidden_size, self.spiking_size, self.num_tools)
+        for k, shape in want.items():
             if tuple(weights[k].shape) != shape:
                 raise ValueError(f"{k} must have shape {shape}, got {weights[k].shape}")
         self._install(weights)
 
     @_on_device
     def gradients(self) -> Optional[Dict[str, Any]]:
-        return None if self.grads is None else {k: g.copy() for k, g in self.grads.items()}
+        return None if self._grads is None else {k: g.copy() for k, g in self._grads.items()}
+
+    def set_precision(self, precision: str) -> None:
+        check_device_precision(self._device, check_precision(precision))
+
+    def packed(self) -> bool:
+        """cuBLAS has no pre-packed weights."""
+        return False
 
     # -- state ---------------------------------------------------------------------------
     @property
     def state_batch_size(self) -> Optional[int]:
-        left = self.refractory_left
+        left = self._left
         return None if left is None else int(left.shape[0])
 
     def reset_state(self) -> None:
         with self._lock:
-            self.refractory_left = None
+            self._left = None
 
     @_on_device
     def get_state(self) -> Any:
         with self._lock:
-            return None if self.refractory_left is None else self.refractory_left.copy()
+            return None if self._left is None else self._left.copy()
 
     @_on_device
     def set_state(self, state: Any) -> None:
         if state is None:
             with self._lock:
-                self.refractory_left = None
+                self._left = None
             return
-        host = _fetch(state) if hasattr(state, "get") else np.asarray(state)
-        if host.ndim != 2 or host.shape[1] != self.spiking_size or host.shape[0] < 1:
-            raise ValueError(f"refractory state must have shape (batch, {self.spiking_size}), "
-                             f"got {host.shape}")
-        if host.dtype.kind not in "iu" or (host.size and (host.min() < 0 or
-                                                          host.max() > self.refractory_period)):
-            raise ValueError(f"refractory state must hold integers in [0, {self.refractory_period}]")
-        left = cp.asarray(np.ascontiguousarray(host, np.int32))
+        left = cp.asarray(check_state(state, self.spiking_size, self.refractory_period,
+                                      "refractory state"))
         with self._lock:
-            self.refractory_left = left
+            self._left = left
 
     def _state_for(self, batch: int) -> Any:
-        left = self.refractory_left
+        left = self._left
         if left is not None and left.shape[0] != batch:
             raise batch_mismatch(batch, int(left.shape[0]))
         return left
@@ -450,9 +484,9 @@ class CupyEngine:
         like bad input (ValueError), as the CPU engine does."""
         bad = int(_fetch(flags)[0])
         if bad & BAD_X:
-            raise ValueError(f"{name} contains NaN or Inf (or a value too large for float32)")
+            raise engine_error(ERR_INPUT_NONFINITE, name=name)
         if bad & BAD_LOGITS:
-            raise ValueError("the logits are not finite: the weights are too large for float32")
+            raise engine_error(ERR_OUTPUT_NONFINITE)
 
     def _commit(self, left: Any, spikes: Any) -> Any:
         R = np.int32(self.refractory_period)
@@ -472,24 +506,51 @@ class CupyEngine:
             _, _, spikes = self._hidden_and_spikes(weights, x, left)
             self._probs(weights, spikes, probs, flags)
             self._raise_for(flags, "x")
-            self.refractory_left = self._commit(left, spikes)
+            self._left = self._commit(left, spikes)
         return probs
+
+    #: Rows of one time-parallel chunk of a sequence: its (rows, hidden) float32 scratch
+    #: stays under 512 MiB at the default sizes.
+    _SEQUENCE_ROWS = 1 << 16
+
+    def _sequence_spikes(self, weights: Tuple[Any, Any, Any], x: Any, steps: int,
+                         left: Any) -> Tuple[Any, Any, Any, Any]:
+        """h and v for all steps x B rows at once (x: (steps * B, in)), then the recurrence
+        in one kernel: (h, v, spikes, left_rows); ``left`` (B, S) int32 is advanced."""
+        fc1, spiking, _ = weights
+        h = x @ fc1
+        cp.tanh(h, out=h)
+        v = h @ spiking
+        spikes = cp.empty(v.shape, cp.float32)
+        left_rows = cp.empty(v.shape, cp.int32)
+        n = left.size
+        _k("spike_sequence")(((n + 255) // 256,), (256,),
+                             (v, np.int32(steps), np.int64(n), np.float32(self.threshold),
+                              np.int32(self.refractory_period), left, spikes, left_rows))
+        return h, v, spikes, left_rows
 
     @_on_device
     def forward_sequence(self, xs: Any) -> Any:
+        """The fc1 and spiking products of all steps at once (chunks of whole steps), the
+        refractory recurrence in one kernel, one readout product."""
         with self._lock:
             weights = self._weights
-            held = self._state_for(xs.shape[1])
-            left = None if held is None else held.copy()   # adopted only if all steps pass
+            steps, batch = xs.shape[0], xs.shape[1]
+            held = self._state_for(batch)
+            left = (cp.zeros((batch, self.spiking_size), cp.int32) if held is None
+                    else held.copy())                      # adopted only if all steps pass
             flags = cp.zeros(1, cp.int32)
             _flag_nonfinite(xs, np.inf, BAD_X, flags)
-            out = cp.empty((xs.shape[0], xs.shape[1], self.num_tools), cp.float32)
-            for t in range(xs.shape[0]):
-                _, _, spikes = self._hidden_and_spikes(weights, xs[t], left)
-                self._probs(weights, spikes, out[t], flags)
-                left = self._commit(left, spikes)
+            out = cp.empty((steps, batch, self.num_tools), cp.float32)
+            chunk = max(1, self._SEQUENCE_ROWS // batch)
+            for t in range(0, steps, chunk):
+                n = min(chunk, steps - t)
+                rows = xs[t:t + n].reshape(n * batch, self.input_size)
+                _, _, spikes, _ = self._sequence_spikes(weights, rows, n, left)
+                self._probs(weights, spikes, out[t:t + n].reshape(n * batch, self.num_tools),
+                            flags)
             self._raise_for(flags, "xs")                   # once, for all the steps
-            self.refractory_left = left
+            self._left = left
         return out
 
     @_on_device
@@ -509,17 +570,29 @@ class CupyEngine:
         labels, logits, gradients and, with an optimizer, the update it would make.  Raises
         (with nothing changed) if any fails."""
         weights = self._weights
-        fc1, spiking, fc2 = weights
         B, T = x.shape[0], self.num_tools
         flags = cp.zeros(1, cp.int32)
         _flag_nonfinite(x, np.inf, BAD_X, flags)
         h, v, spikes = self._hidden_and_spikes(weights, x, left)
-        z = spikes @ fc2
+        z = spikes @ weights[2]
         dz = cp.empty((B, T), cp.float32)
         loss_row = cp.empty(B, cp.float64)
         correct_row = cp.empty(B, cp.int32)
         _k("xent_rows")(*_rows_launch(B), (z, y, np.int32(B), np.int32(T), np.float32(1.0 / B),
                                            dz, loss_row, correct_row, flags))
+        loss, correct = self._backward_and_checks(weights, x, y, h, v, left, spikes, dz,
+                                                  loss_row, correct_row, flags, optimizer)
+        return loss, correct, spikes
+
+    def _backward_and_checks(self, weights: Tuple[Any, Any, Any], x: Any, y: Any, h: Any,
+                             v: Any, left: Any, spikes: Any, dz: Any, loss_row: Any,
+                             correct_row: Any, flags: Any, optimizer: Optional[CupyAdam]
+                             ) -> Tuple[float, int]:
+        """The backward products from dz, the gradient and update checks, and the one fetch
+        of the step; stores the gradients or raises (nothing changed).  ``left``: each row's
+        countdown at its step (None: all open)."""
+        _, spiking, fc2 = weights
+        B = x.shape[0]
         d = dz @ fc2.T                                   # d_spikes, then dv in place
         thr, k = np.float32(self.threshold), np.float32(self.surrogate_slope)
         if left is None:
@@ -528,8 +601,7 @@ class CupyEngine:
             _k("surrogate")(v, left, thr, k, d)
         da = d @ spiking.T
         _k("tanh_back")(h, da)
-        grads = {"fc1.weight": x.T @ da, "spiking.weight": h.T @ d,
-                 "fc2.weight": spikes.T @ dz}
+        grads = dict(zip(PARAM_NAMES, (x.T @ da, h.T @ d, spikes.T @ dz)))
         for g in grads.values():
             _flag_nonfinite(g, GRAD_LIMIT, BAD_GRAD, flags)
         if optimizer is not None:
@@ -539,27 +611,65 @@ class CupyEngine:
         loss, correct, bad = _fetch(summary)             # the step's one host block
         bad = int(bad)
         if bad & BAD_X:
-            raise ValueError("x contains NaN or Inf (or a value too large for float32)")
+            raise engine_error(ERR_INPUT_NONFINITE, training=True)
         if bad & BAD_LABEL:
             lo, hi = (int(a) for a in _fetch(cp.stack([y.min(), y.max()])))
-            raise ValueError(f"y must hold integer labels in [0, {T}), got values from "
-                             f"{lo} to {hi}")
-        if bad & (BAD_LOGITS | BAD_GRAD) or not math.isfinite(loss):
-            raise FloatingPointError("the loss or a gradient is not finite (or overflows "
-                                     "float32); the net was left unchanged")
+            raise label_range_error("y", self.num_tools, lo, hi)
+        if bad & BAD_LOGITS:
+            raise engine_error(ERR_OUTPUT_NONFINITE, training=True)
+        if bad & BAD_GRAD or not math.isfinite(loss):
+            raise engine_error(ERR_GRAD_NONFINITE, training=True)
         if bad & BAD_UPDATE:
-            raise FloatingPointError("this Adam step would leave a weight or moment that is "
-                                     "not finite (check lr, eps and weight_decay); the net "
-                                     "was left unchanged")
-        self.grads = grads
-        return float(loss), int(correct), spikes
+            raise engine_error(ERR_UPDATE_NONFINITE, training=True)
+        self._grads = grads
+        return float(loss), int(correct)
+
+    def _sequence_backward(self, xs: Any, y: Any, weight: Any,
+                           optimizer: Optional[CupyAdam] = None) -> Tuple[float, int]:
+        """An episode from an empty state: the sequence forward over all its rows, the
+        weighted loss and the backward products over all of them, one fetch."""
+        weights = self._weights
+        steps, batch = xs.shape[0], xs.shape[1]
+        rows, T = steps * batch, self.num_tools
+        if y.shape != (rows,) or weight.shape != (rows,):
+            raise ValueError(f"ys and the weights need {rows} entries (steps x batch), got "
+                             f"{tuple(y.shape)} and {tuple(weight.shape)}")
+        x = xs.reshape(rows, self.input_size)
+        flags = cp.zeros(1, cp.int32)
+        _flag_nonfinite(x, np.inf, BAD_X, flags)
+        left = cp.zeros((batch, self.spiking_size), cp.int32)
+        h, v, spikes, left_rows = self._sequence_spikes(weights, x, steps, left)
+        z = spikes @ weights[2]
+        dz = cp.empty((rows, T), cp.float32)
+        loss_row = cp.empty(rows, cp.float64)
+        correct_row = cp.empty(rows, cp.int32)
+        _k("xent_rows_weighted")(*_rows_launch(rows), (z, y, weight, np.int32(rows), np.int32(T),
+                                                       dz, loss_row, correct_row, flags))
+        return self._backward_and_checks(weights, x, y, h, v, left_rows, spikes, dz, loss_row,
+                                         correct_row, flags, optimizer)
+
+    @_on_device
+    def loss_and_grad_sequence(self, xs: Any, y: Any, weight: Any) -> float:
+        with self._lock:
+            loss, _ = self._sequence_backward(xs, y, weight)
+        return loss
+
+    @_on_device
+    def train_sequence(self, xs: Any, y: Any, weight: Any, optimizer: CupyAdam
+                       ) -> Tuple[float, int]:
+        with self._lock:
+            loss, correct = self._sequence_backward(xs, y, weight, optimizer)
+            grads = self._grads
+            assert grads is not None   # set by _sequence_backward
+            optimizer.update(self.params(), [grads[k] for k in PARAM_NAMES])
+        return loss, correct
 
     @_on_device
     def loss_and_grad(self, x: Any, y: Any) -> float:
         with self._lock:
             left = self._state_for(x.shape[0])
             loss, _, spikes = self._forward_backward(x, y, left)
-            self.refractory_left = self._commit(left, spikes)
+            self._left = self._commit(left, spikes)
         return loss
 
     @_on_device
@@ -567,16 +677,33 @@ class CupyEngine:
         with self._lock:
             left = self._state_for(x.shape[0])
             loss, correct, spikes = self._forward_backward(x, y, left, optimizer)
-            grads = self.grads
+            grads = self._grads
             assert grads is not None   # set by _forward_backward
             optimizer.update(self.params(), [grads[k] for k in PARAM_NAMES])
-            self.refractory_left = self._commit(left, spikes)
+            self._left = self._commit(left, spikes)
         return loss, correct
 
     @_on_device
-    def blas_products(self, x: Any) -> None:
-        """The three products of a forward step alone (the benchmark's floor)."""
+    def blas_products(self, x: Any, packed: bool = True, provider: Optional[str] = None) -> None:
+        """The three products of a forward step alone (the benchmark's floor).  cuBLAS has
+        no packs, so ``packed`` changes nothing; there is no other provider."""
+        if provider is not None:
+            raise ValueError(f"provider must be None on a CUDA engine (MKL is a CPU library), "
+                             f"got {provider!r}")
         fc1, spiking, fc2 = self._weights
         h = x @ fc1
         v = h @ spiking
         v @ fc2
+
+
+def from_engine(engine: Any, optimizer: Any, device: str) -> Tuple[CupyEngine, CupyAdam]:
+    """A CupyEngine on ``device`` holding ``engine``'s weights and state, and a CupyAdam
+    holding ``optimizer``'s state (either may be on the CPU or on another GPU)."""
+    check_device_precision(device, engine.precision)
+    config = (engine.input_size, engine.hidden_size, engine.spiking_size, engine.num_tools,
+              engine.threshold, engine.refractory_period, engine.surrogate_slope)
+    new = CupyEngine(config, engine.get_weights(), device)
+    new.set_state(engine.get_state())
+    opt = new.make_optimizer()
+    opt.load_state_dict(optimizer.state_dict())
+    return new, opt

@@ -6,20 +6,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from aiva_cy._checks import as_float32, numeric_array
-
-
-def episode_inputs(name: str, xs: Any, input_size: int) -> Tuple[np.ndarray, bool]:
-    """(T, B, input_size) float32 C-contiguous, and whether xs was (T, input_size)."""
-    arr = numeric_array(name, xs)
-    if arr.ndim == 2 and arr.shape[1] == input_size and arr.shape[0] >= 1:
-        arr, one = arr[:, None, :], True
-    elif arr.ndim == 3 and arr.shape[2] == input_size and arr.shape[0] >= 1 and arr.shape[1] >= 1:
-        one = False
-    else:
-        raise ValueError(f"{name} must have shape (steps >= 1, {input_size}) or (steps >= 1, "
-                         f"batch >= 1, {input_size}), time first, got {arr.shape}")
-    return as_float32(name, arr), one
+from aiva_cy._checks import numeric_array
 
 
 def episode_targets(xs_shape: Tuple[int, ...], ys: Any, sample_weight: Any, num_tools: int,

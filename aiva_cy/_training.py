@@ -1,21 +1,22 @@
-"""fit and evaluate: the mini-batch loop around the engine's train_step.
+"""fit and evaluate: the mini-batch loop around an engine's train_step.
 
-The loop is Python because a mini-batch step is milliseconds of BLAS work: the loop's own
-cost (a slice and a call) is microseconds.
+Both take plain parts, an engine (of the contract in :mod:`aiva_cy._engine`, on any
+device) and its optimizer, not the net: the caller holds whatever keeps other threads off
+them for the whole run (``AIVANet.fit`` holds the net's lock).  The loop is Python because
+a mini-batch step is milliseconds of BLAS work: the loop's own cost (a slice and a call)
+is microseconds.
 """
 from __future__ import annotations
 
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, TextIO, Tuple
+from typing import Any, Dict, List, Optional, TextIO, Tuple
 
 import numpy as np
 
 from aiva_cy._checks import as_float32, check_finite, float_arg, int_arg, numeric_array
-
-if TYPE_CHECKING:
-    from aiva_cy.net import AIVANet
+from aiva_cy._engine import EngineProtocol, host_y
 
 
 class ProgressBar:
@@ -47,31 +48,31 @@ class ProgressBar:
         self.stream.flush()
 
 
-def _dataset(net: "AIVANet", X: Any, y: Any, xname: str, yname: str) -> Tuple[np.ndarray, np.ndarray]:
+def _dataset(engine: EngineProtocol, X: Any, y: Any, xname: str, yname: str
+             ) -> Tuple[np.ndarray, np.ndarray]:
+    """The whole set, checked, on the host (each batch goes to the device on its own)."""
+    n_in = engine.input_size
     arr = numeric_array(xname, X)
-    if arr.ndim != 2 or arr.shape[1] != net.input_size or arr.shape[0] < 1:
-        raise ValueError(f"{xname} must have shape (n >= 1, {net.input_size}), got {arr.shape}")
+    if arr.ndim != 2 or arr.shape[1] != n_in or arr.shape[0] < 1:
+        raise ValueError(f"{xname} must have shape (n >= 1, {n_in}), got {arr.shape}")
     arr = as_float32(xname, arr)
     check_finite(xname, arr)
-    return arr, net._as_y(y, arr.shape[0], name=yname, on_host=True)
+    return arr, host_y(y, arr.shape[0], yname, engine.num_tools)
 
 
-def evaluate(net: "AIVANet", X: Any, y: Any, batch_size: int = 256) -> Dict[str, float]:
-    X, y = _dataset(net, X, y, "X", "y")
+def evaluate(engine: EngineProtocol, X: Any, y: Any, batch_size: int = 256) -> Dict[str, float]:
+    """Mean cross-entropy and accuracy over (X, y), each row one step from an empty state."""
+    X, y = _dataset(engine, X, y, "X", "y")
     batch_size = int_arg("batch_size", batch_size, 1)
-    return _evaluate(net, X, y, batch_size)
+    return _evaluate(engine, X, y, batch_size)
 
 
-def _evaluate(net: "AIVANet", X: np.ndarray, y: np.ndarray, batch_size: int) -> Dict[str, float]:
+def _evaluate(engine: EngineProtocol, X: np.ndarray, y: np.ndarray, batch_size: int
+              ) -> Dict[str, float]:
     total_loss, correct = 0.0, 0
-    engine = net._engine
     for start in range(0, X.shape[0], batch_size):
-        xb = X[start:start + batch_size]
-        if net.device != "cpu":
-            xb = engine.to_device(xb)
-        probs, logits = engine.predict(xb, True)   # (CupyEngine on CUDA: CuPy arrays)
-        if net.device != "cpu":
-            probs, logits = probs.get(), logits.get()
+        probs, logits = engine.predict(engine.to_device(X[start:start + batch_size]), True)
+        probs, logits = engine.to_host(probs), engine.to_host(logits)
         yb = y[start:start + batch_size]
         z = logits.astype(np.float64)
         m = z.max(axis=1)
@@ -82,10 +83,12 @@ def _evaluate(net: "AIVANet", X: np.ndarray, y: np.ndarray, batch_size: int) -> 
     return {"loss": total_loss / n, "accuracy": correct / n}
 
 
-def fit(net: "AIVANet", X: Any, y: Any, *, epochs: int, batch_size: int, shuffle: bool,
+def fit(engine: EngineProtocol, optimizer: Any, X: Any, y: Any, *, epochs: int, batch_size: int, shuffle: bool,
         seed: Optional[int], validation_data: Optional[Tuple[Any, Any]],
         validation_split: float, patience: Optional[int], min_delta: float,
         restore_best_weights: bool, verbose: int) -> Dict[str, List[float]]:
+    """``AIVANet.fit`` (whose docstring describes the options) on ``engine`` and
+    ``optimizer``; returns the history."""
     epochs = int_arg("epochs", epochs, 0)
     batch_size = int_arg("batch_size", batch_size, 1)
     verbose = int_arg("verbose", verbose, 0, 2)
@@ -98,7 +101,7 @@ def fit(net: "AIVANet", X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
     if seed is not None:
         seed = int_arg("seed", seed, 0, 2**63 - 1)
 
-    X, y = _dataset(net, X, y, "X", "y")
+    X, y = _dataset(engine, X, y, "X", "y")
     X_val: Optional[np.ndarray] = None
     y_val: Optional[np.ndarray] = None
     if validation_data is not None:
@@ -108,7 +111,7 @@ def fit(net: "AIVANet", X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
             vx, vy = validation_data
         except (TypeError, ValueError):
             raise TypeError("validation_data must be a pair (X_val, y_val)") from None
-        X_val, y_val = _dataset(net, vx, vy, "validation_data[0]", "validation_data[1]")
+        X_val, y_val = _dataset(engine, vx, vy, "validation_data[0]", "validation_data[1]")
     elif validation_split:
         n_val = int(math.floor(X.shape[0] * validation_split))
         if n_val < 1 or n_val >= X.shape[0]:
@@ -127,8 +130,6 @@ def fit(net: "AIVANet", X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
     live = verbose == 1 and stream.isatty()
     monitor = "val_loss" if X_val is not None else "loss"
     best, best_epoch, best_weights = math.inf, -1, None
-    engine, optimizer = net._engine, net._optimizer
-    on_gpu = net.device != "cpu"
 
     for epoch in range(epochs):
         order = rng.permutation(n) if shuffle else np.arange(n)
@@ -136,9 +137,8 @@ def fit(net: "AIVANet", X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
         loss_sum, correct, seen = 0.0, 0, 0
         for step in range(steps):
             idx = order[step * batch_size:(step + 1) * batch_size]
-            xb, yb = np.ascontiguousarray(X[idx]), np.ascontiguousarray(y[idx])
-            if on_gpu:
-                xb, yb = engine.to_device(xb), engine.to_device(yb)
+            xb = engine.to_device(np.ascontiguousarray(X[idx]))
+            yb = engine.to_device(np.ascontiguousarray(y[idx]))
             engine.reset_state()          # each mini-batch is one step from an empty state
             loss, right = engine.train_step(xb, yb, optimizer)
             loss_sum += float(loss) * len(idx)
@@ -150,7 +150,7 @@ def fit(net: "AIVANet", X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
         history["accuracy"].append(correct / seen)
         summary = f"loss {history['loss'][-1]:.4f} - acc {history['accuracy'][-1]:.4f}"
         if X_val is not None and y_val is not None:
-            val = _evaluate(net, X_val, y_val, 256)
+            val = _evaluate(engine, X_val, y_val, 256)
             history["val_loss"].append(val["loss"])
             history["val_accuracy"].append(val["accuracy"])
             summary += f" - val_loss {val['loss']:.4f} - val_acc {val['accuracy']:.4f}"
@@ -161,12 +161,12 @@ def fit(net: "AIVANet", X: Any, y: Any, *, epochs: int, batch_size: int, shuffle
             if current < best - min_delta:
                 best, best_epoch = current, epoch
                 if restore_best_weights:
-                    best_weights = net.state_dict()
+                    best_weights = engine.get_weights()
             elif epoch - best_epoch >= patience:
                 if verbose:
                     stream.write(f"Early stopping: {monitor} has not improved by more than "
                                  f"{min_delta} for {patience} epochs\n")
                 break
     if best_weights is not None:
-        net.load_state_dict(best_weights)
+        engine.set_weights(best_weights)
     return history

@@ -97,6 +97,63 @@ extern "C" __global__ void aiva_xent_rows(const float *z, const long long *y, in
     correct_row[b] = best == label;
 }
 
+// The spike/refractory recurrence of a sequence over membranes computed for all its steps at
+// once (v: steps x n, n = streams x neurons, time-major).  One thread per neuron walks the
+// steps, so the countdown stays in a register; it also records the countdown each step
+// started from (left_rows), which is that step's mask for the surrogate backward.
+extern "C" __global__ void aiva_spike_sequence(const float *v, int steps, long long n,
+                                               float thr, int R, int *left, float *spikes,
+                                               int *left_rows) {
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int l = left[i];
+    for (int t = 0; t < steps; ++t) {
+        long long k = (long long)t * n + i;
+        float s = aiva_spike_value(v[k], l, thr);
+        spikes[k] = s;
+        left_rows[k] = l;
+        l = aiva_commit_value(s, R, l);
+    }
+    left[i] = l;
+}
+
+// aiva_xent_rows with a weight per row (weights normalised by the caller): dz = w (p -
+// onehot(y)); a row of weight 0 is a step without a target (any label, no loss, dz = 0).
+// loss_row carries w * B * ce so that aiva_finish's mean over the B rows is the weighted sum.
+extern "C" __global__ void aiva_xent_rows_weighted(const float *z, const long long *y,
+                                                   const float *w, int B, int T, float *dz,
+                                                   double *loss_row, int *correct_row,
+                                                   int *flags) {
+    int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= B) return;
+    const float *zr = z + (long long)b * T;
+    float *dr = dz + (long long)b * T;
+    float wb = w[b];
+    if (wb == 0.0f) {
+        for (int t = 0; t < T; ++t) dr[t] = 0.0f;
+        loss_row[b] = 0.0;
+        correct_row[b] = 0;
+        return;
+    }
+    long long label = y[b];
+    if (label < 0 || label >= T) { atomicOr(flags, BAD_LABEL); label = 0; }
+    float m = zr[0];
+    int best = 0;
+    bool finite = isfinite(zr[0]);
+    for (int t = 1; t < T; ++t) {
+        finite &= isfinite(zr[t]);
+        if (zr[t] > m) { m = zr[t]; best = t; }
+    }
+    if (!finite) atomicOr(flags, BAD_LOGITS);
+    float s = 0.0f;
+    for (int t = 0; t < T; ++t) s += expf(zr[t] - m);
+    float inv = 1.0f / s;
+    for (int t = 0; t < T; ++t)
+        dr[t] = (expf(zr[t] - m) * inv - (t == label ? 1.0f : 0.0f)) * wb;
+    loss_row[b] = (double)wb * (double)B * ((double)m + log((double)s) - (double)zr[label]);
+    correct_row[b] = best == label;
+}
+
 // Sets `bit` in flags if any |a[i]| is not below `limit` (NaN included).  One atomic per
 // block at most, so the usual all-clear case costs one read of `a`.
 extern "C" __global__ void aiva_flag_nonfinite(const float *a, long long n, float limit,

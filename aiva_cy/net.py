@@ -1,12 +1,12 @@
 """AIVANet: the Python face of the engine — validates, documents, dispatches.
 
 Everything numeric happens in the engine (``aiva_cy._core.Engine`` on the CPU,
-``aiva_cy._cuda.CupyEngine`` on CUDA); this module turns user input into the arrays the
-engine expects and errors into messages that name the argument.
+``aiva_cy._cuda.CupyEngine`` on CUDA, both of the contract in :mod:`aiva_cy._engine`); this
+module checks user input, has the engine turn it into the arrays its steps take, and words
+errors so that they name the argument.  It never asks which device it is on.
 """
 from __future__ import annotations
 
-import math
 import os
 import threading
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, overload
@@ -16,41 +16,20 @@ from numpy.typing import ArrayLike, NDArray
 
 from aiva_cy._adam import Adam
 from aiva_cy._checks import adam_args as _adam_args
-from aiva_cy._checks import as_float32 as _as_float32
 from aiva_cy._checks import check_finite as _check_finite
 from aiva_cy._checks import float_arg as _float_arg
-from aiva_cy._checks import is_cupy as _is_cupy
-from aiva_cy._checks import label_rows
 from aiva_cy._checks import int_arg as _int_arg
 from aiva_cy._checks import numeric_array as _numeric_array
 from aiva_cy._checks import parse_device as _parse_device
-from aiva_cy._core import PARAM_NAMES, PARAM_TRANSPOSED, Engine, batch_mismatch
+from aiva_cy._core import Engine
+from aiva_cy._model import (PARAM_NAMES, Snapshot, batch_mismatch, check_config,
+                            check_device_precision, check_precision, check_state, init_weights,
+                            num_parameters, param_shapes, sizes)
 
 # Static types of the input: a flat list of numbers is one stream, a list of lists a batch.
 # An array's number of dimensions is not in its static type, so an array gets the union.
 _Row = Sequence[float]
 _Rows = Sequence[Sequence[float]]
-
-_CONFIG_KEYS = ("input_size", "num_tools", "hidden_size", "spiking_size", "threshold",
-                "refractory_period", "surrogate_slope", "precision")
-_PRECISIONS = ("float32", "bfloat16")
-
-
-# ---------------------------------------------------------------------------------------
-# argument checks (the shared ones live in aiva_cy._checks)
-# ---------------------------------------------------------------------------------------
-def _precision_arg(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"precision must be 'float32' or 'bfloat16', got {value!r}")
-    if value not in _PRECISIONS:
-        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {value!r}")
-    return value
-
-
-def _check_device_precision(device: str, precision: str) -> None:
-    if precision != "float32":
-        raise NotImplementedError(f"precision={precision!r} runs on the CPU only (MKL's bf16 "
-                                  f"products); device={device!r} needs precision='float32'")
 
 
 # ---------------------------------------------------------------------------------------
@@ -88,37 +67,28 @@ class AIVANet:
                  surrogate_slope: float = 25.0, seed: Optional[int] = None, device: str = "cpu",
                  precision: str = "float32", lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        config = {
-            "input_size": _int_arg("input_size", input_size, 1),
-            "num_tools": _int_arg("num_tools", num_tools, 1),
-            "hidden_size": _int_arg("hidden_size", hidden_size, 1),
-            "spiking_size": _int_arg("spiking_size", spiking_size, 1),
-            "threshold": _float_arg("threshold", threshold),
-            "refractory_period": _int_arg("refractory_period", refractory_period, 0),
-            "surrogate_slope": _float_arg("surrogate_slope", surrogate_slope, 0.0),
-            "precision": _precision_arg(precision),
-        }
+        config = check_config({
+            "input_size": input_size, "num_tools": num_tools, "hidden_size": hidden_size,
+            "spiking_size": spiking_size, "threshold": threshold,
+            "refractory_period": refractory_period, "surrogate_slope": surrogate_slope,
+            "precision": precision})
         if seed is not None:
             seed = _int_arg("seed", seed, 0, 2**63 - 1)
         optimizer_args = _adam_args(lr, betas, eps, weight_decay)
         device = _parse_device(device)
-        if device != "cpu":
-            _check_device_precision(device, precision)
-        self._build(config, _init_weights(config, seed), optimizer_args, adopt=True)
-        if device != "cpu":
-            self.to(device)
+        check_device_precision(device, config["precision"])   # before any weight is drawn
+        self._build(config, init_weights(config, seed), optimizer_args, adopt=True)
+        self._move(device)
 
     def _build(self, config: Dict[str, Any], weights: Mapping[str, np.ndarray],
                optimizer_args: Dict[str, Any], adopt: bool = False) -> None:
-        self._config = dict(config)
-        c = self._config
-        # Engine on the CPU, aiva_cy._cuda.CupyEngine on CUDA: the same methods.
+        """A CPU engine and its optimizer for a checked config (see aiva_cy._model)."""
+        self._config = c = dict(config)
+        # The CPU engine; .to() swaps in another of the same contract (aiva_cy._engine).
         self._engine: Any = Engine(c["input_size"], c["hidden_size"], c["spiking_size"], c["num_tools"],
-                              c["threshold"], c["refractory_period"], c["surrogate_slope"], weights,
-                              copy=not adopt, precision=c.setdefault("precision", "float32"))
-        self._optimizer: Any = Adam(self._engine.param_shapes(), names=PARAM_NAMES,
-                               transposed=PARAM_TRANSPOSED, **optimizer_args)
-        self._device = "cpu"
+                                   c["threshold"], c["refractory_period"], c["surrogate_slope"],
+                                   weights, copy=not adopt, precision=c["precision"])
+        self._optimizer: Any = self._engine.make_optimizer(**optimizer_args)
         # Held by every call that reads or changes more than one of weights, optimizer and
         # state (snapshots included), and by fit for its whole run; predict_proba needs
         # none.  Re-entrant: fit and save call methods that take it too.
@@ -139,9 +109,7 @@ class AIVANet:
     @property
     def num_parameters(self) -> int:
         """Number of weights (there are no biases)."""
-        c = self._config
-        return (c["input_size"] * c["hidden_size"] + c["hidden_size"] * c["spiking_size"]
-                + c["spiking_size"] * c["num_tools"])
+        return num_parameters(self._config)
 
     @property
     def config(self) -> Dict[str, Any]:
@@ -150,7 +118,7 @@ class AIVANet:
 
     @property
     def device(self) -> str:
-        return self._device
+        return str(self._engine.device)
 
     @property
     def precision(self) -> str:
@@ -165,10 +133,8 @@ class AIVANet:
     def set_precision(self, precision: str) -> "AIVANet":
         """Switch between "float32" and "bfloat16" products; returns the net.  Raises
         ImportError (naming what to install) where no BLAS has bfloat16 products."""
-        precision = _precision_arg(precision)
-        if self._device != "cpu":
-            _check_device_precision(self._device, precision)
-        self._engine.set_precision(precision)
+        precision = check_precision(precision)
+        self._engine.set_precision(precision)     # NotImplementedError where it cannot
         self._config["precision"] = precision
         return self
 
@@ -188,49 +154,8 @@ class AIVANet:
         return (f"AIVANet(input_size={c['input_size']}, num_tools={c['num_tools']}, "
                 f"hidden_size={c['hidden_size']}, spiking_size={c['spiking_size']}, "
                 f"threshold={c['threshold']}, refractory_period={c['refractory_period']}, "
-                f"surrogate_slope={c['surrogate_slope']}, device={self._device!r}, "
+                f"surrogate_slope={c['surrogate_slope']}, device={self.device!r}, "
                 f"precision={c['precision']!r})")
-
-    # -- input conversion ------------------------------------------------------------------
-    def _as_x(self, x: Any, name: str = "x") -> Tuple[Any, bool]:
-        """(B, input_size) float32 C-contiguous on the net's device, and whether x was 1-D.
-        A CuPy x on a CUDA net stays on the device, where the step checks it for NaN/Inf."""
-        if self._device != "cpu" and _is_cupy(x):
-            return self._engine.as_x(x, name, self.input_size)
-        arr = _numeric_array(name, x)
-        n_in = self.input_size
-        if arr.ndim == 1 and arr.shape[0] == n_in:
-            arr = arr.reshape(1, n_in)
-            one = True
-        elif arr.ndim == 2 and arr.shape[1] == n_in and arr.shape[0] >= 1:
-            one = False
-        else:
-            raise ValueError(f"{name} must have shape ({n_in},) or (batch >= 1, {n_in}), "
-                             f"got {arr.shape}")
-        return self._to_engine(name, arr), one
-
-    def _to_engine(self, name: str, arr: np.ndarray) -> Any:
-        """float32, C order, on the net's device.  On the CPU the C core checks for NaN and
-        Inf in the same pass that reads the input; other devices check here."""
-        arr = _as_float32(name, arr)
-        if self._device != "cpu":
-            _check_finite(name, arr)
-            arr = self._engine.to_device(arr)
-        return arr
-
-    def _as_y(self, y: Any, batch: int, name: str = "y", on_host: bool = False) -> Any:
-        if self._device != "cpu" and not on_host and _is_cupy(y):
-            return self._engine.as_y(y, batch, name, self.num_tools)
-        # on the host: labels are small; sent back below
-        arr = label_rows(name, _numeric_array(name, y), batch, self.num_tools)
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi >= self.num_tools:
-            raise ValueError(f"{name} must hold integer labels in [0, {self.num_tools}), got "
-                             f"values from {lo} to {hi}")
-        arr = np.ascontiguousarray(arr, dtype=np.int64)
-        if not arr.flags.aligned:      # C may not read an int64 at an odd address
-            arr = arr.copy()
-        return arr if on_host or self._device == "cpu" else self._engine.to_device(arr)
 
     # -- inference -------------------------------------------------------------------------
     def forward(self, x: ArrayLike) -> NDArray[np.float32]:
@@ -239,7 +164,7 @@ class AIVANet:
         Advances the refractory state.  The state follows the batch size: a call with a
         different batch size raises ValueError until :meth:`reset_state`.
         """
-        arr, one = self._as_x(x)
+        arr, one = self._engine.as_x(x)
         with self._lock:
             probs = self._engine.forward(arr)
         return probs[0] if one else probs
@@ -248,25 +173,7 @@ class AIVANet:
 
     def forward_sequence(self, xs: ArrayLike) -> NDArray[np.float32]:
         """T steps from the current state: xs (T, B, in) → (T, B, tools); (T, in) → (T, tools)."""
-        src: Any = xs   # a CuPy array stays one on a CUDA net (ArrayLike does not name CuPy)
-        on_device = self._device != "cpu" and _is_cupy(src)
-        if on_device and src.dtype.kind not in "biuf":
-            raise TypeError(f"xs must hold real numbers (bool, int or float), got dtype {src.dtype}")
-        arr: Any = src if on_device else _numeric_array("xs", src)
-        n_in = self.input_size
-        if arr.ndim == 2 and arr.shape[1] == n_in and arr.shape[0] >= 1:
-            arr, one = arr[:, None, :], True
-        elif arr.ndim == 3 and arr.shape[2] == n_in and arr.shape[0] >= 1 and arr.shape[1] >= 1:
-            one = False
-        else:
-            raise ValueError(f"xs must have shape (steps >= 1, {n_in}) or (steps >= 1, batch >= 1, "
-                             f"{n_in}), got {arr.shape}")
-        # Checked here rather than by the engine, whose messages speak of a single step's x.
-        if on_device:
-            arr = self._engine.as_xs(arr)
-        else:
-            _check_finite("xs", arr)
-            arr = self._to_engine("xs", arr)
+        arr, one = self._engine.as_xs(xs)
         with self._lock:
             held = self._engine.state_batch_size
             if held is not None and held != arr.shape[1]:
@@ -279,7 +186,7 @@ class AIVANet:
 
         Reads and changes no state, so it is safe to call from many threads at once.
         """
-        arr, one = self._as_x(x)
+        arr, one = self._engine.as_x(x)
         probs = self._engine.predict(arr)
         return probs[0] if one else probs
 
@@ -292,7 +199,7 @@ class AIVANet:
 
     def predict(self, x: ArrayLike) -> Union[int, NDArray[np.int64]]:
         """Index of the most probable tool: an int for a 1-D x, else an int64 array (B,)."""
-        arr, one = self._as_x(x)
+        arr, one = self._engine.as_x(x)
         idx = self._engine.predict(arr).argmax(axis=1)
         return int(idx[0]) if one else idx
 
@@ -317,7 +224,7 @@ class AIVANet:
         level = _float_arg("confidence", confidence, 0.0)
         if level > 1.0:
             raise ValueError(f"confidence must be in [0, 1], got {confidence!r}")
-        arr, one = self._as_x(x)
+        arr, one = self._engine.as_x(x)
         probs = self._engine.predict(arr)
         tool = probs.argmax(axis=1)
         top = probs.max(axis=1)
@@ -356,21 +263,9 @@ class AIVANet:
         if state is None:
             self.reset_state()
             return
-        arr = _numeric_array("state", state)
-        n = self.spiking_size
-        if arr.ndim != 2 or arr.shape[1] != n or arr.shape[0] < 1:
-            raise ValueError(f"state must have shape (batch >= 1, {n}), got {arr.shape}")
-        if arr.dtype.kind == "b":
-            raise TypeError("state must hold integer step counts, got dtype bool")
-        r = self.refractory_period
-        if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
-            raise ValueError(f"state must hold integers in [0, {r}], got non-integer values")
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi > r:
-            raise ValueError(f"state must hold integers in [0, {r}] (refractory_period), got "
-                             f"values from {lo} to {hi}")
+        arr = check_state(state, self.spiking_size, self.refractory_period)
         with self._lock:
-            self._engine.set_state(np.ascontiguousarray(arr, dtype=np.int32))
+            self._engine.set_state(arr)
 
     def export_onnx(self, path: Union[str, os.PathLike], *, stateful: bool = False,
                     opset: int = 17) -> None:
@@ -393,8 +288,8 @@ class AIVANet:
         Returns the mean cross-entropy of the logits and ``{state_dict key: gradient}``.
         Raises FloatingPointError (and changes nothing) if the loss or a gradient is not finite.
         """
-        arr, _ = self._as_x(x)
-        labels = self._as_y(y, arr.shape[0])
+        arr, _ = self._engine.as_x(x)
+        labels = self._engine.as_y(y, arr.shape[0])
         with self._lock:
             loss = self._engine.loss_and_grad(arr, labels)
             return float(loss), self._engine.gradients()
@@ -405,22 +300,20 @@ class AIVANet:
         Raises FloatingPointError if the loss or a gradient is not finite; the weights, the
         optimizer and the state are then exactly as they were.
         """
-        arr, _ = self._as_x(x)
-        labels = self._as_y(y, arr.shape[0])
+        arr, _ = self._engine.as_x(x)
+        labels = self._engine.as_y(y, arr.shape[0])
         with self._lock:
             loss, _ = self._engine.train_step(arr, labels, self._optimizer)
         return float(loss)
 
     # -- episodes --------------------------------------------------------------------------
     def _episode(self, xs: Any, ys: Any, sample_weight: Any) -> Tuple[Any, Any, Any]:
-        from aiva_cy._sequences import episode_inputs, episode_targets
-        if self._device != "cpu":
-            raise NotImplementedError("episode training runs on the CPU engine only so far: "
-                                      "net.to('cpu') first")
-        arr, one = episode_inputs("xs", xs, self.input_size)
+        """xs (T, B, in) float32 on the engine's device, labels (T * B,) int64 (-1: no
+        target) and row weights (T * B,) float32 normalised over the targeted steps."""
+        from aiva_cy._sequences import episode_targets
+        arr, one = self._engine.as_xs(xs, "xs")
         labels, weights = episode_targets(arr.shape, ys, sample_weight, self.num_tools, one)
-        _check_finite("xs", arr)
-        return arr, labels, weights
+        return arr, self._engine.to_device(labels), self._engine.to_device(weights)
 
     def loss_and_grad_sequence(self, xs: Any, ys: Any, sample_weight: Any = None
                                ) -> Tuple[float, Dict[str, Any]]:
@@ -466,7 +359,8 @@ class AIVANet:
         """
         from aiva_cy._training import fit
         with self._lock:      # the net is fit's until it returns: other threads' calls wait
-            return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
+            return fit(self._engine, self._optimizer, X, y, epochs=epochs, batch_size=batch_size,
+                       shuffle=shuffle, seed=seed,
                        validation_data=validation_data, validation_split=validation_split,
                        patience=patience, min_delta=min_delta,
                        restore_best_weights=restore_best_weights, verbose=verbose)
@@ -475,7 +369,7 @@ class AIVANet:
         """Mean cross-entropy and accuracy, each row one step from an empty state."""
         from aiva_cy._training import evaluate
         with self._lock:
-            return evaluate(self, X, y, batch_size=batch_size)
+            return evaluate(self._engine, X, y, batch_size=batch_size)
 
     # -- weights ---------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -493,7 +387,7 @@ class AIVANet:
         extra = [k for k in state_dict if k not in PARAM_NAMES]
         if missing or (strict and extra):
             raise ValueError(f"state_dict keys do not match: missing {missing}, unexpected {extra}")
-        shapes = self._state_dict_shapes()
+        shapes = param_shapes(*sizes(self._config))
         new = {}
         for k in PARAM_NAMES:
             arr = _numeric_array(f"state_dict[{k!r}]", state_dict[k])
@@ -505,12 +399,6 @@ class AIVANet:
         with self._lock:
             self._engine.set_weights(new)
 
-    def _state_dict_shapes(self) -> Dict[str, Tuple[int, int]]:
-        c = self._config
-        return {"fc1.weight": (c["input_size"], c["hidden_size"]),
-                "spiking.weight": (c["hidden_size"], c["spiking_size"]),
-                "fc2.weight": (c["spiking_size"], c["num_tools"])}
-
     def save(self, path: Union[str, os.PathLike], *, include_optimizer: bool = True) -> None:
         """Write one file, atomically: ``.npz`` (no pickle inside) or ``.safetensors``.
 
@@ -518,7 +406,7 @@ class AIVANet:
         ``include_optimizer``, Adam's hyper-parameters, step and moments.
         """
         from aiva_cy import io
-        io.save(self, path, include_optimizer=include_optimizer)
+        io.save(self._snapshot(bool(include_optimizer)), path)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], *, device: str = "cpu",
@@ -547,16 +435,7 @@ class AIVANet:
             return self._move(device)
 
     def _move(self, device: str) -> "AIVANet":
-        if device == self._device:
-            return self
-        if device.startswith("cuda"):
-            _check_device_precision(device, self.precision)
-            from aiva_cy._cuda import CupyEngine
-            self._engine, self._optimizer = CupyEngine.from_cpu(
-                self._engine, self._optimizer, device)
-        else:
-            self._engine, self._optimizer = self._engine.to_cpu(self._optimizer)
-        self._device = device
+        self._engine, self._optimizer = self._engine.to(device, self._optimizer)
         return self
 
     def cpu(self) -> "AIVANet":
@@ -566,49 +445,22 @@ class AIVANet:
         return self.to("cuda")
 
     # -- pickle ----------------------------------------------------------------------------
-    def __getstate__(self) -> Dict[str, Any]:
-        with self._lock:      # weights, state and optimizer of the same step
+    def _snapshot(self, include_optimizer: bool = True) -> Snapshot:
+        """Weights, state and optimizer of one step, on the host, taken under the lock."""
+        with self._lock:
             state = self._engine.get_state()
-            if self._device != "cpu":
-                state = None if state is None else state.get()
-            return {"format": 1, "config": dict(self._config), "device": self._device,
-                    "weights": _to_numpy(self.state_dict()), "state": state,
-                    "optimizer": _to_numpy(self._optimizer.state_dict())}
+            return Snapshot(self.config, self._engine.get_weights(),
+                            None if state is None else self._engine.to_host(state),
+                            self._optimizer.state_dict() if include_optimizer else None)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        snap = self._snapshot()
+        return {"format": 1, "config": snap.config, "device": self.device,
+                "weights": snap.weights, "state": snap.state, "optimizer": snap.optimizer}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        self._build(state["config"], state["weights"], {})
+        self._build(check_config(state["config"]), state["weights"], {})
         self._engine.set_state(state["state"])
         self._optimizer.load_state_dict(state["optimizer"])
-        if state.get("device", "cpu") != "cpu":
-            self.to(state["device"])
+        self.to(state.get("device", "cpu"))
 
-
-def _to_numpy(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _to_numpy(v) for k, v in obj.items()}
-    return obj.get() if type(obj).__module__.startswith("cupy") else obj
-
-
-def _init_weights(config: Mapping[str, Any], seed: Optional[int]) -> Dict[str, np.ndarray]:
-    """LeCun uniform: U(-a, a) with a = sqrt(3 / fan_in), i.e. variance 1/fan_in.  On N(0, 1)
-    inputs fc1's pre-activations then have unit variance, so tanh is neither saturated nor
-    linear, and the membrane potential has a standard deviation near 0.6 — about a fifth of
-    the spiking layer fires at threshold 0.5.  Uniform rather than normal because drawing
-    3.2M uniform floats costs a third of the time, and start-up is measured.
-
-    Drawn in the engine's (out, in) layout and handed over as transposed views, which the
-    engine adopts without a copy."""
-    rng = np.random.default_rng(seed)
-    c = config
-    out = {}
-    for key, (fan_in, fan_out), transposed in zip(
-            PARAM_NAMES, ((c["input_size"], c["hidden_size"]),
-                          (c["hidden_size"], c["spiking_size"]),
-                          (c["spiking_size"], c["num_tools"])), PARAM_TRANSPOSED):
-        shape = (fan_out, fan_in) if transposed else (fan_in, fan_out)
-        w = rng.random(shape, dtype=np.float32)             # U[0, 1)
-        a = np.float32(math.sqrt(3.0 / fan_in))
-        w *= np.float32(2.0) * a
-        w -= a
-        out[key] = w.T if transposed else w
-    return out

@@ -219,7 +219,8 @@ def export_onnx(net: "AIVANet", path: PathLike, *, stateful: bool = False,
     path = _path_arg(path)
     stateful = _stateful_arg(stateful)
     opset = _opset_arg(opset)
-    from aiva_cy import __version__, io
+    from aiva_cy import __version__
+    from aiva_cy._atomic import atomic_write
 
     config = net.config
     model = build_model(net.state_dict(), threshold=config["threshold"],
@@ -234,5 +235,5 @@ def export_onnx(net: "AIVANet", path: PathLike, *, stateful: bool = False,
     def write(f: Any) -> None:
         f.write(payload)
 
-    io._atomic_write(path, write)
+    atomic_write(path, write, "the ONNX model")
 

@@ -17,10 +17,6 @@
 #define AIVA_VECTOR_PASS
 #endif
 
-/* Gradients larger than this are treated as overflow: Adam squares them, and a float32
- * square overflows past ~1.8e19. */
-#define AIVA_GRAD_LIMIT 1e18
-
 /* Column-major BLAS calls with alpha = 1, beta = 0, through whichever integer width the
  * library takes. */
 static void sgemm(const aiva_blas *blas, const char *ta, const char *tb, int m, int n, int k,

@@ -107,6 +107,10 @@ typedef struct {
     double bound_fc1_t, bound_spiking_t, bound_fc2;
 } aiva_grads;
 
+/* Gradients larger than this are treated as overflow: Adam squares them, and a float32
+ * square overflows past ~1.8e19. */
+#define AIVA_GRAD_LIMIT 1e18
+
 enum {
     AIVA_OK = 0,
     AIVA_ERR_INPUT_NONFINITE = 1,   /* x holds NaN or Inf                         */

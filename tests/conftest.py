@@ -30,3 +30,25 @@ def safe_inputs(weights, shape, seed, threshold=0.5, margin=1e-4, tries=50):
         if membrane_margin(weights, x.reshape(-1, shape[-1]), threshold) > margin:
             return x
     pytest.fail("could not draw inputs away from the threshold")
+
+
+def exact_default_case(steps, batch, seed):
+    """Default-size weights and inputs whose spikes no float32 rounding can change: at
+    K = 2048 the worst-case bound (gamma_K ~ 1.2e-4 of sum |h w|, ~0.02 on a membrane) puts
+    a neuron of nearly every row within reach of the threshold, so random data cannot be
+    screened.  Here the two large fc1 rows drive every hidden unit to tanh = +-1 (|a| >= 15;
+    float32 tanh is within 1e-7 of +-1 there), the spiking and fc2 weights are multiples of
+    2**-10 (their sums are exact in float32) and the threshold sits half a grid step off the
+    grid, so every membrane is >= 2**-11 from it, far beyond any rounding.  Spikes are then
+    exact, the logits exact, and only the softmax's few ulp remain."""
+    rng = np.random.default_rng(seed)
+    i, h, s, t = (DEFAULT[k] for k in ("input_size", "hidden_size", "spiking_size", "num_tools"))
+    fc1 = rng.integers(-10, 11, (i, h)) / 1024.0
+    fc1[0] = 20.0 * rng.choice([-1.0, 1.0], h)
+    fc1[1] = 40.0 * rng.choice([-1.0, 1.0], h)
+    w = {"fc1.weight": fc1.astype(np.float32),
+         "spiking.weight": (rng.integers(-64, 65, (h, s)) / 1024.0).astype(np.float32),
+         "fc2.weight": (rng.integers(-512, 513, (s, t)) / 1024.0).astype(np.float32)}
+    xs = rng.uniform(-1.0, 1.0, (steps, batch, i))
+    xs[..., :2] = rng.choice([-1.0, 1.0], (steps, batch, 2))
+    return w, xs, 0.5 + 2.0 ** -11

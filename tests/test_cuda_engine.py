@@ -21,7 +21,7 @@ import pytest
 
 from aiva_cy import AIVANet
 
-from conftest import DEFAULT, SMALL, firing_weights, safe_inputs
+from conftest import DEFAULT, SMALL, exact_default_case, firing_weights, safe_inputs
 
 
 class FakeCupyArray(np.ndarray):
@@ -135,9 +135,41 @@ def _raw(name):
         loss_row, correct_row, B, flags, summary = args
         summary[...] = [A(loss_row).sum() / B, A(correct_row).sum(), flags[0]]
 
+    def spike_sequence(grid, block, args):
+        v, steps, n, thr, R, left, spikes, left_rows = args
+        v = A(v).reshape(int(steps), int(n))
+        spikes_t = A(spikes).reshape(int(steps), int(n))
+        rows_t = A(left_rows).reshape(int(steps), int(n))
+        lf = A(left).reshape(-1)
+        for t in range(int(steps)):
+            rows_t[t] = lf
+            s = ((v[t] >= thr) & (lf == 0)).astype(f32)
+            spikes_t[t] = s
+            lf[...] = np.where(s != 0, R, np.maximum(lf - 1, 0))
+
+    def xent_rows_weighted(grid, block, args):
+        z, y, w, B, T, dz, loss_row, correct_row, flags = args
+        z, y, w = A(z), A(y).copy(), A(w)
+        on = w != 0
+        bad = on & ((y < 0) | (y >= T))
+        if bad.any():
+            flags[0] |= BAD_LABEL
+        y[~on | bad] = 0
+        if not np.isfinite(z[on]).all():
+            flags[0] |= BAD_LOGITS
+        m = z.max(axis=1, keepdims=True)
+        s = np.exp(z - m).sum(axis=1, keepdims=True)
+        onehot = np.eye(int(T), dtype=f32)[y]
+        dz[...] = (np.exp(z - m) * (f32(1) / s) - onehot) * w[:, None]
+        rows = np.arange(int(B))
+        ce = m[:, 0].astype(np.float64) + np.log(s[:, 0].astype(np.float64)) - z[rows, y]
+        loss_row[...] = np.where(on, w.astype(np.float64) * int(B) * ce, 0.0)
+        correct_row[...] = on & (z.argmax(axis=1) == y)
+
     return {"aiva_softmax_rows": softmax_rows, "aiva_xent_rows": xent_rows,
             "aiva_flag_nonfinite": flag_nonfinite, "aiva_finish": finish,
-            "aiva_adam_flag": adam_flag}[name]
+            "aiva_adam_flag": adam_flag, "aiva_spike_sequence": spike_sequence,
+            "aiva_xent_rows_weighted": xent_rows_weighted}[name]
 
 
 class _RawModule:
@@ -496,3 +528,43 @@ def test_optimizer_settings_are_checked_on_the_gpu_too(cuda):
         opt.betas = (0.9, 1.0)
     opt.lr, opt.betas = 0.01, (0.8, 0.99)
     assert (opt.lr, opt.betas) == (0.01, (0.8, 0.99))
+
+
+@pytest.mark.parametrize("sizes,batch", [(SMALL, 1), (SMALL, 7), (DEFAULT, 3)])
+def test_sequences_on_cuda_match_the_cpu(cuda, sizes, batch):
+    """forward_sequence (time-parallel products, one recurrence kernel) and episodes
+    (weighted steps, steps without a target) give the CPU engine's numbers."""
+    steps = 5
+    if sizes is DEFAULT:   # spikes no rounding can flip (see conftest.exact_default_case)
+        w, xs, threshold = exact_default_case(steps, batch, seed=batch)
+    else:
+        w, threshold = firing_weights(sizes, 11), 0.5
+        xs = safe_inputs(w, (steps, batch, sizes["input_size"]), seed=batch)
+    cpu = AIVANet(**sizes, seed=0, threshold=threshold)
+    cpu.load_state_dict(w)
+    gpu = AIVANet(**sizes, seed=0, threshold=threshold)
+    gpu.load_state_dict(w)
+    gpu.to("cuda")
+    np.testing.assert_allclose(gpu.forward_sequence(xs).get(), cpu.forward_sequence(xs),
+                               atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(gpu.get_state().get(), cpu.get_state())
+    rng = np.random.default_rng(batch)
+    ys = rng.integers(0, sizes["num_tools"], (steps, batch))
+    ys[1] = -1
+    sw = rng.uniform(0.5, 2.0, (steps, batch))
+    l_c, g_c = cpu.loss_and_grad_sequence(xs, ys, sample_weight=sw)
+    l_g, g_g = gpu.loss_and_grad_sequence(xs, ys, sample_weight=sw)
+    assert l_g == pytest.approx(l_c, rel=1e-5)
+    for k, g in g_c.items():
+        scale = np.abs(g).max() + 1e-30
+        np.testing.assert_allclose(g_g[k].get(), g, rtol=0, atol=1e-4 * scale, err_msg=k)
+    before = gpu.state_dict()
+    with pytest.raises(ValueError, match=r"\[0, "):
+        gpu.train_sequence(xs, np.full((steps, batch), sizes["num_tools"]))
+    for k, v in gpu.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    l1 = gpu.train_sequence(xs, ys, sample_weight=sw)
+    l2 = cpu.train_sequence(xs, ys, sample_weight=sw)
+    assert l1 == pytest.approx(l2, rel=1e-5)
+    for k, v in cpu.state_dict().items():
+        np.testing.assert_allclose(gpu.state_dict()[k], v, atol=1e-5, rtol=0)

@@ -1,0 +1,217 @@
+"""The model's facts, each written once: the config and its checks, the parameters and their
+shapes, the precisions, the limits, and the errors both engines raise.
+
+Every other module imports these instead of spelling them again: the constructor, the
+checkpoint reader and unpickling check a config with :func:`check_config`; the weight
+initialiser, the engines, ``load_state_dict`` and the checkpoint reader take shapes from
+:func:`param_shapes`; both engines word their errors with :func:`engine_error`.
+
+Imports run one way: this module imports only :mod:`aiva_cy._checks` (and NumPy), so the
+compiled engine can import it too.  The C core keeps its own copies of the numbers it needs
+(``AIVA_GRAD_LIMIT`` and the ``AIVA_ERR_*`` codes of ``src_c/aiva_core.h``); the test of the
+engine contract checks them equal to the ones here.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from aiva_cy._checks import float_arg, int_arg, numeric_array
+
+# ---------------------------------------------------------------------------------------
+# parameters
+# ---------------------------------------------------------------------------------------
+#: The state_dict keys, in the order every list of parameters (engine, optimizer) uses.
+PARAM_NAMES = ("fc1.weight", "spiking.weight", "fc2.weight")
+#: Whether the CPU engine keeps each weight as (out, in), the transpose of the state_dict's
+#: "x @ W" layout (see src_c/aiva_core.h).  The CUDA engine keeps every one as (in, out).
+PARAM_TRANSPOSED = (True, True, False)
+
+#: The operands of the matrix products: "bfloat16" rounds them (CPU only, MKL's products).
+PRECISIONS = ("float32", "bfloat16")
+
+# ---------------------------------------------------------------------------------------
+# limits
+# ---------------------------------------------------------------------------------------
+#: A gradient entry at or above this (or NaN) fails a training step: Adam squares it, and
+#: 1e18**2 is still finite in float32.  The C core's AIVA_GRAD_LIMIT is the same number.
+GRAD_LIMIT = 1e18
+#: The C core indexes a step's arrays with 32-bit ints: one unchunked step (training) takes
+#: at most INDEX_LIMIT // (the widest layer) rows.
+INDEX_LIMIT = 2**30
+
+
+def max_train_rows(hidden_size: int, spiking_size: int, num_tools: int) -> int:
+    """The most rows one training step of the CPU engine takes."""
+    return max(1, INDEX_LIMIT // max(hidden_size, spiking_size, num_tools))
+
+
+# ---------------------------------------------------------------------------------------
+# the config
+# ---------------------------------------------------------------------------------------
+def check_precision(value: Any, name: str = "precision") -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be 'float32' or 'bfloat16', got {value!r}")
+    if value not in PRECISIONS:
+        raise ValueError(f"{name} must be 'float32' or 'bfloat16', got {value!r}")
+    return value
+
+
+def check_device_precision(device: str, precision: str) -> None:
+    """bfloat16 products are MKL's, so a bfloat16 net lives on the CPU."""
+    if device != "cpu" and precision != "float32":
+        raise NotImplementedError(f"precision={precision!r} runs on the CPU only (MKL's bf16 "
+                                  f"products); device={device!r} needs precision='float32'")
+
+
+#: The architecture, in the constructor's order: each key with its check.
+CONFIG_CHECKS: Dict[str, Callable[[str, Any], Any]] = {
+    "input_size": lambda k, v: int_arg(k, v, 1),
+    "num_tools": lambda k, v: int_arg(k, v, 1),
+    "hidden_size": lambda k, v: int_arg(k, v, 1),
+    "spiking_size": lambda k, v: int_arg(k, v, 1),
+    "threshold": lambda k, v: float_arg(k, v),
+    "refractory_period": lambda k, v: int_arg(k, v, 0),
+    "surrogate_slope": lambda k, v: float_arg(k, v, 0.0),
+    "precision": lambda k, v: check_precision(v, k),
+}
+CONFIG_KEYS = tuple(CONFIG_CHECKS)
+#: Keys a config may lack, with the value they then take (checkpoints before bfloat16).
+CONFIG_DEFAULTS: Dict[str, Any] = {"precision": "float32"}
+REQUIRED_CONFIG_KEYS = tuple(k for k in CONFIG_KEYS if k not in CONFIG_DEFAULTS)
+SIZE_KEYS = ("input_size", "hidden_size", "spiking_size", "num_tools")
+
+
+def check_config(config: Mapping[str, Any], *, exact: bool = False) -> Dict[str, Any]:
+    """A checked copy of ``config``, in CONFIG_KEYS order, defaults filled in.
+
+    Raises TypeError or ValueError naming the key; a missing key is a ValueError too.
+    ``exact``: keys outside CONFIG_KEYS are an error as well (a checkpoint); otherwise they
+    are ignored (the constructor and unpickling pass only the keys they have).
+    """
+    missing = [k for k in REQUIRED_CONFIG_KEYS if k not in config]
+    unknown = sorted(str(k) for k in config if k not in CONFIG_CHECKS)
+    if missing or (exact and unknown):
+        raise ValueError(f"the config must hold exactly the keys {list(REQUIRED_CONFIG_KEYS)} "
+                         f"(and optionally {list(CONFIG_DEFAULTS)}): missing {missing}, "
+                         f"unknown {unknown}")
+    return {k: check(k, config.get(k, CONFIG_DEFAULTS.get(k)))
+            for k, check in CONFIG_CHECKS.items()}
+
+
+def sizes(config: Mapping[str, Any]) -> Tuple[int, int, int, int]:
+    """(input_size, hidden_size, spiking_size, num_tools) of a config."""
+    return tuple(int(config[k]) for k in SIZE_KEYS)  # type: ignore[return-value]
+
+
+def param_shapes(input_size: int, hidden_size: int, spiking_size: int,
+                 num_tools: int) -> Dict[str, Tuple[int, int]]:
+    """Each parameter's shape in the state_dict's "x @ W" layout: (fan_in, fan_out)."""
+    return dict(zip(PARAM_NAMES, ((input_size, hidden_size), (hidden_size, spiking_size),
+                                  (spiking_size, num_tools))))
+
+
+def num_parameters(config: Mapping[str, Any]) -> int:
+    """Weights of a net of this config (there are no biases)."""
+    return sum(a * b for a, b in param_shapes(*sizes(config)).values())
+
+
+def init_weights(config: Mapping[str, Any], seed: Optional[int]) -> Dict[str, np.ndarray]:
+    """LeCun uniform: U(-a, a) with a = sqrt(3 / fan_in), i.e. variance 1/fan_in.  On N(0, 1)
+    inputs fc1's pre-activations then have unit variance, so tanh is neither saturated nor
+    linear, and the membrane potential has a standard deviation near 0.6 — about a fifth of
+    the spiking layer fires at threshold 0.5.  Uniform rather than normal because drawing
+    3.2M uniform floats costs a third of the time, and start-up is measured.
+
+    Drawn in the CPU engine's layout and handed over as transposed views, which that engine
+    adopts without a copy."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for (key, (fan_in, fan_out)), transposed in zip(param_shapes(*sizes(config)).items(),
+                                                    PARAM_TRANSPOSED):
+        shape = (fan_out, fan_in) if transposed else (fan_in, fan_out)
+        w = rng.random(shape, dtype=np.float32)             # U[0, 1)
+        a = np.float32(math.sqrt(3.0 / fan_in))
+        w *= np.float32(2.0) * a
+        w -= a
+        out[key] = w.T if transposed else w
+    return out
+
+
+class Snapshot(NamedTuple):
+    """One training step's net, on the host: what a checkpoint or a pickle holds.  Taken
+    under the net's lock (``AIVANet._snapshot``), so weights, state and optimizer belong
+    together; written out afterwards, without the lock."""
+
+    config: Dict[str, Any]                 # the checked config (see check_config)
+    weights: Dict[str, np.ndarray]         # PARAM_NAMES -> float32, state_dict layout
+    state: Optional[np.ndarray]            # int32 (B, spiking_size), or None: empty
+    optimizer: Optional[Dict[str, Any]]    # Adam's state_dict(), or None: not included
+
+
+# ---------------------------------------------------------------------------------------
+# the refractory state
+# ---------------------------------------------------------------------------------------
+def check_state(state: Any, spiking_size: int, refractory_period: int,
+                name: str = "state") -> np.ndarray:
+    """A refractory state as int32 (B, spiking_size), C order: integers (integral floats
+    allowed, bools not) in [0, refractory_period]."""
+    arr = numeric_array(name, state)
+    n = spiking_size
+    if arr.ndim != 2 or arr.shape[1] != n or arr.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (batch >= 1, {n}), got {arr.shape}")
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{name} must hold integer step counts, got dtype bool")
+    r = refractory_period
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        raise ValueError(f"{name} must hold integers in [0, {r}], got non-integer values")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi > r:
+        raise ValueError(f"{name} must hold integers in [0, {r}] (refractory_period), got "
+                         f"values from {lo} to {hi}")
+    return np.array(arr, dtype=np.int32, order="C")
+
+
+# ---------------------------------------------------------------------------------------
+# errors, worded once for both engines
+# ---------------------------------------------------------------------------------------
+# The C core's codes (src_c/aiva_core.h); the CUDA engine maps its flag bits onto them.
+ERR_INPUT_NONFINITE, ERR_OUTPUT_NONFINITE, ERR_LABEL, ERR_GRAD_NONFINITE, ERR_SIZE = 1, 2, 3, 4, 5
+#: A CUDA-only kind: the fused Adam check found the update would not be finite (the CPU
+#: optimizer raises its own, more detailed FloatingPointError).
+ERR_UPDATE_NONFINITE = 16
+
+ERROR_TEXT = {
+    ERR_INPUT_NONFINITE: "{name} contains NaN or Inf (or a value too large for float32)",
+    ERR_OUTPUT_NONFINITE: "the logits are not finite: the weights are too large for float32",
+    ERR_LABEL: "a label is outside [0, num_tools)",
+    ERR_GRAD_NONFINITE: "the loss or a gradient is not finite (or overflows float32)",
+    ERR_SIZE: "batch size does not fit the workspace",
+    ERR_UPDATE_NONFINITE: "this Adam step would leave a weight or moment that is not finite "
+                          "(check lr, eps and weight_decay)",
+}
+_UNCHANGED = "; the net was left unchanged"
+
+
+def engine_error(code: int, *, training: bool = False, name: str = "x") -> Exception:
+    """The exception for an engine's error code.  A failed training step is a
+    FloatingPointError (and changed nothing); in inference, overflowing logits are reported
+    like bad input (ValueError)."""
+    text = ERROR_TEXT.get(code, ERROR_TEXT[ERR_SIZE]).format(name=name)
+    if code in (ERR_GRAD_NONFINITE, ERR_UPDATE_NONFINITE) or (
+            training and code == ERR_OUTPUT_NONFINITE):
+        return FloatingPointError(text + _UNCHANGED)
+    return ValueError(text)
+
+
+def label_range_error(name: str, num_tools: int, lo: int, hi: int) -> ValueError:
+    return ValueError(f"{name} must hold integer labels in [0, {num_tools}), got values from "
+                      f"{lo} to {hi}")
+
+
+def batch_mismatch(batch: int, held: int, name: str = "x") -> ValueError:
+    """The error for a call whose batch size differs from the refractory state's."""
+    return ValueError(f"{name} has batch size {batch} but the net's refractory state holds "
+                      f"{held} streams; call reset_state() first to change the batch size")
