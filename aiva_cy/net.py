@@ -344,15 +344,26 @@ class AIVANet:
             shuffle: bool = True, seed: Optional[int] = None,
             validation_data: Optional[Tuple[Any, Any]] = None, validation_split: float = 0.0,
             patience: Optional[int] = None, min_delta: float = 0.0,
-            restore_best_weights: bool = False, verbose: int = 1) -> Dict[str, List[float]]:
-        """Mini-batch training with Adam.
+            restore_best_weights: bool = False, verbose: int = 1,
+            sample_weight: Any = None, callbacks: Any = None) -> Dict[str, List[float]]:
+        """Mini-batch training with Adam, on rows or on episodes.
 
-        Each mini-batch is one step from an empty state (the state is reset before each).
+        Rows: X (n, in), y (n,); each mini-batch is one step from an empty state.
+        Episodes: X (n, steps, in), y (n, steps) batch-first, a label < 0 for a step without
+        a target; ``batch_size`` counts episodes, and each mini-batch is
+        :meth:`train_sequence` on those episodes (from an empty state, so the refractory
+        state the net carries in use is trained too).  ``sample_weight``: one weight per row,
+        or per episode (n,) or per step (n, steps); the loss is then the weighted mean.
         ``validation_split`` holds out the last fraction of (X, y), before shuffling, as Keras
-        does; ``validation_data`` gives a held-out set directly.  With ``patience``, training
-        stops after that many epochs without an improvement of more than ``min_delta`` in the
-        validation loss (the training loss when there is no validation data).  ``verbose``:
-        0 silent, 1 a progress bar on a terminal (a line per epoch otherwise), 2 a line per epoch.
+        does; ``validation_data`` gives a held-out set directly (of the same form).  With
+        ``patience``, training stops after that many epochs without an improvement of more
+        than ``min_delta`` in the validation loss (the training loss when there is no
+        validation data).  ``callbacks``: callables ``(epoch, logs)`` or objects with
+        ``on_epoch_end(epoch, logs)``, called after each epoch with that epoch's history
+        entries; one that returns False stops training.  ``verbose``: 0 silent, 1 a progress
+        bar on a terminal (where stderr is not one, a line per epoch to the ``aiva_cy.fit``
+        logger at INFO level), 2 a line per epoch on stderr.  The net's own stream state is
+        kept as it was.
 
         Returns the history: ``{"loss": [...], "accuracy": [...]}`` per epoch, plus
         ``"val_loss"`` and ``"val_accuracy"`` with validation data.
@@ -363,13 +374,18 @@ class AIVANet:
                        shuffle=shuffle, seed=seed,
                        validation_data=validation_data, validation_split=validation_split,
                        patience=patience, min_delta=min_delta,
-                       restore_best_weights=restore_best_weights, verbose=verbose)
+                       restore_best_weights=restore_best_weights, verbose=verbose,
+                       sample_weight=sample_weight, callbacks=callbacks)
 
-    def evaluate(self, X: Any, y: Any, batch_size: int = 256) -> Dict[str, float]:
-        """Mean cross-entropy and accuracy, each row one step from an empty state."""
+    def evaluate(self, X: Any, y: Any, batch_size: int = 256, *,
+                 sample_weight: Any = None) -> Dict[str, float]:
+        """(Weighted) mean cross-entropy and accuracy: rows each one step from an empty
+        state, or episodes X (n, steps, in) each from an empty state, over their targeted
+        steps.  The net's own stream state is kept as it was."""
         from aiva_cy._training import evaluate
         with self._lock:
-            return evaluate(self._engine, X, y, batch_size=batch_size)
+            return evaluate(self._engine, X, y, batch_size=batch_size,
+                            sample_weight=sample_weight)
 
     # -- weights ---------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

@@ -285,3 +285,122 @@ def test_any_small_shape_gradients_match_reference(sizes, batch, period, slope, 
         for k in g:
             np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-3,
                                        atol=1e-5 * max(np.abs(g_ref[k]).max(), 1e-3))
+
+
+def test_fit_logs_its_epochs_when_not_on_a_terminal(caplog, capsys):
+    import logging
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((24, SMALL["input_size"]))
+    y = rng.integers(0, SMALL["num_tools"], 24)
+    with caplog.at_level(logging.INFO, logger="aiva_cy.fit"):
+        AIVANet(**SMALL, seed=2).fit(X, y, epochs=2, batch_size=8, verbose=1)
+    assert capsys.readouterr().err == ""          # pytest's stderr is no terminal
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiva_cy.fit"]
+    assert len(lines) == 2 and lines[1].startswith("epoch 2/2 - loss")
+
+
+def test_fit_callbacks_see_each_epoch_and_can_stop_it():
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((24, SMALL["input_size"]))
+    y = rng.integers(0, SMALL["num_tools"], 24)
+    seen = []
+
+    class Recorder:
+        def on_epoch_end(self, epoch, logs):
+            seen.append((epoch, sorted(logs)))
+
+    h = AIVANet(**SMALL, seed=2).fit(X, y, epochs=5, batch_size=8, verbose=0,
+                                     callbacks=[Recorder(), lambda e, logs: e < 2])
+    assert len(h["loss"]) == 3                     # the lambda said stop after epoch 2
+    assert seen == [(e, ["accuracy", "loss"]) for e in range(3)]
+    with pytest.raises(TypeError, match=r"callbacks\[0\]"):
+        AIVANet(**SMALL, seed=2).fit(X, y, epochs=1, verbose=0, callbacks=[42])
+
+
+def test_fit_refuses_zero_epochs():
+    X = np.zeros((4, SMALL["input_size"]))
+    with pytest.raises(ValueError, match=r"epochs must be in \[1, .*\], got 0"):
+        AIVANet(**SMALL, seed=0).fit(X, [0, 1, 2, 3], epochs=0)
+
+
+def test_sample_weight_for_rows_is_a_weighted_mean():
+    from aiva_cy.reference import ReferenceNet
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((8, SMALL["input_size"]))
+    y = rng.integers(0, SMALL["num_tools"], 8)
+    w = rng.uniform(0, 2, 8)
+    w[3] = 0.0
+    net = AIVANet(**SMALL, seed=3)
+    ref = ReferenceNet(net.state_dict())
+    c = ref.forward_cache(X)
+    z = c["z"]
+    ce = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1) - z[np.arange(8), y]
+    got = net.evaluate(X, y, sample_weight=w)["loss"]
+    assert got == pytest.approx(float((w * ce).sum() / w.sum()), rel=1e-5)
+    # Training with weights: a zero-weight row does not move the weights at all.
+    a = AIVANet(**SMALL, seed=3)
+    b = AIVANet(**SMALL, seed=3)
+    a.fit(X, y, epochs=1, batch_size=8, shuffle=False, verbose=0, sample_weight=w)
+    keep = w > 0
+    b.fit(X[keep], y[keep], epochs=1, batch_size=8, shuffle=False, verbose=0,
+          sample_weight=w[keep])
+    for k, v in a.state_dict().items():
+        np.testing.assert_allclose(v, b.state_dict()[k], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="sample_weight"):
+        net.fit(X, y, epochs=1, verbose=0, sample_weight=-w)
+
+
+def test_fit_on_episodes_learns_a_task_that_needs_the_carried_state():
+    """A cue (A or B), then a query Q that is the same input whichever cue came, then a
+    blank step; the label of the query is the cue.  One step alone cannot answer (the query
+    is always Q), only the refractory state the cue left can: the neurons the cue fired are
+    silent at the query (refractory_period 1), and Q fires A's and B's neurons both, so
+    which ones stay silent tells the cue.  The blank fires nothing, so each cue starts clean.
+    Trained on episodes the net answers; trained on the query rows alone it is at chance."""
+    sizes = dict(input_size=6, num_tools=2, hidden_size=48, spiking_size=40)
+    rng = np.random.default_rng(6)
+    A, B = rng.standard_normal((2, sizes["input_size"])) * 2.0
+    Q = (A + B) * 0.7
+
+    def episodes(n, steps=9):
+        X = np.zeros((n, steps, sizes["input_size"]))
+        y = np.full((n, steps), -1)              # cue and blank steps: no target
+        for i in range(n):
+            for t in range(0, steps, 3):
+                k = int(rng.integers(2))
+                X[i, t], X[i, t + 1], y[i, t + 1] = (A, B)[k], Q, k
+        return X, y
+
+    X, y = episodes(256)
+    X_test, y_test = episodes(128)
+    for seed in (0, 1):
+        net = AIVANet(**sizes, refractory_period=1, seed=seed)
+        history = net.fit(X, y, epochs=12, batch_size=16, seed=0, verbose=0)
+        assert history["accuracy"][-1] > history["accuracy"][0]
+        assert net.evaluate(X_test, y_test)["accuracy"] >= 0.95, seed
+    on = y >= 0
+    rows = AIVANet(**sizes, refractory_period=1, seed=0)
+    rows.fit(X[on], y[on], epochs=12, batch_size=32, seed=0, verbose=0)
+    assert rows.evaluate(X_test[y_test >= 0], y_test[y_test >= 0])["accuracy"] < 0.65
+
+
+def test_fit_and_evaluate_on_episodes_check_their_arguments():
+    net = AIVANet(**SMALL, seed=0)
+    X = np.zeros((4, 3, SMALL["input_size"]))
+    with pytest.raises(ValueError, match=r"y for episodes X \(4, 3, 24\) must have shape \(4, 3\)"):
+        net.fit(X, np.zeros(4), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="argmax"):
+        net.fit(X, np.zeros((4, 3, SMALL["num_tools"])), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="no step has a target"):
+        net.fit(X, -np.ones((4, 3)), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="same form|form of X"):
+        net.fit(X, np.zeros((4, 3)), epochs=1, verbose=0,
+                validation_data=(np.zeros((2, SMALL["input_size"])), [0, 1]))
+    net.forward(np.ones((2, SMALL["input_size"])))
+    held = net.get_state()
+    h = net.fit(X + 0.5, np.ones((4, 3)), epochs=2, batch_size=2, verbose=0,
+                validation_split=0.25)
+    assert set(h) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    np.testing.assert_array_equal(net.get_state(), held)     # the stream state is kept
+    net.evaluate(X, np.ones((4, 3)))
+    np.testing.assert_array_equal(net.get_state(), held)
