@@ -3,8 +3,8 @@
 Run it from an installed aiva_cy (``aiva-cy bench``, ``python -m aiva_cy bench``) or from a
 checkout (``python benchmarks/compare.py``)::
 
-    aiva-cy bench                  # full run, about 1.5 minutes on 2 cores
-    aiva-cy bench --quick          # a smoke run, about 20 s
+    aiva-cy bench                  # full run, 4-7 minutes on 2 shared cores
+    aiva-cy bench --quick          # a smoke run, about a minute: numbers only, never judged
     aiva-cy bench --threads 1 --json out.json --no-chart
 
 or import it and call :func:`run` (the quick test does) or :func:`main`.
@@ -18,6 +18,11 @@ method (one thread count for every library, warm-up and calibration, interleaved
 pauses against spinning worker threads, re-measuring disturbed blocks) is in
 :mod:`aiva_cy.bench.timing`; the table, targets and chart in :mod:`aiva_cy.bench.report`.
 ``benchmarks/README.md`` in the source tree holds the results and how to read them.
+
+Only a run that measured as hard as :meth:`Settings.full` on a quiet machine is judged
+against the targets (``meta["judged"]``); a quick, short, reduced or disturbed run
+(``meta["disturbed"]`` says why) prints its numbers marked as such, with no verdict. Only a
+judged run of every row replaces ``latest.json`` and ``latest.png``.
 """
 
 from __future__ import annotations

@@ -377,7 +377,7 @@ def write_chart(result: Mapping[str, Any], path: Path) -> Optional[Path]:
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([short.get(r, ROW_LABELS[r].replace(", ", "\n")) for r in rows], fontsize=8)
         ax.grid(axis="y", which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="best")
 
     def speedup(r: str, p: str) -> Optional[float]:
         a, b = data[r]["cells"].get("numpy"), data[r]["cells"].get(p)

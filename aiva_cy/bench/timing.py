@@ -61,7 +61,7 @@ class Settings:
     def short(cls) -> "Settings":
         """The main job's short table: a few rounds, each block measured again once if other
         processes disturbed it (at most 5 s of that per run). About 10 s for three rows."""
-        return cls(rounds=5, slow_rounds=2, block_s=0.02, max_calls=50, warmup=2,
+        return cls(rounds=5, slow_rounds=1, block_s=0.02, max_calls=50, warmup=2,
                    startup_runs=1, retries=1, retry_budget_s=5.0)
 
     def at_least_full(self) -> bool:
