@@ -197,7 +197,7 @@ def render_header(meta: Mapping[str, Any]) -> str:
 
 def _kernel_line(blas: Mapping[str, Any]) -> str:
     """The kernels that ran: what the libraries report, not what they were asked for."""
-    line = f"BLAS kernel: float32 {_kernel.summary(blas)} ({blas.get('provider', '?')})"
+    line = f"BLAS kernel: float32 {_kernel.summary(dict(blas))} ({blas.get('provider', '?')})"
     bf16 = blas.get("bfloat16")
     if bf16:
         line += f"; bfloat16 {_kernel.summary(bf16)} ({bf16.get('provider', '?')})"
