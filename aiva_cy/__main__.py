@@ -134,7 +134,7 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
 #: What the main job's last line points to, with how long it takes (measured on 2 cores).
 FULL_BENCH_HINT = ("For the full comparison (every row and peer, the start-up, the BLAS floor, "
                    "judged against the targets on a quiet machine): aiva-cy bench "
-                   "(about 4 minutes on 2 cores)")
+                   "(4-7 minutes on 2 cores)")
 
 
 def _run_all(args: argparse.Namespace) -> int:
