@@ -1,9 +1,10 @@
 """Every ```python block of README.md, docs/*.md and weights/README.md runs as written.
 
-Each block runs on its own, in a fresh namespace, as a reader would paste it, in a
-temporary folder laid out like the root of a checkout: an empty ``weights/`` folder, and
-for ``weights/README.md`` the file the main job writes there (``weights/aiva_digits.npz``,
-trained for one epoch instead of twenty).
+Each block runs on its own, in a fresh namespace, as a reader would paste it, with an empty
+temporary folder as the current directory: nothing of a checkout is there, so a block
+that reads or writes a file does so in the current directory. The one exception is
+``weights/README.md``, which documents the file the main job leaves behind: its blocks run
+where ``aiva-cy`` has run, with ``weights/aiva_digits.npz`` (trained for one epoch).
 
 Marker convention: an HTML comment on the line right above the fence (invisible on the
 rendered page) says when a block may not run here.
@@ -21,7 +22,7 @@ import importlib.util
 import re
 import shutil
 from pathlib import Path
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import pytest
 
@@ -122,10 +123,10 @@ def test_block_runs(block: Block, tmp_path: Path, request: pytest.FixtureRequest
     reason = _skip_reason(block.marker)
     if reason:
         pytest.skip(reason)
-    (tmp_path / "weights").mkdir()
     if block.document == "weights/README.md":
+        (tmp_path / "weights").mkdir()
         shutil.copy(request.getfixturevalue("trained_weights"), tmp_path / "weights")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)     # an empty folder: no checkout, no weights/
     code = compile(block.code, f"{block.document}:{block.line}", "exec")
     exec(code, {"__name__": "__docs__"})
 
@@ -153,3 +154,44 @@ def test_extract_and_markers() -> None:
     assert _skip_reason("requires no_such_module_here") == "needs no_such_module_here"
     with pytest.raises(ValueError, match="unclosed"):
         extract("```python\nx = 1\n", "y.md")
+
+
+_ANY_FENCE = re.compile(r"^```(\w*)[ \t]*$")
+
+
+def _code_blocks(text: str) -> List[Tuple[int, str, str]]:
+    """(line, language, code) of every fenced block, whatever its language."""
+    out: List[Tuple[int, str, str]] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = _ANY_FENCE.match(lines[i])
+        if m:
+            start, body = i, []
+            i += 1
+            while i < len(lines) and not lines[i].startswith("```"):
+                body.append(lines[i])
+                i += 1
+            out.append((start + 1, m.group(1), "\n".join(body)))
+        i += 1
+    return out
+
+
+@pytest.mark.skipif(not BLOCKS, reason="the documents are not next to these tests")
+def test_no_example_needs_a_checkout() -> None:
+    """Commands and code of README.md and docs/ work in any folder: none reads or writes a
+    checkout's weights/ (the main job makes ./weights itself)."""
+    for doc in DOCUMENTS:
+        if doc == "weights/README.md" or not (ROOT / doc).exists():
+            continue
+        for line, lang, code in _code_blocks((ROOT / doc).read_text(encoding="utf-8")):
+            assert not re.search(r"""["'=\s]weights/""", code), f"{doc}:{line} ({lang}) uses weights/"
+
+
+@pytest.mark.skipif(not BLOCKS, reason="the documents are not next to these tests")
+def test_readme_says_how_to_build_a_wheel() -> None:
+    """A documented command that leaves a wheel in dist/, and the install from there."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    bash = "\n".join(code for _, lang, code in _code_blocks(readme) if lang == "bash")
+    assert "python -m pip wheel --no-deps -w dist ." in bash
+    assert 'pip install "$(ls dist/aiva_cy-*.whl)' in bash

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -92,12 +93,23 @@ def fmt_bytes(b: float) -> str:
     return f"{b / 1e6:.1f} MB"
 
 
+def fmt_ratio(r: float) -> str:
+    """A ratio with the digits it has: 24.7×, 1.94×, 0.91×, 0.0014× (never a bare 0.00×)."""
+    if r >= 100:
+        return f"{r:.0f}×"
+    if r >= 10:
+        return f"{r:.1f}×"
+    if r >= 0.1:
+        return f"{r:.2f}×"
+    return f"{r:.2g}×"
+
+
 def _fmt_cell(row: str, peer: str, cell: Optional[Cell]) -> str:
     if cell is None:
         return "—"
     text = fmt_bytes(cell.value) if row in ("memory", "weights") else fmt_seconds(cell.value)
     if peer != "aiva_cy" and cell.ratio is not None:
-        text += f" ({cell.ratio:.2f}×)"
+        text += f" ({fmt_ratio(cell.ratio)})"
     if cell.note:
         text += f" {cell.note}"
     return text
@@ -112,15 +124,47 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 
 def render_table(result: Mapping[str, Any]) -> str:
-    """The speed table of a result from :func:`run`."""
+    """The speed table of a result from :func:`run`; the target column only for a run that
+    was judged (a full run on a quiet machine)."""
     cols = [p for p in PEER_ORDER if p in result["columns"]]
-    header = ["work"] + [PEER_LABELS[p] for p in cols] + ["target (aiva_cy vs peer)"]
+    judged = bool(result["meta"].get("judged"))
+    header = ["work"] + [PEER_LABELS[p] for p in cols]
+    if judged:
+        header.append("target (aiva_cy vs peer)")
     body = []
     for row, data in result["rows"].items():
         cells = {p: Cell(**c) for p, c in data["cells"].items()}
-        body.append([data["label"]] + [_fmt_cell(row, p, cells.get(p)) for p in cols]
-                    + [_target_text([Target(**t) for t in data["targets"]])])
+        line = [data["label"]] + [_fmt_cell(row, p, cells.get(p)) for p in cols]
+        if judged:
+            line.append(_target_text([Target(**t) for t in data["targets"]]))
+        body.append(line)
     return _markdown_table(header, body)
+
+
+def run_kind(meta: Mapping[str, Any]) -> str:
+    """What kind of run this was, in a few words (the table's title and the chart's)."""
+    mode = meta.get("mode", "full")
+    kind = {"quick": "QUICK run (a smoke test: numbers not representative)",
+            "short": "SHORT table (a few rounds per row, not the full benchmark)",
+            "reduced": "REDUCED run (fewer rounds than the full benchmark)",
+            "full": "full run"}.get(mode, f"{mode} run")
+    if meta.get("disturbed"):
+        kind += "; DISTURBED by other processes: not representative"
+    elif mode == "full":
+        kind += ", quiet machine"
+    return kind
+
+
+def render_status(result: Mapping[str, Any]) -> str:
+    """The line above the table: what kind of run, and whether its targets were judged."""
+    meta = result["meta"]
+    line = f"Speed — {run_kind(meta)}."
+    if meta.get("judged"):
+        return line + " Targets judged (docs/contract.md, Speed)."
+    why = list(meta.get("disturbed") or [])
+    if meta.get("mode", "full") != "full":
+        why.insert(0, "only a full run is judged")
+    return line + " Numbers only, no targets judged: " + "; ".join(why) + "."
 
 
 def _pct(v: Optional[float]) -> str:
@@ -153,7 +197,7 @@ def render_header(meta: Mapping[str, Any]) -> str:
 
 def _kernel_line(blas: Mapping[str, Any]) -> str:
     """The kernels that ran: what the libraries report, not what they were asked for."""
-    line = f"BLAS kernel: float32 {_kernel.summary(blas)} ({blas.get('provider', '?')})"
+    line = f"BLAS kernel: float32 {_kernel.summary(dict(blas))} ({blas.get('provider', '?')})"
     bf16 = blas.get("bfloat16")
     if bf16:
         line += f"; bfloat16 {_kernel.summary(bf16)} ({bf16.get('provider', '?')})"
@@ -163,8 +207,10 @@ def _kernel_line(blas: Mapping[str, Any]) -> str:
 def render_footer(result: Mapping[str, Any]) -> str:
     """How to read the table, and how much other processes disturbed the run."""
     meta, st = result["meta"], result["settings"]
-    lines = ["Cells: median time per call (peer time / aiva_cy time: > 1 means aiva_cy is "
-             "faster or smaller); targets: ✓ met, ✗ missed, measured quantity in brackets."]
+    lines = ["Cells: median time per call (in brackets peer time / aiva_cy time: > 1 means "
+             "aiva_cy is faster or smaller; none where a cell is missing or disturbed)"
+             + ("; targets: ✓ met, ✗ missed, measured quantity in brackets." if meta.get("judged")
+                else ".")]
     if meta.get("samples"):
         lines.append(
             f"Other processes: median {_pct(meta.get('other_load_median'))} of the CPU during a "
@@ -221,7 +267,12 @@ def render_floor_notes(floor: Mapping[str, Any]) -> str:
 
 
 def floor_estimates(rows: Mapping[str, Dict[str, Cell]]) -> Dict[str, Any]:
-    """sgemm rate from the floor at the largest batch measured, and FLOPs / rate per row."""
+    """sgemm rate from the floor at the largest batch measured, and FLOPs / rate per row.
+
+    A cell marked disturbed counts as not measured: a rate from it would be the neighbours'.
+    """
+    rows = {r: {p: c for p, c in cells.items() if not c.note and c.value > 0}
+            for r, cells in rows.items()}
     out: Dict[str, Any] = {}
     for row, batch in (("predict_b256", 256), ("predict_b64", 64)):
         c = rows.get(row, {}).get("floor")
@@ -264,8 +315,27 @@ def floor_estimates(rows: Mapping[str, Dict[str, Cell]]) -> Dict[str, Any]:
 # --------------------------------------------------------------------------- chart
 
 
+#: The peers drawn in the chart (the MKL floors are for the floor notes, not for a reader).
+CHART_PEERS = ("aiva_cy", "aiva_bf16", "torch", "torch_bf16", "onnx", "floor")
+
+
+def chart_caption(meta: Mapping[str, Any]) -> str:
+    """The chart's small print: the machine, the kernel that ran, and what kind of run."""
+    blas = meta.get("blas") or {}
+    return "\n".join([
+        f"{meta.get('cpu', '?')}, {meta.get('cores', '?')} cores; {meta.get('platform', '?')}; "
+        f"{meta.get('threads', '?')} threads for every library; {meta.get('date', '')}",
+        _kernel_line(blas),
+        *textwrap.wrap(run_kind(meta) + ("" if not meta.get("disturbed") else
+                                         ": " + "; ".join(meta["disturbed"])), 150),
+    ])
+
+
 def write_chart(result: Mapping[str, Any], path: Path) -> Optional[Path]:
-    """Grouped bars, log time per row, one bar per peer; None where matplotlib is missing."""
+    """How many times faster than the NumPy BioNeuron each peer is, row by row (the comparison
+    a reader makes), and the train_step times the BioNeuron has no counterpart for. The
+    caption names the machine, the BLAS kernel, and whether the run was quick or disturbed.
+    None where matplotlib is missing."""
     try:
         import matplotlib
 
@@ -273,30 +343,85 @@ def write_chart(result: Mapping[str, Any], path: Path) -> Optional[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rows = [r for r in result["rows"] if r not in ("memory", "weights")]
-    cols = [p for p in PEER_ORDER if p in result["columns"]]
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(rows)), 4.8))
-    width = 0.8 / len(cols)
-    for i, p in enumerate(cols):
-        xs, ys = [], []
-        for j, r in enumerate(rows):
-            c = result["rows"][r]["cells"].get(p)
-            if c is not None:
-                xs.append(j + (i - (len(cols) - 1) / 2) * width)
-                ys.append(c["value"])
-        ax.bar(xs, ys, width=width, label=PEER_LABELS[p])
-    ax.set_yscale("log")
-    ax.set_ylabel("seconds per call (log), lower is better")
-    ax.set_xticks(range(len(rows)))
-    short = {"startup": "start-up\nin process", "startup_process": "start-up\nwhole process"}
-    ax.set_xticklabels([short.get(r, ROW_LABELS[r].replace(", ", "\n")) for r in rows], fontsize=8)
-    ax.legend(fontsize=8)
+    data = result["rows"]
     meta = result["meta"]
-    ax.set_title(f"aiva_cy vs peers — {meta['cpu']}, {meta['threads']} threads", fontsize=9)
-    ax.grid(axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
+    cols = [p for p in CHART_PEERS if p in result["columns"]]
+    vs_numpy = [r for r in data if r not in ("memory", "weights") and "numpy" in data[r]["cells"]]
+    train = [r for r in data if r.startswith("train_")]
+    if not vs_numpy and not train:
+        return None
+    panels = [p for p in (vs_numpy, train) if p]
+    widths = [max(2, len(p)) for p in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(8.0, 1.7 * sum(widths) + 2), 5.4),
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    colors = {p: f"C{i}" for i, p in enumerate(CHART_PEERS)}
+    short = {"startup": "start-up\nin process", "startup_process": "start-up\nwhole process"}
+
+    def bars(ax: Any, rows: Sequence[str], value: Any, label: Any) -> None:
+        peers = [p for p in cols if any(value(r, p) is not None for r in rows)]
+        width = 0.8 / max(1, len(peers))
+        for i, p in enumerate(peers):
+            for j, r in enumerate(rows):
+                v = value(r, p)
+                if v is None:
+                    continue
+                noisy = bool(data[r]["cells"][p].get("note"))
+                x = j + (i - (len(peers) - 1) / 2) * width
+                ax.bar(x, v, width=width, color=colors[p], hatch="//" if noisy else None,
+                       alpha=0.45 if noisy else 1.0,
+                       label=PEER_LABELS[p] if j == min(k for k, rr in enumerate(rows)
+                                                        if value(rr, p) is not None) else None)
+                ax.annotate(label(v) + (NOISY_MARK if noisy else ""), (x, v), ha="center",
+                            va="bottom", fontsize=6, rotation=90, xytext=(0, 2),
+                            textcoords="offset points")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([short.get(r, ROW_LABELS[r].replace(", ", "\n")) for r in rows], fontsize=8)
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+
+    def speedup(r: str, p: str) -> Optional[float]:
+        a, b = data[r]["cells"].get("numpy"), data[r]["cells"].get(p)
+        if a is None or b is None or a["value"] <= 0 or b["value"] <= 0:
+            return None
+        return float(a["value"] / b["value"])
+
+    def train_ms(r: str, p: str) -> Optional[float]:
+        c = data[r]["cells"].get(p)
+        return None if c is None or c["value"] <= 0 else float(c["value"] * 1e3)
+
+    k = 0
+    if vs_numpy:
+        ax = axes[0][k]
+        k += 1
+        bars(ax, vs_numpy, speedup, fmt_ratio)
+        ax.set_yscale("log")
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(min(lo, 0.5), hi * 4)      # room for the labels above the bars
+        ax.axhline(1.0, color="0.3", linewidth=1, linestyle="--")
+        ax.set_ylabel("× faster than the NumPy BioNeuron (log; 1 = the BioNeuron)")
+        ax.set_title("against the NumPy BioNeuron AIVA runs today", fontsize=9)
+    if train:
+        ax = axes[0][k]
+        bars(ax, train, train_ms, lambda v: f"{v:.3g} ms")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.25)
+        ax.set_ylabel("ms per call, lower is better")
+        ax.set_title("train_step (the BioNeuron cannot train)", fontsize=9)
+    title = "aiva_cy vs its peers"
+    mode = meta.get("mode", "full")
+    tags = [{"quick": "QUICK run", "short": "SHORT table", "reduced": "REDUCED run"}.get(mode, mode)]
+    tags = tags if mode != "full" else []
+    if meta.get("disturbed"):
+        tags.append("DISTURBED by other processes")
+    if mode == "quick" or meta.get("disturbed"):
+        tags.append("not representative")
+    if tags:
+        title += " — " + ", ".join(tags)
+    fig.suptitle(title, fontsize=11, color="black" if meta.get("judged") else "firebrick")
+    caption = chart_caption(meta)
+    if any(c.get("note") for r in data.values() for c in r["cells"].values()):
+        caption += f"\nhatched, {NOISY_MARK}: a cell measured mostly while other processes were busy"
+    fig.text(0.01, 0.01, caption, fontsize=7, va="bottom", ha="left", family="monospace")
+    fig.tight_layout(rect=(0, 0.03 + 0.028 * caption.count("\n"), 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

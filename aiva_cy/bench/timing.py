@@ -15,7 +15,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 T = TypeVar("T")
 
@@ -56,6 +56,21 @@ class Settings:
     def quick(cls) -> "Settings":
         return cls(rounds=3, slow_rounds=1, block_s=0.01, max_calls=20, warmup=1,
                    startup_runs=1, retries=0, retry_budget_s=0.0)
+
+    @classmethod
+    def short(cls) -> "Settings":
+        """The main job's short table: a few rounds, each block measured again once if other
+        processes disturbed it (at most 5 s of that per run). About 10 s for three rows."""
+        return cls(rounds=5, slow_rounds=1, block_s=0.02, max_calls=50, warmup=2,
+                   startup_runs=1, retries=1, retry_budget_s=5.0)
+
+    def at_least_full(self) -> bool:
+        """Whether this measures at least as hard as :meth:`full`: the runs whose numbers
+        may be checked against the targets."""
+        full = Settings.full()
+        return (self.rounds >= full.rounds and self.slow_rounds >= full.slow_rounds
+                and self.block_s >= full.block_s and self.warmup >= full.warmup
+                and self.startup_runs >= full.startup_runs and self.retries >= full.retries)
 
 
 @dataclass
@@ -176,6 +191,9 @@ def measure_interleaved(cases: Mapping[str, Callable[[], Any]], s: Settings,
                         mon: Optional[LoadMonitor] = None, budget: Optional[RetryBudget] = None,
                         log: Callable[[str], None] = lambda m: None) -> Dict[str, Cell]:
     """Time every case round by round; returns the median per-call seconds of each.
+
+    ``log`` gets one line of the harness's own details (calls per block, samples, blocks
+    measured again): for ``--verbose``, not for a reader of the table.
 
     Calibration: the fastest of ``s.warmup`` single warm-up calls (not counting the
     first) sets k = block_s / t (1..max_calls). Then ``s.rounds`` rounds, each timing
@@ -309,3 +327,34 @@ def limit_threads(n: int, have_torch: bool) -> Tuple[Any, List[Dict[str, Any]]]:
 def thread_env(n: int) -> Dict[str, str]:
     """Environment variables that cap the usual thread pools (read when a library loads)."""
     return {v: str(n) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+# --------------------------------------------------------------------------- verdicts
+
+#: Above this share of the CPU busy with other work before a run, the run is disturbed.
+BUSY_BEFORE_LIMIT = 0.10
+#: Above this share of samples taken while other processes were busy, the run is disturbed
+#: even where every cell kept a clean median.
+NOISY_SAMPLES_LIMIT = 0.25
+
+
+def disturbances(cells: Iterable[Cell], busy_before: Optional[float], noise_limit: float) -> List[str]:
+    """Why a run's numbers are not representative of this machine (empty: they are).
+
+    A disturbed run still prints its numbers, marked, but judges no target and replaces
+    no ``latest.*`` result: on 2 cores one busy neighbour slows two-thread BLAS several-fold.
+    """
+    why: List[str] = []
+    if busy_before is not None and busy_before > BUSY_BEFORE_LIMIT:
+        why.append(f"the CPU was {busy_before:.0%} busy with other work when the run began")
+    cells = list(cells)
+    noisy_cells = sum(c.note == NOISY_MARK for c in cells)
+    if noisy_cells:
+        why.append(f"{noisy_cells} cell{'s' if noisy_cells > 1 else ''} ({NOISY_MARK}) had to take "
+                   f"the median over samples disturbed by other processes")
+    loads = [o for c in cells for o in c.other_load if o is not None]
+    noisy = sum(o > noise_limit for o in loads)
+    if loads and noisy > NOISY_SAMPLES_LIMIT * len(loads):
+        why.append(f"{noisy} of {len(loads)} samples were taken while other processes used "
+                   f"over {noise_limit:.0%} of the CPU")
+    return why
