@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 #: Variables that make a library run another kernel than the one it would pick.
 FORCING_VARIABLES = ("OPENBLAS_CORETYPE", "MKL_ENABLE_INSTRUCTIONS", "MKL_DEBUG_CPU_TYPE",
@@ -31,14 +31,14 @@ _LEVEL_NAME = {1: "SSE3", 2: "SSE4.2", 3: "AVX", 4: "AVX2+FMA", 5: "AVX-512", 6:
 
 def cpu_features() -> List[str]:
     """The SIMD features NumPy's own dispatcher found on this CPU (its runtime probe)."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as feats  # NumPy 2
-    except ImportError:  # pragma: no cover - NumPy 1.x
-        try:
-            from numpy.core._multiarray_umath import __cpu_features__ as feats
-        except ImportError:
-            return []
-    return sorted(k for k, v in feats.items() if v)
+    import importlib
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:   # NumPy 2, then 1.x
+            feats = getattr(importlib.import_module(module), "__cpu_features__")
+        except (ImportError, AttributeError):
+            continue
+        return sorted(k for k, v in feats.items() if v)
+    return []
 
 
 def cpu_level(features: Optional[List[str]] = None) -> int:
@@ -139,7 +139,7 @@ def describe(provider: str, path: Optional[str]) -> Dict[str, Any]:
     return info
 
 
-def warning(info: Dict[str, Any]) -> Optional[str]:
+def warning(info: Mapping[str, Any]) -> Optional[str]:
     """One line for a benchmark header when the kernel running is older than the CPU's best,
     naming what forced it (None when all is as it should be)."""
     if not info.get("kernel_older_than_cpu"):
@@ -154,7 +154,7 @@ def warning(info: Dict[str, Any]) -> Optional[str]:
                               "kernel" if info.get("kernel_forced_by") else ""))
 
 
-def summary(info: Dict[str, Any]) -> str:
+def summary(info: Mapping[str, Any]) -> str:
     """``kernel (forced by X)`` for a header line."""
     text = str(info.get("kernel") or "unknown kernel")
     if info.get("kernel_forced_by"):

@@ -5,7 +5,7 @@ output spikes, so the engine's countdown representation is checked against the d
 from __future__ import annotations
 
 from collections import deque
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -105,7 +105,7 @@ def membrane_margin(weights: Mapping[str, np.ndarray], x: np.ndarray, threshold:
 
 
 def sequence_loss_and_grad(weights: Mapping[str, np.ndarray], xs: np.ndarray, ys: np.ndarray,
-                           sample_weight: np.ndarray = None, *, threshold: float = 0.5,
+                           sample_weight: Optional[np.ndarray] = None, *, threshold: float = 0.5,
                            refractory_period: int = 2, surrogate_slope: float = 25.0
                            ) -> Tuple[float, Dict[str, np.ndarray], np.ndarray]:
     """An episode, step by step from an empty state, the plain way: xs (T, B, in), labels
