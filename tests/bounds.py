@@ -363,8 +363,9 @@ def softmax(z: Bounded) -> Bounded:
         tmax = theta.max(axis=-1, keepdims=True)
         sigma = tmax + gamma(T - 1, u) * (1.0 + tmax)
         rel = (1.0 + theta) * (1.0 + u) ** 2 / (1.0 - sigma) - 1.0
-        # + shifts below -87, where the engine's exp clamps: absolute, under 1.7e-38
-        err = prop + rel * (p + prop) + 8 * U64 * p + 2 * np.exp(-87.0)
+        # + where a shift may fall below -87, the engine's exp clamps it: under 1.7e-38
+        clamp = np.where(shifted - 2.0 * d < -86.0, 2 * np.exp(-87.0), TINY)
+        err = prop + rel * (p + prop) + 8 * U64 * p + clamp
         return err.reshape(z.v.shape)
 
     return Bounded(p.reshape(z.v.shape), bound(z.e), bound(z.err), 0.0, u)
@@ -492,6 +493,13 @@ class BoundedNet:
                 "cannot follow the engine's refractory state")
             self.ring.append(step.out.copy())
 
+    def countdown(self, batch: int) -> np.ndarray:
+        """The engine's encoding of the ring: steps each neuron still stays silent."""
+        left = np.zeros((batch, self.w["spiking.weight"].shape[1]), dtype=np.int32)
+        for age, past in enumerate(reversed(self.ring)):
+            left = np.where((left == 0) & past, self.refractory_period - age, left)
+        return left
+
     def step(self, x, *, state=None) -> Step:
         s = self.forward(x, state=state)
         self.push(s)
@@ -613,7 +621,9 @@ def _record(name, observed, bound):
     observed = np.asarray(observed, np.float64)
     bound = np.asarray(bound, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(bound > 0, observed / bound, np.where(observed > 0, np.inf, 0.0))
+        # entries whose bound is the subnormal floor (a probability of 1e-40) say nothing
+        # about how tight the bounds are
+        ratio = np.where(bound > 1e-30, observed / bound, 0.0)
     key = _name(name)
     worst, obs, n = RECORD.get(key, (0.0, 0.0, 0))
     RECORD[key] = (max(worst, float(ratio.max(initial=0.0))),
