@@ -723,6 +723,17 @@ def argmax_consistent(chosen, p: Bounded) -> np.ndarray:
     return pv[rows, chosen] + pe[rows, chosen] + pe[rows, top] >= pv[rows, top]
 
 
+def argmax_sure(p: Bounded) -> np.ndarray:
+    """Per row: the reference's argmax is every engine's (it beats each other entry by
+    more than the two bounds)."""
+    pv, pe = np.atleast_2d(p.v), np.atleast_2d(p.err)
+    rows = np.arange(len(pv))
+    top = pv.argmax(axis=1)
+    lo = pv[rows, top] - pe[rows, top]
+    others = np.where(np.arange(pv.shape[1])[None, :] == top[:, None], -np.inf, pv + pe)
+    return lo > others.max(axis=1)
+
+
 def report_lines():
     for name, (worst, obs, n) in sorted(RECORD.items()):
         yield f"{name}: observed/bound max {worst:.3g} (max |error| {obs:.3g}, {n} entries)"

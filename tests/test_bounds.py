@@ -163,3 +163,19 @@ def test_softmax_perturbation_bound():
         p0 = bd.softmax(bd.Bounded(z, d, d, 0.0, u=0.0))
         p1 = bd.softmax(bd.exact(z + delta, u=0.0)).v
         assert (np.abs(p1 - p0.v) <= p0.err).all()
+
+
+def test_adam_update_values_are_the_reference_formulas():
+    from aiva_cy.reference import adam_step
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal(50)
+    W, M, V = bd.exact(w), bd.exact(np.zeros(50)), bd.exact(np.zeros(50))
+    m = v = np.zeros(50)
+    for t in range(1, 6):
+        g = rng.standard_normal(50).astype(np.float32)
+        W, M, V = bd.adam_update(W, g, M, V, t, lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)
+        w, m, v = adam_step(w, g.astype(np.float64), m, v, t, lr=0.01, betas=(0.8, 0.99),
+                            weight_decay=0.1)
+        np.testing.assert_allclose(W.v, w, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(M.v, m, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(V.v, v, rtol=1e-12, atol=1e-15)
