@@ -57,11 +57,15 @@ def _one_thread():
 U32 = 2.0 ** -24            # float32 unit roundoff
 U64 = 2.0 ** -53            # float64 unit roundoff (the reference's own evaluation)
 TINY = 2.0 ** -126          # a flushed subnormal, per operation
-# Relative error bounds of the tanh and exp implementations in use, in units of u:
-# measured maxima (test_bounds.py, dense grids) are 6.5 for the engine's tanh, 1.8 for
-# NumPy's, 5.3 for ONNX Runtime's; 14.8 for ONNX Runtime's exp.
-TANH_REL = 16 * U32
-EXP_REL = 32 * U32
+# Relative error bounds of the tanh and exp implementations in use, in units of u (of the
+# precision they compute in): measured maxima on dense grids (test_bounds.py) are 6.5 for
+# the engine's tanh, 1.8 for NumPy's float32 tanh, 5.5 for ONNX Runtime's; 3.2 for
+# NumPy's float32 exp, 1.3 for ONNX Runtime's (to -86; 14.8 below that, where a float32
+# exp is subnormal).  CUDA documents 2 ulp (4 u) for tanhf and expf.
+TANH_ULPS = 16
+EXP_ULPS = 32
+TANH_REL = TANH_ULPS * U32
+EXP_REL = EXP_ULPS * U32
 # The probabilistic bounds' multiple of the standard deviation: a bound fails with
 # probability at most 2 exp(-LAMBDA**2 / 2) < 4e-22 per computed entry.
 LAMBDA = 10.0
@@ -265,9 +269,9 @@ class Bounded:
         pr = slope * self.r
         pf = sup_slope(b) * self.f + 0.77 * b * b
         a = np.abs(value)
-        fn = TANH_REL * (a + np.minimum(pe, pf + LAMBDA * pr)) + 4 * U64 * a + TINY
-        return Bounded(value, pe + TANH_REL * (a + pe) + 4 * U64 * a + TINY, pf + fn, pr,
-                       self.u)
+        rel = TANH_ULPS * self.u
+        fn = rel * (a + np.minimum(pe, pf + LAMBDA * pr)) + 4 * U64 * a + TINY
+        return Bounded(value, pe + rel * (a + pe) + 4 * U64 * a + TINY, pf + fn, pr, self.u)
 
     def _matmul(self, other, independent=False):
         """self @ other.  `independent`: the random errors of the terms of each sum are
@@ -359,7 +363,7 @@ def softmax(z: Bounded) -> Bounded:
         prop = lip * d
         # evaluation: the shift z - max (its rounding, on arguments within 2d of the exact
         # shift), exp, a sum of T terms, the reciprocal and the product
-        theta = (1.0 + EXP_REL) * np.exp(u * (np.abs(shifted) + 2.0 * d)) - 1.0
+        theta = (1.0 + EXP_ULPS * u) * np.exp(u * (np.abs(shifted) + 2.0 * d)) - 1.0
         tmax = theta.max(axis=-1, keepdims=True)
         sigma = tmax + gamma(T - 1, u) * (1.0 + tmax)
         rel = (1.0 + theta) * (1.0 + u) ** 2 / (1.0 - sigma) - 1.0
@@ -380,7 +384,7 @@ def softmax_sum_bound(num_tools, u=U32) -> float:
     """|sum of computed probabilities - 1|, the sum itself taken in float32 (any order):
     each entry's evaluation error (shift, exp, sum, reciprocal, product; see softmax) on
     exact logits, plus gamma_T for the sum."""
-    theta = (1.0 + EXP_REL) * np.exp(u * 104.0) - 1.0   # shifts are clamped at -87 (+ slack)
+    theta = (1.0 + EXP_ULPS * u) * np.exp(u * 104.0) - 1.0   # shifts clamp at -87 (+ slack)
     sigma = theta + gamma(num_tools - 1, u) * (1.0 + theta)
     rel = (1.0 + theta) * (1.0 + u) ** 2 / (1.0 - sigma) - 1.0
     return float((1.0 + rel) * (1.0 + gamma(num_tools, u)) - 1.0)
@@ -527,11 +531,13 @@ class BoundedNet:
         return s
 
     # -- training --------------------------------------------------------------------
-    def loss_and_grad(self, x, y, *, state=None) -> Tuple[Bounded, Dict[str, Bounded], Step]:
+    def loss_and_grad(self, x, y, *, state=None, mask=None
+                      ) -> Tuple[Bounded, Dict[str, Bounded], Step]:
         """docs/contract.md, "Training", with the engine's order of operations; the step
-        advances the ring like the engine's loss_and_grad."""
+        advances the ring like the engine's loss_and_grad (`mask`: a given refractory
+        mask instead of the ring's)."""
         u = self.u
-        s = self.forward(x, state=state)
+        s = self.forward(x, state=state, mask=mask)
         assert not s.unresolved_rows.any(), "ambiguous spikes: pass the engine's state"
         self.push(s)
         y = np.asarray(y, dtype=np.int64).reshape(-1)
