@@ -64,10 +64,10 @@ def safe_inputs(weights, shape, seed):
     """N(0, 1) inputs whose bf16-operand membrane potentials all lie farther from the
     threshold than their bound (bounds.py, precision="bfloat16": float32 accumulation of
     the rounded operands, and a bf16 step wherever a rounding boundary lies within h's
-    error).  Whole arrays at the small sizes; rows one by one at the default size."""
-    if shape[-1] >= 512:
-        steps = shape[0] if len(shape) == 3 else None
-        return bd.safe_rows(weights, shape[-2], seed, precision="bfloat16", steps=steps)
+    error).  Small sizes only: at the default size that bound (~1e-2, every h near a
+    boundary counted as rounded the other way) leaves no row clear, and the tests there
+    follow the engine's own spikes instead."""
+    assert shape[-1] < 512
     return bd.draw_safe(weights, shape, seed, precision="bfloat16", tries=200)
 
 
@@ -388,12 +388,12 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import torch  # noqa: F401  (first: its libgomp enters the global scope)
 import numpy as np
-from test_bf16 import DEFAULT, make, safe_inputs
+from test_bf16 import DEFAULT, make
 import bounds as bd
 import aiva_cy
 for batch in (1, 33) * 10:
     net, ref, w = make(DEFAULT, seed=1, slope=4.0)
-    x = safe_inputs(w, (batch, 512), seed=1)
+    x = np.random.default_rng(1).standard_normal((batch, 512))
     y = np.arange(batch) % 20
     loss, g = net.loss_and_grad(x, y)
     loss_b, g_b, _ = ref.loss_and_grad(x, y, state=net.get_state())
