@@ -397,7 +397,7 @@ class Step:
     """One forward step: Bounded x, a (pre-tanh), h, v, z, p; raw, mask, out (bool, the
     reference's spikes, or the engine's where `resolve` was given its state); ambiguous
     (bool): an open neuron with |v - threshold| <= its bound, where an engine may spike
-    either way."""
+    either way; resolved: the ambiguous neurons that the engine's state decided."""
 
     def __init__(self, **kw):
         self.__dict__.update(kw)
@@ -485,11 +485,13 @@ class BoundedNet:
             mask = self.mask(x.shape[0])
         ambiguous = mask & (np.abs(v.v - self.threshold) <= v.err + self.thr_err)
         out = raw & mask
+        resolved = np.zeros_like(ambiguous)
         if state is not None:
             out = self.resolve(out, ambiguous, state)
-            ambiguous = np.zeros_like(ambiguous)
+            resolved, ambiguous = ambiguous, resolved
         step = Step(x=x, xb=xb, a=a, h=h, hb=hb, v=v, raw=raw, mask=mask, out=out,
-                    ambiguous=ambiguous, readout_weights=self.readout_weights)
+                    ambiguous=ambiguous, resolved=resolved,
+                    readout_weights=self.readout_weights)
         step.z, step.p = self.readout(out)
         return step
 
@@ -683,13 +685,14 @@ def assert_pair(a, b, want: Bounded, *, name=None, what="value", rows=None):
                   what=what)
 
 
-def assert_probs(got, step: Step, *, name=None, what="p", max_ambiguous=12):
-    """The engine's probabilities (or logits, what="z") of a step against the reference:
+def assert_probs(got, step: Step, *, logits=False, name=None, what=None, max_ambiguous=12):
+    """The engine's probabilities (or logits, logits=True) of a step against the reference:
     rows with no ambiguous spike directly; a row with k ambiguous spikes must match the
     reference for one of the 2^k ways an engine may have spiked there.  Returns the number
     of rows checked through that enumeration."""
     got = np.asarray(got, dtype=np.float64).reshape(step.p.v.shape)
-    want = step.p if what == "p" else step.z
+    want = step.z if logits else step.p
+    what = what or ("z" if logits else "p")
     unresolved = step.unresolved_rows
     clear = ~unresolved
     if clear.any():
@@ -706,7 +709,7 @@ def assert_probs(got, step: Step, *, name=None, what="p", max_ambiguous=12):
         outs = np.repeat(base[None, :], len(patterns), axis=0)
         outs[:, amb] = patterns
         z = exact(outs.astype(np.float64), w3.u) @ w3
-        cand = z if what == "z" else softmax(z)
+        cand = z if logits else softmax(z)
         ce = cand.err
         ok = (np.abs(got[b][None, :] - cand.v) <= ce).all(axis=1)
         if not ok.any():

@@ -109,7 +109,7 @@ def test_predict_and_forward_match_bf16_reference(sizes, batch):
     assert np.array_equal(net.forward(x), p)       # stateful step from an empty state
     s = ref.forward(x, state=net.get_state())
     assert p.dtype == np.float32 and p.shape == s.p.shape
-    bd.assert_probs(z, s, what="z")
+    bd.assert_probs(z, s, logits=True)
     bd.assert_probs(p, s)
     # the float32 reference is measurably different: bf16 really was used
     assert outside(ReferenceNet(w).forward_cache(x)["z"], s.z)
@@ -126,7 +126,7 @@ def test_packed_weights_at_every_batch(batch):
     x = np.random.default_rng(batch).standard_normal((batch, 512))
     _, z = net._engine.predict(np.ascontiguousarray(x, np.float32), with_logits=True)
     net.forward(x)
-    bd.assert_probs(z, ref.forward(x, state=net.get_state()), what="z")
+    bd.assert_probs(z, ref.forward(x, state=net.get_state()), logits=True)
 
 
 @needs_bf16

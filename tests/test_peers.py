@@ -204,7 +204,7 @@ def test_torch_forward_matches_numpy() -> None:
     with torch.no_grad():
         logits, probs, left = model(torch.from_numpy(x))
     bd.assert_probs(probs.numpy(), bounded)
-    bd.assert_probs(logits.numpy(), bounded, what="z")
+    bd.assert_probs(logits.numpy(), bounded, logits=True)
     np.testing.assert_array_equal(left.numpy(), ref["out"] * REFRACTORY)
     # 1-D input is a batch of one.
     p1 = peers.torch_predict_proba(model, x[0])
