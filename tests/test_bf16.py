@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import aiva_cy
+import bounds as bd
 from aiva_cy import AIVANet
-from aiva_cy.reference import ReferenceNet, adam_step, softmax
+from aiva_cy.reference import ReferenceNet, softmax
 
 from conftest import DEFAULT, SMALL, firing_weights
 
@@ -25,11 +26,7 @@ needs_bf16 = pytest.mark.skipif(_INFO["bfloat16"] is None,
 MEDIUM = dict(input_size=64, num_tools=10, hidden_size=96, spiking_size=80)
 
 
-def bf(a):
-    """float64 → bfloat16 (round to nearest even, via float32) → float64."""
-    u = np.asarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
-    return u.astype(np.uint32).view(np.float32).astype(np.float64)
+bf = bd.bf      # float64 -> float32 -> bfloat16 (round to nearest even) -> float64
 
 
 class BF16Reference(ReferenceNet):
@@ -63,24 +60,15 @@ class BF16Reference(ReferenceNet):
         return loss, {"fc1.weight": g_fc1, "spiking.weight": g_spiking, "fc2.weight": g_fc2}
 
 
-def bf16_margin(weights, x, threshold=0.5):
-    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
-    h = np.tanh(bf(x) @ bf(weights["fc1.weight"]))
-    return float(np.abs(bf(h) @ bf(weights["spiking.weight"]) - threshold).min())
-
-
-def safe_inputs(weights, shape, seed, margin=None):
-    """N(0, 1) inputs whose bf16-operand membrane potentials stay `margin` from threshold
-    (float32 against float64 accumulation, and the rare neighbouring rounding of an
-    intermediate, move v by far less)."""
-    if margin is None:
-        margin = 1e-4 if shape[-1] < 512 else 3e-6
-    rng = np.random.default_rng(seed)
-    for _ in range(200):
-        x = rng.standard_normal(shape)
-        if bf16_margin(weights, x.reshape(-1, shape[-1])) > margin:
-            return x
-    pytest.fail("could not draw inputs away from the threshold")
+def safe_inputs(weights, shape, seed):
+    """N(0, 1) inputs whose bf16-operand membrane potentials all lie farther from the
+    threshold than their bound (bounds.py, precision="bfloat16": float32 accumulation of
+    the rounded operands, and a bf16 step wherever a rounding boundary lies within h's
+    error).  Small sizes only: at the default size that bound (~1e-2, every h near a
+    boundary counted as rounded the other way) leaves no row clear, and the tests there
+    follow the engine's own spikes instead."""
+    assert shape[-1] < 512
+    return bd.draw_safe(weights, shape, seed, precision="bfloat16", tries=200)
 
 
 def make(sizes, seed=0, refractory_period=2, slope=25.0):
@@ -88,25 +76,15 @@ def make(sizes, seed=0, refractory_period=2, slope=25.0):
     net = AIVANet(**sizes, refractory_period=refractory_period, surrogate_slope=slope, seed=seed,
                   precision="bfloat16")
     net.load_state_dict(w)
-    ref = BF16Reference(w, threshold=0.5, refractory_period=refractory_period,
-                        surrogate_slope=slope)
+    ref = bd.BoundedNet(w, threshold=0.5, refractory_period=refractory_period,
+                        surrogate_slope=slope, precision="bfloat16")
     return net, ref, w
 
 
-def rel_err(a, b):
-    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
-
-
-def mean_rel_err(a, b):
-    return float(np.abs(np.asarray(a, np.float64) - b).mean() / max(np.abs(b).mean(), 1e-30))
-
-
-# Rounded operands move a product by ~2^-9 of its size (measured here: 6e-4 to 0.2 between
-# the float32 and the bf16-operand reference).  The engine sits within ~1e-7 of the
-# bf16-operand reference (float32 accumulation, the odd neighbouring rounding of an
-# intermediate); each test also checks that the float32 reference is farther than 10 TOL,
-# so that it could not pass without bf16 operands.
-TOL = 2e-5
+def outside(a, want):
+    """Whether `a` lies outside the bound of want somewhere: the float32 reference must,
+    so that a test could not pass without bf16 operands."""
+    return bool((np.abs(np.asarray(a, np.float64) - want.v) > want.err).any())
 
 
 SIZES = [pytest.param(SMALL, id="small"), pytest.param(MEDIUM, id="medium"),
@@ -118,29 +96,37 @@ SIZES = [pytest.param(SMALL, id="small"), pytest.param(MEDIUM, id="medium"),
 @pytest.mark.parametrize("batch", [1, 7, 33])
 def test_predict_and_forward_match_bf16_reference(sizes, batch):
     net, ref, w = make(sizes, seed=batch)
-    x = safe_inputs(w, (batch, sizes["input_size"]), seed=batch)
-    c = ref.forward_cache(x)
+    # The default size unscreened: there a row's membranes within their bound may spike
+    # either way (with bf16 operands the bound counts, in the worst case, every h within
+    # its float32 error of a bf16 rounding boundary as rounded the other way: some dozens
+    # per row), so the reference follows the engine's spikes, read from the state of the
+    # stateful step, which must equal the stateless one.
+    x = np.random.default_rng(batch).standard_normal((batch, sizes["input_size"])) \
+        if sizes is DEFAULT else safe_inputs(w, (batch, sizes["input_size"]), seed=batch)
     p = net.predict_proba(x)
-    assert p.dtype == np.float32 and p.shape == c["p"].shape
     # logits: the fc2 readout is exact in the spikes, so compare z directly too
     _, z = net._engine.predict(np.ascontiguousarray(x, np.float32), with_logits=True)
-    assert rel_err(z, c["z"]) < TOL
-    assert np.abs(p - c["p"]).max() < 1e-4
     assert np.array_equal(net.forward(x), p)       # stateful step from an empty state
+    s = ref.forward(x, state=net.get_state())
+    assert p.dtype == np.float32 and p.shape == s.p.shape
+    bd.assert_probs(z, s, logits=True)
+    bd.assert_probs(p, s)
     # the float32 reference is measurably different: bf16 really was used
-    z32 = ReferenceNet(w).forward_cache(x)["z"]
-    assert rel_err(z32, c["z"]) > 10 * TOL
+    assert outside(ReferenceNet(w).forward_cache(x)["z"], s.z)
 
 
 @needs_bf16
 @pytest.mark.parametrize("batch", [1, 7, 33, 256])
 def test_packed_weights_at_every_batch(batch):
     # The packs are made once (for any batch); checked at the batches the benchmark uses.
+    # Unscreened inputs, as above: MKL's bf16 kernels sum in another order at each batch
+    # size; the reference follows the engine's spikes within the bound.
     net, ref, w = make(DEFAULT, seed=11)
     assert net._engine.packed()
-    x = safe_inputs(w, (batch, 512), seed=batch)
+    x = np.random.default_rng(batch).standard_normal((batch, 512))
     _, z = net._engine.predict(np.ascontiguousarray(x, np.float32), with_logits=True)
-    assert rel_err(z, ref.forward_cache(x)["z"]) < TOL
+    net.forward(x)
+    bd.assert_probs(z, ref.forward(x, state=net.get_state()), logits=True)
 
 
 @needs_bf16
@@ -149,75 +135,80 @@ def test_packed_weights_at_every_batch(batch):
 def test_forward_sequence_matches_bf16_reference(sizes, batch):
     net, ref, w = make(sizes, seed=batch, refractory_period=2)
     xs = safe_inputs(w, (5, batch, sizes["input_size"]), seed=batch)
-    want = np.stack([ref.step(x) for x in xs])
     got = net.forward_sequence(xs)
-    assert np.abs(got - want).max() < 1e-4
+    for t, x in enumerate(xs):                # clear inputs: the reference's own spikes
+        bd.assert_probs(got[t], ref.step(x))
     # and step by step, continuing the same state
     ref.reset()
     net.reset_state()
     for x in xs:
-        assert np.abs(net.forward(x) - ref.step(x)).max() < 1e-4
+        p = net.forward(x)
+        bd.assert_probs(p, ref.step(x, state=net.get_state()))
 
 
 @needs_bf16
 @pytest.mark.parametrize("sizes", SIZES)
 @pytest.mark.parametrize("batch", [1, 7, 33])
 def test_gradients_match_bf16_reference(sizes, batch):
-    net, ref, w = make(sizes, seed=batch, slope=4.0)
-    xs = safe_inputs(w, (3, batch, sizes["input_size"]), seed=batch)
+    # The bounds carry the bf16 rounding of every intermediate that an engine may round
+    # to the other side of a boundary: one bf16 step (2^-8 relative) there, exact
+    # elsewhere.  The surrogate multiplies v's error by up to 2 * slope in dv; at the
+    # default size (v's bound ~1e-3) that puts most dv entries within their error of a
+    # boundary and leaves the bound saying little more than "within a bf16 step of each":
+    # there the slope is 0 (dv = dz @ fc2.T, masked), the surrogate is checked at the
+    # small and medium sizes.
+    slope = 0.0 if sizes is DEFAULT else 4.0
+    net, ref, w = make(sizes, seed=batch, slope=slope)
+    shape = (3, batch, sizes["input_size"])
+    xs = np.random.default_rng(batch).standard_normal(shape) if sizes is DEFAULT \
+        else safe_inputs(w, shape, seed=batch)
     rng = np.random.default_rng(batch)
-    ref32 = ReferenceNet(w, threshold=0.5, refractory_period=2, surrogate_slope=4.0)
+    ref32 = ReferenceNet(w, threshold=0.5, refractory_period=2, surrogate_slope=slope)
     for t in range(3):
         y = rng.integers(0, sizes["num_tools"], batch)
-        loss_ref, g_ref = ref.loss_and_grad(xs[t], y)
         _, g32 = ref32.loss_and_grad(xs[t], y)
         loss, g = net.loss_and_grad(xs[t], y)
-        assert loss == pytest.approx(loss_ref, rel=1e-5)
+        loss_b, g_b, _ = ref.loss_and_grad(xs[t], y, state=net.get_state())
+        bd.assert_within(loss, loss_b, what="loss")
         for k in g:
             assert g[k].dtype == np.float32 and g[k].shape == w[k].shape
-            # Where float32 and float64 put an intermediate (dv above all: the surrogate
-            # multiplies v's float32 rounding error by up to 2 * slope) on either side of a
-            # bf16 rounding boundary, that entry moves by one bf16 step (2^-8 relative).  At
-            # the default size a step has a few dozen of these; through the next product they
-            # shift the fc1 gradient by ~5e-4 on average.  Without bf16 operands (the float32
-            # reference) the gradients are 4e-3 to 0.3 away.
-            assert mean_rel_err(g[k], g_ref[k]) < 1e-3, k
-            assert rel_err(g[k], g_ref[k]) < 2e-2, k
-        assert mean_rel_err(g["fc2.weight"], g_ref["fc2.weight"]) < TOL
-        for k in ("fc1.weight", "spiking.weight"):
-            assert mean_rel_err(g32[k], g_ref[k]) > 3e-3, k
-        if sizes is not DEFAULT:        # no boundary cases at these sizes: near-exact
-            for k in g:
-                assert mean_rel_err(g[k], g_ref[k]) < TOL, k
+            bd.assert_within(g[k], g_b[k], what=k)
+        # without bf16 operands (the float32 reference) the gradients are outside the
+        # bounds.  Not fc1's at the default size: there its bound sums, over the batch, a
+        # bf16 step of every da entry within its error of a boundary, in the worst case.
+        for k in ("spiking.weight",) if sizes is DEFAULT else ("fc1.weight", "spiking.weight"):
+            assert outside(g32[k], g_b[k]), k
 
 
 @needs_bf16
 @pytest.mark.parametrize("sizes", [pytest.param(SMALL, id="small"), pytest.param(MEDIUM, id="medium")])
 @pytest.mark.parametrize("batch", [1, 7, 33])
 def test_adam_keeps_float32_master_weights(sizes, batch):
-    # Float32 Adam on the bf16-operand gradients; the master weights are not rounded.
+    # Float32 Adam on the bf16-operand gradients; the master weights are not rounded.  The
+    # bound is the float32 update's roundings, carried from step to step (adam_update).
     net, ref, w = make(sizes, seed=batch + 1, refractory_period=1)
     net.optimizer.lr = 0.01
     xs = safe_inputs(w, (5, batch, sizes["input_size"]), seed=batch + 1)
     rng = np.random.default_rng(batch)
-    W = {k: v.astype(np.float64) for k, v in w.items()}
-    M = {k: np.zeros_like(v) for k, v in W.items()}
-    V = {k: np.zeros_like(v) for k, v in W.items()}
+    W = {k: bd.exact(v) for k, v in w.items()}
+    M = {k: bd.exact(np.zeros(v.shape)) for k, v in w.items()}
+    V = {k: bd.exact(np.zeros(v.shape)) for k, v in w.items()}
     for t in range(5):
         y = rng.integers(0, sizes["num_tools"], batch)
-        ref.w = {k: v.astype(np.float64) for k, v in net.state_dict().items()}
-        loss_ref, _ = ref.loss_and_grad(xs[t], y)
-        state = net._engine.get_state()
+        state, before = net._engine.get_state(), net.state_dict()
         _, g = net.loss_and_grad(xs[t], y)           # the gradients are tested above
         net._engine.set_state(state)
         loss = net.train_step(xs[t], y)
-        assert loss == pytest.approx(loss_ref, rel=1e-5)
+        # the loss of this step from the weights before it (the ring follows the engine)
+        ref.w = {k: bd.Bounded.rounded_from(v) for k, v in before.items()}
+        ref.wb = {k: bd.exact(bf(v)) for k, v in before.items()}
+        loss_b, _, _ = ref.loss_and_grad(xs[t], y, state=net.get_state())
+        bd.assert_within(loss, loss_b, what="loss")
         for k in W:
-            W[k], M[k], V[k] = adam_step(W[k], g[k].astype(np.float64), M[k], V[k], t + 1,
-                                         lr=0.01)
+            W[k], M[k], V[k] = bd.adam_update(W[k], g[k], M[k], V[k], t + 1, lr=0.01)
         for k, v in net.state_dict().items():
             assert v.dtype == np.float32
-            np.testing.assert_allclose(v, W[k], rtol=0, atol=2e-5 * (t + 1))
+            bd.assert_within(v, W[k], what=k)
             assert not np.array_equal(bf(v), v), k      # the master weights are not rounded
 
 
@@ -284,8 +275,7 @@ def test_precision_changes_on_a_live_net():
     assert "precision='bfloat16'" in repr(net)
     p16 = net.predict_proba(x)
     assert not np.array_equal(p16, p32)
-    ref = BF16Reference(weights).forward_cache(x)["p"]
-    assert np.abs(p16 - ref).max() < 1e-4
+    bd.assert_probs(p16, bd.BoundedNet(weights, precision="bfloat16").forward(x))
     net.precision = "float32"
     assert np.array_equal(net.predict_proba(x), p32)
     for k, v in net.state_dict().items():
@@ -340,22 +330,36 @@ def digits():
     return X_train / 4, y_train, X_test / 4, y_test    # the README's recipe
 
 
+# Seeds of the bf16-against-float32 comparison (AIVA_CY_DIGITS_SEEDS raises it; each seed
+# is two trainings, ~5 s each on 2 cores).
+DIGITS_SEEDS = range(int(os.environ.get("AIVA_CY_DIGITS_SEEDS", "3")))
+
+
+def digits_accuracy(digits, seed, precision):
+    X_train, y_train, X_test, y_test = digits
+    net = AIVANet(input_size=64, num_tools=10, seed=seed, precision=precision)
+    net.fit(X_train, y_train, epochs=20, batch_size=32, seed=seed, verbose=0)
+    return net, net.evaluate(X_test, y_test)["accuracy"]
+
+
 @pytest.fixture(scope="module")
 def digits_float32_net(digits):
-    X_train, y_train, _, _ = digits
-    net = AIVANet(input_size=64, num_tools=10, seed=0)
-    net.fit(X_train, y_train, epochs=20, batch_size=32, seed=0, verbose=0)
-    return net
+    return digits_accuracy(digits, 0, "float32")[0]
 
 
 @needs_bf16
 def test_digits_trained_in_bf16_within_half_a_point_of_float32(digits, digits_float32_net):
-    X_train, y_train, X_test, y_test = digits
-    acc32 = digits_float32_net.evaluate(X_test, y_test)["accuracy"]
-    net = AIVANet(input_size=64, num_tools=10, seed=0, precision="bfloat16")
-    net.fit(X_train, y_train, epochs=20, batch_size=32, seed=0, verbose=0)
-    acc16 = net.evaluate(X_test, y_test)["accuracy"]
-    assert acc16 >= acc32 - 0.005, (acc16, acc32)
+    # The contract's 0.5 points, on the mean over seeds (the net's and the shuffle's).  The
+    # test split has 359 images: one image is 0.28 points, so for one training 0.5 points
+    # is 1.8 images, while one training's accuracy moves by ~0.7 points (2.4 images) from
+    # seed to seed (measured over 8 seeds, in both precisions): one seed decides on one or
+    # two images of noise.  Over 3 seeds the means are over 1,077 predictions each: 0.5
+    # points is 5.4 images, and the noise of the difference of the means ~0.4 points.
+    _, _, X_test, y_test = digits
+    acc32 = [digits_float32_net.evaluate(X_test, y_test)["accuracy"]] + \
+        [digits_accuracy(digits, s, "float32")[1] for s in DIGITS_SEEDS if s]
+    acc16 = [digits_accuracy(digits, s, "bfloat16")[1] for s in DIGITS_SEEDS]
+    assert np.mean(acc16) >= np.mean(acc32) - 0.005, (acc16, acc32)
 
 
 @needs_bf16
@@ -384,16 +388,17 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import torch  # noqa: F401  (first: its libgomp enters the global scope)
 import numpy as np
-from test_bf16 import DEFAULT, make, safe_inputs, rel_err
+from test_bf16 import DEFAULT, make
+import bounds as bd
 import aiva_cy
 for batch in (1, 33) * 10:
     net, ref, w = make(DEFAULT, seed=1, slope=4.0)
-    x = safe_inputs(w, (batch, 512), seed=1)
+    x = np.random.default_rng(1).standard_normal((batch, 512))
     y = np.arange(batch) % 20
     loss, g = net.loss_and_grad(x, y)
-    loss_ref, g_ref = ref.loss_and_grad(x, y)
-    assert abs(loss / loss_ref - 1) < 1e-5, (batch, loss, loss_ref)
-    assert rel_err(g["spiking.weight"], g_ref["spiking.weight"]) < 2e-2
+    loss_b, g_b, _ = ref.loss_and_grad(x, y, state=net.get_state())
+    bd.assert_within(loss, loss_b, what=f"loss at batch {batch}")
+    bd.assert_within(g["spiking.weight"], g_b["spiking.weight"], what="spiking gradient")
 print(aiva_cy.blas_info()["bfloat16"]["threading_layer"])
 """
     env = {k: v for k, v in os.environ.items() if k != "MKL_THREADING_LAYER"}

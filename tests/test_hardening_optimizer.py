@@ -8,6 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
+import bounds as bd
+
 from aiva_cy import AIVANet
 from aiva_cy._adam import Adam
 from conftest import SMALL
@@ -166,6 +168,8 @@ def test_moments_match_a_float64_reference_of_torch_formula(betas, weight_decay)
     ref_w = [w.astype(np.float64) for w in ws]
     ref_m = [np.zeros(s) for s in shapes]
     ref_v = [np.zeros(s) for s in shapes]
+    # the bounds of the float32 update's roundings, carried from step to step
+    B = [(bd.exact(w), bd.exact(np.zeros(s)), bd.exact(np.zeros(s))) for w, s in zip(ws, shapes)]
     for step in range(1, 9):
         gs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
         opt.update(ws, gs)
@@ -175,12 +179,19 @@ def test_moments_match_a_float64_reference_of_torch_formula(betas, weight_decay)
             ref_v[i] = b2 * ref_v[i] + (1 - b2) * g64 * g64
             denom = np.sqrt(ref_v[i]) / math.sqrt(1 - b2 ** step) + eps
             ref_w[i] = ref_w[i] - lr / (1 - b1 ** step) * ref_m[i] / denom
+            B[i] = bd.adam_update(*B[i][:1], g, *B[i][1:], step, lr=lr, betas=betas, eps=eps,
+                                  weight_decay=weight_decay)
+            # the bounds' values are these formulas in float64, in another order: some
+            # dozens of roundings of 2**-53 apart, relative to the largest entry
+            for ref, bounded in zip((ref_w[i], ref_m[i], ref_v[i]), B[i]):
+                np.testing.assert_allclose(bounded.v, ref, rtol=0,
+                                           atol=1e-13 * np.abs(ref).max())
         state = opt.state_dict()
         for i in range(len(shapes)):
-            np.testing.assert_allclose(state["exp_avg_sq"][str(i)], ref_v[i], rtol=2e-6)
-            np.testing.assert_allclose(state["exp_avg"][str(i)], ref_m[i], rtol=2e-5,
-                                       atol=1e-6 * np.abs(ref_m[i]).max())
-            np.testing.assert_allclose(ws[i], ref_w[i], rtol=0, atol=2e-6)
+            w_b, m_b, v_b = B[i]
+            bd.assert_within(state["exp_avg_sq"][str(i)], v_b, what="exp_avg_sq")
+            bd.assert_within(state["exp_avg"][str(i)], m_b, what="exp_avg")
+            bd.assert_within(ws[i], w_b, what="weights")
 
 
 def test_optimizer_state_dict_is_a_copy():

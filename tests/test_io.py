@@ -7,13 +7,14 @@ import os
 import pickle
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import bounds as bd
 from aiva_cy import AIVANet
 
 from aiva_cy.bench.bioneuron_numpy import BioNeuron
@@ -524,22 +525,29 @@ def make_bio(seed: int = 3) -> BioNeuron:
     return BioNeuron(**SIZES, seed=seed, adaptive_threshold=False, refractory_period=0.0)
 
 
-def clear_inputs(bio: BioNeuron, threshold: float, n: int = 20, margin: float = 1e-3,
-                 seed: int = 0) -> np.ndarray:
-    """Inputs whose membrane potentials all stay ``margin`` away from the threshold: the
+def bio_sd(bio: BioNeuron) -> Dict[str, np.ndarray]:
+    return {"fc1.weight": bio.fc1, "spiking.weight": bio.spiking1.weights, "fc2.weight": bio.fc2}
+
+
+def clear_inputs(bio: BioNeuron, threshold: float, n: int = 20, seed: int = 0) -> np.ndarray:
+    """Inputs whose membrane potentials all lie farther from the threshold than their
+    float32 bound (bounds.py, with the float64 weights' rounding to float32): the
     BioNeuron fires on ``>``, AIVANet on ``>=``, and float32 rounding must not flip a spike."""
-    rng = np.random.default_rng(seed)
-    rows: List[np.ndarray] = []
-    while len(rows) < n:
-        x = rng.standard_normal(bio.input_size)
-        v = np.tanh(x @ bio.fc1) @ bio.spiking1.weights
-        if np.abs(v - threshold).min() > margin:
-            rows.append(x)
-    return np.array(rows)
+    return bd.draw_safe(bio_sd(bio), (n, bio.input_size), seed, threshold, tries=200)
 
 
 def reference_probs(bio: BioNeuron, X: np.ndarray) -> np.ndarray:
     return np.array([bio.forward(x) for x in X])
+
+
+def assert_matches_bioneuron(net: AIVANet, bio: BioNeuron, X: np.ndarray) -> None:
+    """The net's probabilities within their float32 bound of the float64 step, which the
+    BioNeuron computes (within its own float64 bound of it)."""
+    threshold = bio.spiking1.threshold
+    bd.assert_probs(net.predict_proba(X), bd.BoundedNet(bio_sd(bio), threshold=threshold,
+                                                         refractory_period=0).forward(X))
+    ref64 = bd.BoundedNet(bio_sd(bio), threshold=threshold, refractory_period=0, u=bd.U64)
+    bd.assert_probs(reference_probs(bio, X), ref64.forward(X), what="BioNeuron")
 
 
 @pytest.mark.parametrize("form", ["object", "dict"])
@@ -553,8 +561,7 @@ def test_from_bioneuron_matches(form: str) -> None:
     for k, a in zip(("fc1.weight", "spiking.weight", "fc2.weight"),
                     (bio.fc1, bio.spiking1.weights, bio.fc2)):
         assert np.array_equal(net.state_dict()[k], a.astype(np.float32))
-    expected = reference_probs(bio, X)
-    assert np.abs(net.predict_proba(X) - expected).max() < 1e-5
+    assert_matches_bioneuron(net, bio, X)
     # Some spikes and some silences, or the comparison would prove little.
     v = np.tanh(X @ bio.fc1) @ bio.spiking1.weights
     assert 0 < (v > 1.0).mean() < 1
@@ -566,7 +573,7 @@ def test_from_bioneuron_uses_its_current_threshold() -> None:
     X = clear_inputs(bio, 0.7)
     net = AIVANet.from_bioneuron(bio, refractory_period=0)
     assert net.threshold == 0.7
-    assert np.abs(net.predict_proba(X) - reference_probs(bio, X)).max() < 1e-5
+    assert_matches_bioneuron(net, bio, X)
 
 
 def test_from_bioneuron_threshold_override() -> None:
@@ -576,7 +583,7 @@ def test_from_bioneuron_threshold_override() -> None:
         net = AIVANet.from_bioneuron(src, threshold=0.5, refractory_period=0, lr=1e-2)
         assert net.threshold == 0.5 and net.optimizer.lr == 1e-2
         bio.spiking1.threshold = 0.5
-        assert np.abs(net.predict_proba(X) - reference_probs(bio, X)).max() < 1e-5
+        assert_matches_bioneuron(net, bio, X)
         bio.spiking1.threshold = 1.0
 
 

@@ -12,6 +12,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import pytest
 
+import bounds as bd
 from aiva_cy.bench import bioneuron_numpy as bn
 from aiva_cy.bench import peers
 
@@ -64,8 +65,9 @@ def ref_loss_and_grad(
 
 
 def make_case(seed: int = 0, batch: int = BATCH) -> Tuple[Dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """float32 weights and inputs where a good fraction of neurons fire and no membrane
-    value sits within 1e-3 of the threshold (float32 vs float64 must agree on every spike)."""
+    """float32 weights and inputs where a good fraction of neurons fire and every membrane
+    lies farther from the threshold than its float32 bound (bounds.py): float32 and
+    float64 agree on every spike."""
     rng = np.random.default_rng(seed)
     for _ in range(1000):
         w = {
@@ -77,7 +79,7 @@ def make_case(seed: int = 0, batch: int = BATCH) -> Tuple[Dict[str, np.ndarray],
         y = rng.integers(0, N_TOOLS, size=batch)
         v = ref_forward(w, x, THRESHOLD)["v"]
         rate = float((v >= THRESHOLD).mean())
-        if 0.15 <= rate <= 0.85 and np.abs(v - THRESHOLD).min() > 1e-3:
+        if 0.15 <= rate <= 0.85 and not bd.ambiguous_rows(w, x, THRESHOLD).any():
             return w, x, y
     raise RuntimeError("could not draw a usable test case")
 
@@ -111,7 +113,7 @@ def test_bioneuron_forward_probabilities() -> None:
     p = net.forward(np.random.default_rng(0).standard_normal(N_IN))
     assert p.shape == (N_TOOLS,)
     assert np.all(p >= 0.0)
-    assert abs(p.sum() - 1.0) < 1e-12
+    assert abs(p.sum() - 1.0) <= bd.softmax_sum_bound(N_TOOLS, u=bd.U64)
 
 
 def test_bioneuron_rejects_batches() -> None:
@@ -127,7 +129,9 @@ def test_bioneuron_threshold_decays_to_floor() -> None:
     x = np.random.default_rng(1).standard_normal(N_IN)
     for n in range(1, 101):
         net.forward(x)
-        assert net.spiking1.threshold == pytest.approx(max(0.3, 0.98**n))
+        # n float64 products against pow: gamma_(n+1) relative
+        assert net.spiking1.threshold == pytest.approx(max(0.3, 0.98**n),
+                                                       rel=float(bd.gamma(n + 1, bd.U64)))
     assert net.spiking1.threshold == 0.3
     fixed = small_bioneuron(adaptive_threshold=False)
     for _ in range(5):
@@ -170,7 +174,13 @@ def test_bioneuron_without_dynamics_matches_formula() -> None:
     z = spikes @ net.fc2
     expected = np.exp(z - z.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    # two float64 computations (a row at a time, and batched): within twice the float64
+    # bound of the exact step, where no membrane is within its bound of the threshold
+    weights = {"fc1.weight": net.fc1, "spiking.weight": net.spiking1.weights,
+               "fc2.weight": net.fc2}
+    step = bd.BoundedNet(weights, threshold=1.0, refractory_period=0, u=bd.U64).forward(X)
+    assert not step.ambiguous.any()
+    bd.assert_pair(got, expected, step.p)
     np.testing.assert_array_equal(got, got2)
 
 
@@ -192,15 +202,16 @@ def test_torch_forward_matches_numpy() -> None:
     model, _ = peers.make_torch(w, THRESHOLD, SLOPE, REFRACTORY)
     assert set(model.state_dict()) == set(peers.WEIGHT_KEYS)
     ref = ref_forward(w, x, THRESHOLD)
+    bounded = bd.BoundedNet(w, threshold=THRESHOLD, refractory_period=0).forward(x)
     with torch.no_grad():
         logits, probs, left = model(torch.from_numpy(x))
-    np.testing.assert_allclose(probs.numpy(), ref["p"], rtol=0, atol=1e-5)
-    np.testing.assert_allclose(logits.numpy(), ref["z"], rtol=1e-5, atol=1e-4)
+    bd.assert_probs(probs.numpy(), bounded)
+    bd.assert_probs(logits.numpy(), bounded, logits=True)
     np.testing.assert_array_equal(left.numpy(), ref["out"] * REFRACTORY)
     # 1-D input is a batch of one.
     p1 = peers.torch_predict_proba(model, x[0])
     assert tuple(p1.shape) == (N_TOOLS,)
-    np.testing.assert_allclose(p1.numpy(), ref["p"][0], rtol=0, atol=1e-5)
+    bd.assert_within(p1.numpy(), bounded.p[0])
 
 
 def test_torch_refractory_countdown_matches_ring_buffer() -> None:
@@ -215,9 +226,10 @@ def test_torch_refractory_countdown_matches_ring_buffer() -> None:
         past = history[-REFRACTORY:]
         mask = np.ones((BATCH, N_SPK)) if not past else 1.0 - np.maximum.reduce(past)
         ref = ref_forward(w, x, THRESHOLD, mask)
+        bounded = bd.BoundedNet(w, threshold=THRESHOLD).forward(x, mask=mask > 0)
         with torch.no_grad():
             _, probs, left = model(torch.from_numpy(x), left)
-        np.testing.assert_allclose(probs.numpy(), ref["p"], rtol=0, atol=1e-5)
+        bd.assert_probs(probs.numpy(), bounded)
         history.append(ref["out"])
     counts = np.array(history).sum(axis=0)
     # A neuron above threshold fires on steps 1, 4, 7 with a period of 2.
@@ -237,18 +249,27 @@ def test_torch_gradients_match_numpy(with_state: bool) -> None:
         assert 0.0 < mask.mean() < 1.0
     ref_loss, ref_grads = ref_loss_and_grad(w, x.astype(np.float64), y, THRESHOLD, SLOPE, mask)
     assert all(np.abs(g).max() > 0 for g in ref_grads.values())
+    open_ = None if mask is None else mask > 0
 
+    def bounded(u):
+        net = bd.BoundedNet(w, threshold=THRESHOLD, refractory_period=0, surrogate_slope=SLOPE,
+                            u=u)
+        loss, grads, _ = net.loss_and_grad(x, y, mask=open_)
+        return loss, grads
+
+    # float64: torch's and the reference's, two float64 computations: twice the bound
+    loss_b, g_b = bounded(bd.U64)
     loss64, g64 = peers.torch_loss_and_grad(w, cfg, x, y, left, dtype="float64")
-    assert loss64 == pytest.approx(ref_loss, rel=1e-12)
+    bd.assert_pair(loss64, ref_loss, loss_b, what="loss")
     for k in peers.WEIGHT_KEYS:
         assert g64[k].dtype == np.float64 and g64[k].shape == w[k].shape
-        np.testing.assert_allclose(g64[k], ref_grads[k], rtol=1e-10, atol=1e-12)
+        bd.assert_pair(g64[k], ref_grads[k], g_b[k], what=k)
 
+    loss_b, g_b = bounded(bd.U32)
     loss32, g32 = peers.torch_loss_and_grad(w, cfg, x, y, left)
-    assert loss32 == pytest.approx(ref_loss, rel=1e-5)
+    bd.assert_within(loss32, loss_b, what="loss")
     for k in peers.WEIGHT_KEYS:
-        scale = np.abs(ref_grads[k]).max()
-        np.testing.assert_allclose(g32[k], ref_grads[k], rtol=0, atol=1e-5 * scale)
+        bd.assert_within(g32[k], g_b[k], what=k)
 
 
 def test_torch_train_step_is_adam_on_the_spec_gradient() -> None:
@@ -258,15 +279,27 @@ def test_torch_train_step_is_adam_on_the_spec_gradient() -> None:
     model, opt = peers.make_torch(w, THRESHOLD, SLOPE, REFRACTORY, lr=lr, dtype="float64")
     assert isinstance(opt, torch.optim.Adam)
     ref_loss, ref_grads = ref_loss_and_grad(w, x.astype(np.float64), y, THRESHOLD, SLOPE)
+    loss_b, g_b, _ = bd.BoundedNet(w, threshold=THRESHOLD, refractory_period=0,
+                                   surrogate_slope=SLOPE, u=bd.U64).loss_and_grad(x, y)
     loss = peers.torch_train_step(model, opt, x, y)
-    assert isinstance(loss, float) and loss == pytest.approx(ref_loss, rel=1e-12)
+    assert isinstance(loss, float)
+    bd.assert_pair(loss, ref_loss, loss_b, what="loss")
     # First Adam step with bias correction: w -= lr * g / (|g| + eps') ~ lr * sign(g).
+    # torch's float64 step on its float64 gradient (within twice the gradient's bound of
+    # the reference's): adam_update carries that through; both sides are then rounded to
+    # float32 (weights_numpy), which may put them one float32 step apart.
     after = model.weights_numpy()
     for k in peers.WEIGHT_KEYS:
         g = ref_grads[k]
         m_hat, v_hat = g, g * g
         expected = w[k].astype(np.float64) - lr * m_hat / (np.sqrt(v_hat) + 1e-8)
-        np.testing.assert_allclose(after[k], expected.astype(np.float32), rtol=0, atol=1e-6)
+        g_torch = bd.Bounded(g, 2 * g_b[k].e, 2 * g_b[k].err, 0.0, u=bd.U64)
+        zeros = bd.exact(np.zeros(g.shape), u=bd.U64)
+        want = bd.adam_update(bd.exact(w[k].astype(np.float64), u=bd.U64), g_torch, zeros,
+                              zeros, 1, lr=lr, u=bd.U64)[0]
+        assert (np.abs(want.v - expected) <= want.err).all()
+        step32 = np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
+        bd.assert_within(after[k], bd.widen(want, step32 + want.err), what=k)
 
 
 # --------------------------------------------------------------------------- ONNX Runtime
@@ -277,12 +310,12 @@ def test_onnx_matches_numpy() -> None:
     pytest.importorskip("onnxruntime")
     w, x, _ = make_case(4, batch=13)
     sess = peers.make_onnx_session(w, THRESHOLD, intra_op_threads=1)
-    ref = ref_forward(w, x, THRESHOLD)
+    step = bd.BoundedNet(w, threshold=THRESHOLD, refractory_period=0).forward(x)
     p = peers.onnx_predict(sess, x)
     assert p.shape == (13, N_TOOLS) and p.dtype == np.float32
-    np.testing.assert_allclose(p, ref["p"], rtol=0, atol=1e-5)
+    bd.assert_probs(p, step)
     # Dynamic batch: batch 1 and a 1-D vector work on the same session.
-    np.testing.assert_allclose(peers.onnx_predict(sess, x[:1]), ref["p"][:1], rtol=0, atol=1e-5)
+    bd.assert_within(peers.onnx_predict(sess, x[:1]), step.p[:1])
     p1 = peers.onnx_predict(sess, x[2])
     assert p1.shape == (N_TOOLS,)
-    np.testing.assert_allclose(p1, ref["p"][2], rtol=0, atol=1e-5)
+    bd.assert_within(p1, step.p[2])

@@ -4,6 +4,8 @@ import threading
 
 import numpy as np
 
+import bounds as bd
+
 from aiva_cy import AIVANet
 
 
@@ -56,7 +58,8 @@ def test_concurrent_stateful_calls_do_not_corrupt_each_other():
         try:
             for b in (1, 7, 64, 3):
                 p = net.predict_proba(np.random.default_rng(b).standard_normal((b, 16)))
-                assert np.allclose(p.sum(1), 1.0, atol=1e-5)
+                # a float32 softmax sums to 1 within its evaluation's bound
+                assert (np.abs(p.sum(1) - 1.0) <= bd.softmax_sum_bound(4)).all()
         except Exception as exc:  # pragma: no cover
             errors.append(exc)
 
