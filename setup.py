@@ -26,9 +26,20 @@ extensions = [
         # No NumPy headers: the modules use typed memoryviews and call NumPy only from
         # Python, so building needs no NumPy and one wheel runs on every NumPy >= the floor.
         include_dirs=[SRC_C],
-        depends=["src_c/aiva_core.h", "aiva_cy/_core.pxd", "aiva_cy/_adam.pxd"],
+        depends=["src_c/aiva_core.h", "aiva_cy/_core.pxd", "aiva_cy/_adam.pxd",
+                 "aiva_cy/_threads.pxd"],
         extra_compile_args=c_flags,
         libraries=[] if sys.platform == "win32" else ["dl", "m"],
+    ),
+    Extension(
+        # The BLAS thread budget shared by concurrent calls (its own module: the engine
+        # cimports it, so its state is one copy whatever module the BLAS loader lives in).
+        "aiva_cy._threads",
+        sources=["aiva_cy/_threads.pyx", "src_c/aiva_threads.c"],
+        include_dirs=[SRC_C],
+        depends=["src_c/aiva_threads.h", "aiva_cy/_threads.pxd"],
+        extra_compile_args=c_flags,
+        libraries=[] if sys.platform == "win32" else ["dl", "pthread"],
     ),
     Extension(
         "aiva_cy._adam",

@@ -13,6 +13,7 @@ import threading
 import numpy as np
 
 from aiva_cy._adam cimport Adam
+from aiva_cy._threads cimport threads_enter, threads_leave
 
 # ---------------------------------------------------------------------------------------
 # BLAS, found by path and opened with dlopen: importing scipy.linalg to reach cython_blas
@@ -644,18 +645,20 @@ cdef class Engine:
         cdef Py_ssize_t base = batch // chunks, extra = batch % chunks, k, n, start = 0
         cdef Py_ssize_t I = net.input_size, S = net.spiking_size, T = net.num_tools
         cdef int code = AIVA_OK
+        threads_enter(net.bf16)   # this call's share of the BLAS threads (_threads.pyx)
         for k in range(chunks):
             n = base + (1 if k < extra else 0)
             code = aiva_forward(&_mkl if net.bf16 else &_blas, net, x + start * I, <int>n,
                                 NULL if state == NULL else state + start * S, &ws.ws,
                                 probs + start * T)
             if code != AIVA_OK:
-                return code
+                break
             if state != NULL:
                 aiva_commit_state(net, &ws.ws, <int>n, state + start * S)
             if logits != NULL:
                 memcpy(logits + start * T, ws.ws.logits, <size_t>n * <size_t>T * sizeof(float))
             start += n
+        threads_leave(net.bf16)
         return code
 
     cdef Py_ssize_t _reserve_chunk(self, Workspace ws, Py_ssize_t batch) except -1:
@@ -773,11 +776,13 @@ cdef class Engine:
         self.ws.reserve(batch)
         cdef aiva_blas *table = self._table()
         with nogil:
+            threads_enter(self.net.bf16)
             code = aiva_forward(table, &self.net, &x[0, 0], batch, refr, &self.ws.ws,
                                 &scratch_probs[0])
             if code == AIVA_OK:
                 code = aiva_backward(table, &self.net, &x[0, 0], &y[0], batch, &self.ws.ws,
                                      &grads, loss)
+            threads_leave(self.net.bf16)
         if code != AIVA_OK:
             _raise(code, True)
         self.grad_bounds = [grads.bound_fc1_t, grads.bound_spiking_t, grads.bound_fc2]
