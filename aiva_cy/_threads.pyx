@@ -138,8 +138,9 @@ class threads:
 
 # -- for the tests: the budget's bookkeeping, without timing anything ----------------------
 def _controlled_libraries():
-    """Which libraries' counts are set here: a frozenset of "openblas" and "mkl"."""
-    _ensure_attached()
+    """Which libraries' counts are set here: a frozenset of "openblas" and "mkl" (MKL once
+    it is open: blas_info() or a bfloat16 net opens it)."""
+    _attach(True)
     return frozenset(_controlled)
 
 

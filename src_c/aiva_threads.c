@@ -160,6 +160,7 @@ int aiva_threads_in_flight(void)
 int aiva_threads_enter(int mkl)
 {
     int share;
+    mkl = mkl || !ob_set;   /* with MKL as the float32 BLAS, every call runs on it */
     lock();
     follow_external();
     in_flight++;
@@ -176,6 +177,7 @@ int aiva_threads_enter(int mkl)
 
 void aiva_threads_leave(int mkl)
 {
+    mkl = mkl || !ob_set;
     if (mkl && mkl_local) mkl_local(0);   /* 0: this thread follows the global count again */
     lock();
     follow_external();
