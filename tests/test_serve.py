@@ -510,3 +510,34 @@ def test_ray_serve_deployment_answers_like_predict_proba(tmp_path, rows: np.ndar
     want = net.decide(x[:8], confidence=0.1)
     for i in np.flatnonzero(clear[:8]):
         assert decisions[i][0] == want[0][i] and decisions[i][2] == want[2][i]
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+def test_many_callers_benchmark_runs() -> None:
+    """Smoke test of benchmarks/many_callers.py: every row is there and positive (the numbers
+    themselves are the benchmark's business, not a test's)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "many_callers.py"
+    if not path.exists():
+        pytest.skip("the benchmarks are not next to these tests")
+    spec = importlib.util.spec_from_file_location("many_callers", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.run(rows_serial=16, rows_crowd=128, rows_tasks=1024, rounds=1, pause_s=0.0)
+    rows = [k for k in out if not k.startswith("_")]
+    assert len(rows) == 6 and rows[0] == "serial batch-1"
+    for name in rows:
+        r = out[name]
+        assert r["rows_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"], name
+    assert "| 1,024 asyncio tasks, Batcher |" in bench.table(out)
+    assert len(bench.targets(out)) == 3
+    assert "OpenBLAS" in bench.blas_kernel() or aiva_cy_provider() != "numpy"
+
+
+def aiva_cy_provider() -> str:
+    import aiva_cy
+
+    return aiva_cy.blas_info()["provider"]

@@ -187,7 +187,7 @@ class Batcher:
     the calling task.  Each takes one row, ``x`` of shape ``(net.input_size,)``, and answers
     like the net's method of the same name on that row.  The answer equals the single-row
     call within float32 rounding, not bit for bit: a row in a batch goes through other BLAS
-    kernels than a row alone (docs/contract.md).
+    kernels than a row alone.
 
     A batch runs as soon as ``max_batch`` rows wait, or as many rows as the last batch had
     (the callers it answered are likely back by then), or the oldest row has waited
