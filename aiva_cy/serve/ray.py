@@ -74,8 +74,9 @@ class AIVADeployment:
             threads = max(1, int(math.floor(cpus))) if cpus else None
         if threads is not None:
             set_num_threads(threads)
-        self._batched.set_max_batch_size(max_batch)
-        self._batched.set_batch_wait_timeout_s(max_delay)
+        batched: Any = self._batched   # serve.batch's wrapper (its type does not say so)
+        batched.set_max_batch_size(max_batch)
+        batched.set_batch_wait_timeout_s(max_delay)
 
     def _row(self, x: Any) -> np.ndarray:
         arr = numeric_array("x", x)
@@ -133,5 +134,6 @@ def application(checkpoint: Checkpoint, *, max_batch: int = 256, max_delay: floa
     options: Dict[str, Any] = {"num_replicas": num_replicas, "name": name}
     if num_cpus is not None:
         options["ray_actor_options"] = {"num_cpus": float_arg("num_cpus", num_cpus, 0.0)}
-    return AIVADeployment.options(**options).bind(checkpoint, max_batch, max_delay,
-                                                  precision, threads)
+    deployment: Any = AIVADeployment   # a serve Deployment (the decorator's type hides it)
+    return deployment.options(**options).bind(checkpoint, max_batch, max_delay, precision,
+                                              threads)
