@@ -501,6 +501,9 @@ def test_ray_serve_deployment_answers_like_predict_proba(tmp_path, rows: np.ndar
         responses = [handle.predict_proba.remote(r) for r in x]
         got = np.stack([np.asarray(resp.result(timeout_s=120)) for resp in responses])
         decisions = [handle.decide.remote(r, 0.1).result(timeout_s=120) for r in x[:8]]
+        # What the HTTP route answers, given the JSON body as a dict.
+        bodies = [handle.remote({"x": r.tolist(), "confidence": 0.1}).result(timeout_s=120)
+                  for r in x[:8]]
         with pytest.raises(Exception, match="shape"):
             handle.predict_proba.remote(np.zeros(3)).result(timeout_s=120)
     finally:
@@ -510,6 +513,8 @@ def test_ray_serve_deployment_answers_like_predict_proba(tmp_path, rows: np.ndar
     want = net.decide(x[:8], confidence=0.1)
     for i in np.flatnonzero(clear[:8]):
         assert decisions[i][0] == want[0][i] and decisions[i][2] == want[2][i]
+        assert bodies[i]["tool"] == want[0][i] and bodies[i]["is_confident"] == want[2][i]
+    assert_close_to_reference(net, x[:8], np.array([b["probabilities"] for b in bodies]))
 
 
 # -- the benchmark ---------------------------------------------------------------------------------

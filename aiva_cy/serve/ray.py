@@ -111,8 +111,9 @@ class AIVADeployment:
 
     async def __call__(self, request: Any) -> Dict[str, Any]:
         """HTTP: ``{"x": [...], "confidence": 0.7}`` in, the decision and the
-        probabilities out."""
-        body = await request.json()
+        probabilities out.  Through a handle, ``handle.remote(body)`` takes the same body as
+        a dict."""
+        body = await request.json() if hasattr(request, "json") else request
         if not isinstance(body, dict) or "x" not in body:
             raise ValueError('the request body must be a JSON object with "x" (one row)')
         level = _level(body.get("confidence", 0.7))
