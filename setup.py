@@ -1,5 +1,5 @@
-"""Build the three extension modules: the BLAS loader, the engine (Cython over the C core)
-and Adam."""
+"""Build the four extension modules: the BLAS loader, the BLAS thread budget, the engine
+(Cython over the C core) and Adam."""
 import os
 import sys
 
@@ -40,9 +40,29 @@ extensions = [
         sources=["aiva_cy/_core.pyx", "src_c/aiva_core.c"],
         include_dirs=INCLUDE,
         depends=["src_c/aiva_core.h", "src_c/aiva_common.h", "aiva_cy/_core.pxd",
-                 "aiva_cy/_blas.pxd", "aiva_cy/_adam.pxd"],
+                 "aiva_cy/_blas.pxd", "aiva_cy/_adam.pxd", "aiva_cy/_threads.pxd"],
         extra_compile_args=c_flags,
         libraries=[] if sys.platform == "win32" else ["m"],
+    ),
+    Extension(
+        # The BLAS thread budget shared by concurrent calls (its own module: the engine
+        # cimports it, so its state is one copy whatever module the BLAS loader lives in).
+        "aiva_cy._threads",
+        sources=["aiva_cy/_threads.pyx", "src_c/aiva_threads.c"],
+        include_dirs=[SRC_C],
+        depends=["src_c/aiva_threads.h", "aiva_cy/_threads.pxd"],
+        extra_compile_args=c_flags,
+        libraries=[] if sys.platform == "win32" else ["dl", "pthread"],
+    ),
+    Extension(
+        # The BLAS thread budget shared by concurrent calls (its own module: the engine
+        # cimports it, so its state is one copy whatever module the BLAS loader lives in).
+        "aiva_cy._threads",
+        sources=["aiva_cy/_threads.pyx", "src_c/aiva_threads.c"],
+        include_dirs=INCLUDE,
+        depends=["src_c/aiva_threads.h", "aiva_cy/_threads.pxd"],
+        extra_compile_args=c_flags,
+        libraries=[] if sys.platform == "win32" else ["dl", "pthread"],
     ),
     Extension(
         "aiva_cy._adam",

@@ -11,6 +11,7 @@ import threading
 import numpy as np
 
 from aiva_cy._adam cimport Adam
+from aiva_cy._threads cimport threads_enter, threads_leave
 
 # The BLAS tables (float32, and MKL's for bfloat16) are aiva_cy._blas's; blas_info and
 # require_bf16 are re-exported here, where they were first defined.
@@ -398,6 +399,7 @@ cdef class Engine:
         cdef Py_ssize_t base = batch // chunks, extra = batch % chunks, k, n, start = 0
         cdef Py_ssize_t I = net.input_size, S = net.spiking_size, T = net.num_tools
         cdef int code = AIVA_OK
+        threads_enter(net.bf16)   # this call's share of the BLAS threads (_threads.pyx)
         for k in range(chunks):
             n = base + (1 if k < extra else 0)
             code = aiva_forward(mkl_table() if net.bf16 else float32_table(), net,
@@ -405,12 +407,13 @@ cdef class Engine:
                                 NULL if state == NULL else state + start * S, &ws.ws,
                                 probs + start * T)
             if code != AIVA_OK:
-                return code
+                break
             if state != NULL:
                 aiva_commit_state(net, &ws.ws, <int>n, state + start * S)
             if logits != NULL:
                 memcpy(logits + start * T, ws.ws.logits, <size_t>n * <size_t>T * sizeof(float))
             start += n
+        threads_leave(net.bf16)
         return code
 
     cdef Py_ssize_t _reserve_chunk(self, Workspace ws, Py_ssize_t batch) except -1:
@@ -471,6 +474,7 @@ cdef class Engine:
                 chunk_steps = min(steps, max(1, rows // batch))
                 self.ws.reserve(<int>(chunk_steps * batch))
                 with nogil:
+                    threads_enter(net.bf16)   # this call's share of the BLAS threads
                     while t < steps:
                         n = min(chunk_steps, steps - t)
                         code = aiva_forward_sequence(table, &net, &xs[t, 0, 0], <int>n,
@@ -479,6 +483,7 @@ cdef class Engine:
                         if code != AIVA_OK:
                             break
                         t += n
+                    threads_leave(net.bf16)
             else:
                 # A single step wider than a chunk: steps one by one, each in row chunks.
                 rows = self._reserve_chunk(self.ws, batch)
@@ -525,12 +530,14 @@ cdef class Engine:
         self.ws.reserve(<int>rows)
         cdef aiva_blas *table = self._table()
         with nogil:
+            threads_enter(self.net.bf16)
             code = aiva_forward_sequence(table, &self.net, &xs[0, 0, 0], <int>steps,
                                          <int>batch, &empty[0, 0], &self.ws.ws,
                                          &scratch_probs[0])
             if code == AIVA_OK:
                 code = aiva_backward_weighted(table, &self.net, &xs[0, 0, 0], &y[0],
                                               &weight[0], <int>rows, &self.ws.ws, &grads, loss)
+            threads_leave(self.net.bf16)
         if code != AIVA_OK:
             _raise(code, True)
         self.grad_bounds = [grads.bound_fc1_t, grads.bound_spiking_t, grads.bound_fc2]
@@ -631,11 +638,13 @@ cdef class Engine:
         self.ws.reserve(batch)
         cdef aiva_blas *table = self._table()
         with nogil:
+            threads_enter(self.net.bf16)
             code = aiva_forward(table, &self.net, &x[0, 0], batch, refr, &self.ws.ws,
                                 &scratch_probs[0])
             if code == AIVA_OK:
                 code = aiva_backward(table, &self.net, &x[0, 0], &y[0], batch, &self.ws.ws,
                                      &grads, loss)
+            threads_leave(self.net.bf16)
         if code != AIVA_OK:
             _raise(code, True)
         self.grad_bounds = [grads.bound_fc1_t, grads.bound_spiking_t, grads.bound_fc2]
