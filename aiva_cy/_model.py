@@ -216,6 +216,8 @@ def check_state(state: Any, spiking_size: int, refractory_period: int,
 # ---------------------------------------------------------------------------------------
 # The C core's codes (src_c/aiva_core.h); the CUDA engine maps its flag bits onto them.
 ERR_INPUT_NONFINITE, ERR_OUTPUT_NONFINITE, ERR_LABEL, ERR_GRAD_NONFINITE, ERR_SIZE = 1, 2, 3, 4, 5
+#: Finite input whose fc1 product overflows float32 (NaN hidden units, which never spike).
+ERR_HIDDEN_NONFINITE = 6
 #: A CUDA-only kind: the fused Adam check found the update would not be finite (the CPU
 #: optimizer raises its own, more detailed FloatingPointError).
 ERR_UPDATE_NONFINITE = 16
@@ -226,6 +228,9 @@ ERROR_TEXT = {
     ERR_LABEL: "a label is outside [0, num_tools)",
     ERR_GRAD_NONFINITE: "the loss or a gradient is not finite (or overflows float32)",
     ERR_SIZE: "batch size does not fit the workspace",
+    ERR_HIDDEN_NONFINITE: "{name} is too large for these weights: fc1's product overflows "
+                          "float32 (the hidden units would be NaN and never spike); scale "
+                          "{name} down",
     ERR_UPDATE_NONFINITE: "this Adam step would leave a weight or moment that is not finite "
                           "(check lr, eps and weight_decay)",
 }
