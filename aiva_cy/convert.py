@@ -515,8 +515,10 @@ def read_weights_pickle(src: PathLike, *, trust_pickle: bool) -> Dict[Any, Any]:
         _prescan(data)
         obj = _RestrictedUnpickler(_bytes_io.BytesIO(data), encoding="latin1").load()
         _check_no_stubs(obj)
-    except (ForbiddenPickleError, _Malformed) as exc:
+    except ForbiddenPickleError as exc:
         raise ValueError(f"'{path}': {exc}") from None
+    except _Malformed as exc:
+        raise ValueError(f"'{path}' is not a readable pickle ({exc})") from None
     except MemoryError:
         raise ValueError(f"'{path}': not enough memory to read it (the file may be "
                          f"malicious)") from None
