@@ -339,6 +339,7 @@ class _Memo(dict):  # type: ignore[type-arg]
 
 class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
     dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    stack: List[Any]          # the pure-Python unpickler's own
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -369,7 +370,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc
         stub.built = True
         self.stack[-1] = stub.value
 
-    dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.BUILD[0]] = load_build  # type: ignore[assignment]
 
 
 # Opcodes that make a container of the items above the topmost MARK, or of the top n items.
@@ -474,7 +475,7 @@ def _prescan(data: bytes) -> None:
                 push(memo[arg])
             elif name in _REFUSED_OPS:
                 raise ForbiddenPickleError(f"opcode {name} refused ({_REFUSED_OPS[name]})")
-            elif name == "FRAME" and arg > len(data) - pos:
+            elif name == "FRAME" and isinstance(arg, int) and arg > len(data) - int(pos or 0):
                 raise ValueError(f"a frame of {arg} bytes, more than the file holds")
             elif name in ("PROTO", "FRAME", "READONLY_BUFFER"):
                 pass
