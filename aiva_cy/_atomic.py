@@ -57,6 +57,19 @@ def _remove_stale_temps(directory: str) -> None:
             os.unlink(os.path.join(directory, name))
 
 
+def check_resolved_suffix(path: str, what: str) -> None:
+    """Refuse a path whose name has the right suffix but which resolves (through symlinks)
+    to a file of another kind: the suffix guards look at what would be overwritten, not
+    only at the link's name (model.onnx -> checkpoint.npz must not replace the checkpoint)."""
+    name_suffix = os.path.splitext(path)[1].lower()
+    resolved = os.path.realpath(path)
+    target_suffix = os.path.splitext(resolved)[1].lower()
+    if target_suffix != name_suffix:
+        raise ValueError(f"'{path}' resolves to '{resolved}', which is not {what} (its suffix "
+                         f"is {target_suffix or '(none)'!r}, not {name_suffix!r}): refusing to "
+                         f"overwrite it")
+
+
 def _save_target(path: str, what: str) -> str:
     """Where the bytes go: through a symlink to its target (what np.save and torch.save
     users expect), and never over a file this user may not write."""

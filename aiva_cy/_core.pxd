@@ -46,6 +46,7 @@ cdef extern from "aiva_core.h" nogil:
         AIVA_ERR_LABEL
         AIVA_ERR_GRAD_NONFINITE
         AIVA_ERR_SIZE
+        AIVA_ERR_HIDDEN_NONFINITE
 
     int aiva_forward(const aiva_blas *blas, const aiva_net *net, const float *x, int batch,
                      const int32_t *refractory_left, aiva_workspace *ws, float *probs)

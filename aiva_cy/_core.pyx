@@ -86,7 +86,8 @@ cdef _raise(int code, bint training=False):
 #: The C core's own copies of aiva_cy._model's facts (its test checks them equal).
 C_CONSTANTS = {"GRAD_LIMIT": AIVA_GRAD_LIMIT, "ERR_INPUT_NONFINITE": AIVA_ERR_INPUT_NONFINITE,
                "ERR_OUTPUT_NONFINITE": AIVA_ERR_OUTPUT_NONFINITE, "ERR_LABEL": AIVA_ERR_LABEL,
-               "ERR_GRAD_NONFINITE": AIVA_ERR_GRAD_NONFINITE, "ERR_SIZE": AIVA_ERR_SIZE}
+               "ERR_GRAD_NONFINITE": AIVA_ERR_GRAD_NONFINITE, "ERR_SIZE": AIVA_ERR_SIZE,
+               "ERR_HIDDEN_NONFINITE": AIVA_ERR_HIDDEN_NONFINITE}
 
 
 # ---------------------------------------------------------------------------------------

@@ -45,13 +45,16 @@ else:
 
 from aiva_cy import _engine
 from aiva_cy._checks import adam_betas, adam_value, check_finite, is_cupy, label_rows
-from aiva_cy._model import (ERR_GRAD_NONFINITE, ERR_INPUT_NONFINITE, ERR_OUTPUT_NONFINITE,
+from aiva_cy._model import (ERR_GRAD_NONFINITE, ERR_HIDDEN_NONFINITE, ERR_INPUT_NONFINITE,
+                            ERR_OUTPUT_NONFINITE,
                             ERR_UPDATE_NONFINITE, GRAD_LIMIT, PARAM_NAMES, batch_mismatch,
                             check_device_precision, check_precision, check_state, engine_error,
                             label_range_error, param_shapes)
 
 # Bits of the error word a step gathers on the device.
 BAD_X, BAD_LOGITS, BAD_LABEL, BAD_GRAD, BAD_UPDATE = 1, 2, 4, 8, 16
+#: Finite x whose fc1 product overflowed: NaN membrane potentials (ERR_HIDDEN_NONFINITE).
+BAD_HIDDEN = 32
 
 _INSTALL_HINT = ("install CuPy with its CUDA libraries: pip install \"aiva_cy[cuda]\" (CUDA 12) "
                  "or \"aiva_cy[cuda13]\" (CUDA 13)")
@@ -120,7 +123,7 @@ def _kernel_sources() -> Tuple[str, str]:
                            f"({exc}); reinstall aiva_cy") from None
     bits = "".join(f"#define {name} {value}\n" for name, value in (
         ("BAD_X", BAD_X), ("BAD_LOGITS", BAD_LOGITS), ("BAD_LABEL", BAD_LABEL),
-        ("BAD_GRAD", BAD_GRAD), ("BAD_UPDATE", BAD_UPDATE)))
+        ("BAD_GRAD", BAD_GRAD), ("BAD_UPDATE", BAD_UPDATE), ("BAD_HIDDEN", BAD_HIDDEN)))
     common = bits + adam + "\n"
     return common + kernels, common + "#define AIVA_ELEMENTWISE_ONLY\n" + kernels
 
@@ -462,12 +465,14 @@ class CupyEngine:
         return left
 
     # -- one step ------------------------------------------------------------------------
-    def _hidden_and_spikes(self, weights: Tuple[Any, Any, Any], x: Any, left: Any
-                           ) -> Tuple[Any, Any, Any]:
+    def _hidden_and_spikes(self, weights: Tuple[Any, Any, Any], x: Any, left: Any,
+                           flags: Any = None) -> Tuple[Any, Any, Any]:
         fc1, spiking, _ = weights
         h = x @ fc1
         cp.tanh(h, out=h)
         v = h @ spiking
+        if flags is not None:      # inference: NaN potentials would silently never spike
+            _flag_nonfinite(v, np.inf, BAD_HIDDEN, flags)
         thr = np.float32(self.threshold)
         spikes = _k("spike_fresh")(v, thr) if left is None else _k("spike")(v, left, thr)
         return h, v, spikes
@@ -485,6 +490,8 @@ class CupyEngine:
         bad = int(_fetch(flags)[0])
         if bad & BAD_X:
             raise engine_error(ERR_INPUT_NONFINITE, name=name)
+        if bad & BAD_HIDDEN:
+            raise engine_error(ERR_HIDDEN_NONFINITE, name=name)
         if bad & BAD_LOGITS:
             raise engine_error(ERR_OUTPUT_NONFINITE)
 
@@ -503,7 +510,7 @@ class CupyEngine:
             flags = cp.zeros(1, cp.int32)
             _flag_nonfinite(x, np.inf, BAD_X, flags)
             probs = cp.empty((x.shape[0], self.num_tools), cp.float32)
-            _, _, spikes = self._hidden_and_spikes(weights, x, left)
+            _, _, spikes = self._hidden_and_spikes(weights, x, left, flags)
             self._probs(weights, spikes, probs, flags)
             self._raise_for(flags, "x")
             self._left = self._commit(left, spikes)
@@ -514,13 +521,15 @@ class CupyEngine:
     _SEQUENCE_ROWS = 1 << 16
 
     def _sequence_spikes(self, weights: Tuple[Any, Any, Any], x: Any, steps: int,
-                         left: Any) -> Tuple[Any, Any, Any, Any]:
+                         left: Any, flags: Any = None) -> Tuple[Any, Any, Any, Any]:
         """h and v for all steps x B rows at once (x: (steps * B, in)), then the recurrence
         in one kernel: (h, v, spikes, left_rows); ``left`` (B, S) int32 is advanced."""
         fc1, spiking, _ = weights
         h = x @ fc1
         cp.tanh(h, out=h)
         v = h @ spiking
+        if flags is not None:
+            _flag_nonfinite(v, np.inf, BAD_HIDDEN, flags)
         spikes = cp.empty(v.shape, cp.float32)
         left_rows = cp.empty(v.shape, cp.int32)
         n = left.size
@@ -546,7 +555,7 @@ class CupyEngine:
             for t in range(0, steps, chunk):
                 n = min(chunk, steps - t)
                 rows = xs[t:t + n].reshape(n * batch, self.input_size)
-                _, _, spikes, _ = self._sequence_spikes(weights, rows, n, left)
+                _, _, spikes, _ = self._sequence_spikes(weights, rows, n, left, flags)
                 self._probs(weights, spikes, out[t:t + n].reshape(n * batch, self.num_tools),
                             flags)
             self._raise_for(flags, "xs")                   # once, for all the steps
@@ -559,7 +568,7 @@ class CupyEngine:
         flags = cp.zeros(1, cp.int32)
         _flag_nonfinite(x, np.inf, BAD_X, flags)
         probs = cp.empty((x.shape[0], self.num_tools), cp.float32)
-        _, _, spikes = self._hidden_and_spikes(weights, x, None)
+        _, _, spikes = self._hidden_and_spikes(weights, x, None, flags)
         z = self._probs(weights, spikes, probs, flags)
         self._raise_for(flags, "x")
         return (probs, z) if with_logits else probs

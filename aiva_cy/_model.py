@@ -66,17 +66,54 @@ def check_device_precision(device: str, precision: str) -> None:
                                   f"products); device={device!r} needs precision='float32'")
 
 
-#: The architecture, in the constructor's order: each key with its check.
+#: The largest surrogate_slope k.  The backward pass scales a membrane gradient by
+#: 1 / (1 + k |v - threshold|)^2 in float32.  Membrane potentials lie within a few units of
+#: the threshold (unit-variance fc1 pre-activations, LeCun-initialised weights), so at
+#: |v - threshold| = 1 the factor must stay a normal float32: (1 + k)^2 <= 2**126, i.e.
+#: k <= 2**63 - 1 (about 9.2e18).  Past 2**64 the square itself overflows to Inf and every
+#: fc1 and spiking gradient is exactly zero, silently.
+SURROGATE_SLOPE_MAX = float(2**63)
+
+
+def float32_setting(name: str, value: Any, minimum: float = -math.inf,
+                    maximum: float = math.inf) -> float:
+    """A real-valued setting the engines hold as float32: finite there, and not a non-zero
+    value that rounds to 0 (rounding to the nearest float32 is fine).  Returns the value
+    as given (a float)."""
+    number = float_arg(name, value, minimum)
+    if number > maximum:
+        raise ValueError(f"{name} must be at most {maximum:.6g}, got {number!r}")
+    with np.errstate(over="ignore", under="ignore"):
+        held = np.float32(number)
+    if not np.isfinite(held):
+        raise ValueError(f"{name} must fit in float32 (at most {FLOAT32_MAX:.6g} in magnitude), "
+                         f"got {number!r}, which the engines would hold as {float(held)}")
+    if number != 0.0 and held == 0.0:
+        raise ValueError(f"{name} must be 0 or at least {FLOAT32_TINY:.3g} in magnitude "
+                         f"(float32's smallest), got {number!r}, which float32 holds as 0.0")
+    return number
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).smallest_subnormal)
+
+#: The architecture, in the constructor's order: each key with its check.  Every way a
+#: setting enters (constructor, checkpoint, unpickling, set_threshold) goes through these.
 CONFIG_CHECKS: Dict[str, Callable[[str, Any], Any]] = {
     "input_size": lambda k, v: int_arg(k, v, 1),
     "num_tools": lambda k, v: int_arg(k, v, 1),
     "hidden_size": lambda k, v: int_arg(k, v, 1),
     "spiking_size": lambda k, v: int_arg(k, v, 1),
-    "threshold": lambda k, v: float_arg(k, v),
+    "threshold": lambda k, v: float32_setting(k, v),
     "refractory_period": lambda k, v: int_arg(k, v, 0),
-    "surrogate_slope": lambda k, v: float_arg(k, v, 0.0),
+    "surrogate_slope": lambda k, v: float32_setting(k, v, 0.0, SURROGATE_SLOPE_MAX),
     "precision": lambda k, v: check_precision(v, k),
 }
+
+
+def check_setting(key: str, value: Any) -> Any:
+    """One config entry, checked as :func:`check_config` checks it."""
+    return CONFIG_CHECKS[key](key, value)
 CONFIG_KEYS = tuple(CONFIG_CHECKS)
 #: Keys a config may lack, with the value they then take (checkpoints before bfloat16).
 CONFIG_DEFAULTS: Dict[str, Any] = {"precision": "float32"}
@@ -179,6 +216,8 @@ def check_state(state: Any, spiking_size: int, refractory_period: int,
 # ---------------------------------------------------------------------------------------
 # The C core's codes (src_c/aiva_core.h); the CUDA engine maps its flag bits onto them.
 ERR_INPUT_NONFINITE, ERR_OUTPUT_NONFINITE, ERR_LABEL, ERR_GRAD_NONFINITE, ERR_SIZE = 1, 2, 3, 4, 5
+#: Finite input whose fc1 product overflows float32 (NaN hidden units, which never spike).
+ERR_HIDDEN_NONFINITE = 6
 #: A CUDA-only kind: the fused Adam check found the update would not be finite (the CPU
 #: optimizer raises its own, more detailed FloatingPointError).
 ERR_UPDATE_NONFINITE = 16
@@ -189,6 +228,9 @@ ERROR_TEXT = {
     ERR_LABEL: "a label is outside [0, num_tools)",
     ERR_GRAD_NONFINITE: "the loss or a gradient is not finite (or overflows float32)",
     ERR_SIZE: "batch size does not fit the workspace",
+    ERR_HIDDEN_NONFINITE: "{name} is too large for these weights: fc1's product overflows "
+                          "float32 (the hidden units would be NaN and never spike); scale "
+                          "{name} down",
     ERR_UPDATE_NONFINITE: "this Adam step would leave a weight or moment that is not finite "
                           "(check lr, eps and weight_decay)",
 }

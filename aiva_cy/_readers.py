@@ -32,20 +32,21 @@ SAFETENSORS_HEADER_LIMIT = 1 << 24
 NPY_HEADER_LIMIT = 1 << 16     # bytes of an .npy member's own header
 
 
-def open_regular(path: str) -> Tuple[IO[bytes], int]:
+def open_regular(path: str, what: str = "an AIVANet checkpoint") -> Tuple[IO[bytes], int]:
     """A regular file (a symlink to one is fine) opened for reading, and its size.  Opened
-    without blocking, so that a FIFO is refused instead of waiting for a writer forever."""
+    without blocking, so that a FIFO is refused instead of waiting for a writer forever;
+    ``what`` the file should be, for the errors."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise FileNotFoundError(errno.ENOENT, "no such file: cannot load an AIVANet checkpoint",
+        raise FileNotFoundError(errno.ENOENT, f"no such file: cannot read {what}",
                                 path) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"'{path}' is not a regular file (a directory, device, FIFO or "
-                             f"socket); a checkpoint is a regular file")
+                             f"socket); {what} is a regular file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb"), info.st_size

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aiva_cy._checks import check_finite, float_arg, is_cupy, numeric_array
+from aiva_cy._checks import check_finite, is_cupy, numeric_array
 
 if TYPE_CHECKING:
     from aiva_cy.net import AIVANet
@@ -30,7 +30,8 @@ def set_threshold(net: "AIVANet", threshold: Any) -> float:
     Weights, optimizer (step and moments) and refractory state are kept.  A ``predict_proba``
     already running in another thread finishes with the old threshold.
     """
-    value = float_arg("threshold", threshold)
+    from aiva_cy._model import check_setting
+    value = check_setting("threshold", threshold)   # as the constructor checks it
     with net._lock:
         engine = net._engine
         if net.device == "cpu":

@@ -29,9 +29,20 @@ arguments only)                                the rest of the metadata
 
 Everything else a pickle can name — ``os.system``, ``builtins.eval``, any class — is refused
 before it is looked up, so a payload in the file never runs.  Dicts, lists, tuples, strings
-and numbers need no global at all.  The callables above are wrapped: ``ndarray`` may only be
-the class handed to ``_reconstruct``, which may only build the empty array NumPy itself
-writes (the data arrives later, sized by the file), and no object dtype gets through.
+and numbers need no global at all.  None of NumPy's own unpickling code runs on the file's
+values: the names above resolve to stand-ins that record their arguments, BUILD (which
+would call ``dtype.__setstate__`` or ``ndarray.__setstate__``) only records the state of a
+stand-in and is refused on anything else, and an array is made from a validated triple —
+a plain number dtype (bool, int, uint, float: no fields, subarray or object), a shape of at
+most 32 non-negative ints, and data bytes of exactly itemsize x elements — with
+``np.frombuffer(...).reshape(...).copy()``.
+
+Before any of it is unpickled, the bytes are scanned with :mod:`pickletools`: at most
+``MAX_OPCODES`` opcodes, containers nested at most ``MAX_DEPTH`` deep, memo indices stored
+before they are read and within the opcode count, every declared length within the file
+(so a small file cannot make the reader allocate much more than its size).  The file itself
+is read only if it is a regular file of at most ``MAX_PICKLE_BYTES``.  Every problem is a
+ValueError naming it; nothing in the file can crash the interpreter or exhaust memory.
 """
 from __future__ import annotations
 
@@ -78,15 +89,62 @@ class ForbiddenPickleError(pickle.UnpicklingError):
     """The pickle names something other than a dict, a list or a NumPy array."""
 
 
+class _Malformed(ValueError):
+    """The pre-scan found a structure the reader refuses (worded, then given the path)."""
+
+
 # ---------------------------------------------------------------------------------------
 # the restricted unpickler
 # ---------------------------------------------------------------------------------------
-# The real NumPy callables, found through NumPy's own reduce methods rather than by module
-# path: the path differs between NumPy 1.x (numpy.core) and 2.x (numpy._core), and
-# importing numpy.core on 2.x warns.
-_RECONSTRUCT: Callable[..., Any] = np.empty(0).__reduce__()[0]  # type: ignore[assignment]
-_FROMBUFFER: Callable[..., Any] = np.empty(1).__reduce_ex__(5)[0]  # type: ignore[assignment]
-_SCALAR: Callable[..., Any] = np.float64(0.0).__reduce__()[0]  # type: ignore[assignment]
+# Nothing the file says reaches NumPy's own pickle machinery (dtype.__setstate__,
+# ndarray.__setstate__, _reconstruct): each admitted global is a stand-in that records its
+# arguments, BUILD on a stand-in records its state, and an array is made only from a
+# validated (dtype string, shape, bytes) triple with np.frombuffer.  The unpickler is
+# pickle's pure-Python one, so that BUILD can be intercepted and the memo is a dict (no
+# table sized by an index the file chooses).
+
+#: The dtypes an array or a scalar may have: plain numbers, spelled as NumPy pickles them.
+SIMPLE_DTYPES = frozenset(f"{kind}{size}" for kind, sizes in
+                          (("b", (1,)), ("i", (1, 2, 4, 8)), ("u", (1, 2, 4, 8)),
+                           ("f", (2, 4, 8))) for size in sizes)
+#: The largest pickle read (AIVA's default net is 25 MB of float64 weights).
+MAX_PICKLE_BYTES = 1 << 30
+#: Opcodes in one pickle; an AIVA weight file has a few hundred.
+MAX_OPCODES = 1_000_000
+#: How deeply containers (tuples, lists, dicts, sets, reduce arguments) may nest.  AIVA's
+#: dict nests 3 deep; hashing or comparing a tuple 10**5 deep recurses in C and crashes.
+MAX_DEPTH = 64
+#: Dimensions of one array.
+MAX_NDIM = 32
+
+
+class _Stub:
+    """A value the file asked for, not yet made: only its recorded, validated parts."""
+
+    __hash__ = None   # type: ignore[assignment]   # never a dict key or set member
+    __slots__ = ("value", "built")
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.built = False
+
+
+class _DtypeStub(_Stub):
+    __slots__ = ("spec",)
+
+    def __init__(self, spec: str) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def __repr__(self) -> str:
+        return f"dtype({self.spec!r})"
+
+
+class _ArrayStub(_Stub):
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ndarray (awaiting its state)"
 
 
 class _NdarrayToken:
@@ -101,50 +159,132 @@ class _NdarrayToken:
 _NDARRAY = _NdarrayToken()
 
 
-def _no_objects(where: str, dtype: Any) -> np.dtype:
-    dt = np.dtype(dtype)
-    if dt.hasobject:
-        raise ForbiddenPickleError(f"{where}: object dtype {dt} refused (it would unpickle "
-                                   f"arbitrary Python objects)")
-    return dt
+def _dtype_spec(where: str, spec: Any) -> str:
+    if isinstance(spec, bytes):
+        spec = spec.decode("latin1")
+    if isinstance(spec, str) and spec[:1] == "O":
+        raise ForbiddenPickleError(f"{where}: object dtype {_brief(spec)} refused (it would "
+                                   f"unpickle arbitrary Python objects)")
+    if not isinstance(spec, str) or spec not in SIMPLE_DTYPES:
+        raise ForbiddenPickleError(
+            f"{where}: dtype {_brief(spec)} refused: only the plain number types "
+            f"{', '.join(sorted(SIMPLE_DTYPES))}")
+    return spec
 
 
-def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+def _built_dtype(where: str, dtype: Any) -> np.dtype:
+    # Only _build_dtype makes dtypes here (BUILD then puts it in the stand-in's place);
+    # checked again all the same.
+    if (not isinstance(dtype, np.dtype) or dtype.fields is not None
+            or dtype.subdtype is not None or f"{dtype.kind}{dtype.itemsize}" not in SIMPLE_DTYPES):
+        raise ForbiddenPickleError(f"{where}: {_brief(dtype)} is not a dtype NumPy wrote")
+    return dtype
+
+
+def _brief(value: Any) -> str:
+    """A short description of an untrusted value (never a repr of unbounded size)."""
+    if isinstance(value, (bool, int, float, type(None))):
+        text = repr(value)
+        return text if len(text) <= 40 else f"an int of {len(text)} digits"
+    if isinstance(value, (str, bytes, bytearray)):
+        return repr(value[:40]) + ("..." if len(value) > 40 else "")
+    if isinstance(value, (tuple, list, dict)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return f"a {type(value).__name__}"
+
+
+def _global_name(module: Any, name: Any) -> str:
+    if isinstance(module, str) and isinstance(name, str) and len(module) + len(name) < 200:
+        return f"{module}.{name}"
+    return f"{_brief(module)}.{_brief(name)}"
+
+
+def _shape(where: str, shape: Any) -> Tuple[int, ...]:
+    if (not isinstance(shape, tuple) or len(shape) > MAX_NDIM
+            or not all(type(n) is int and 0 <= n < 2**62 for n in shape)):
+        raise ForbiddenPickleError(f"{where}: shape {_brief(shape)} refused: a tuple of at "
+                                   f"most {MAX_NDIM} non-negative ints")
+    return shape
+
+
+def _make_array(where: str, shape: Any, dtype: np.dtype, data: Any, fortran: bool
+                ) -> np.ndarray:
+    shape = _shape(where, shape)
+    if not isinstance(data, (bytes, bytearray)):
+        raise ForbiddenPickleError(f"{where}: array data must be bytes, got {_brief(data)}")
+    count = math.prod(shape)
+    if count * dtype.itemsize != len(data):
+        raise ForbiddenPickleError(f"{where}: shape {shape} of {dtype} needs "
+                                   f"{count * dtype.itemsize} bytes, the file gives {len(data)}")
+    flat = np.frombuffer(bytes(data), dtype=dtype, count=count)
+    return flat.reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> _ArrayStub:
     if subtype is not _NDARRAY:
-        raise ForbiddenPickleError(f"_reconstruct of {subtype!r} refused: only numpy.ndarray")
-    # NumPy writes an empty placeholder ((0,), b"b") and fills it from the state that follows;
-    # a non-empty shape here would only be an allocation the file does not pay for.
-    if (not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape)
-            or 0 not in shape):
-        raise ForbiddenPickleError(f"_reconstruct with shape {shape!r} refused: NumPy writes "
-                                   f"an empty placeholder")
-    if not isinstance(dtype, (bytes, str)):
-        raise ForbiddenPickleError(f"_reconstruct with dtype {dtype!r} refused")
-    _no_objects("_reconstruct", dtype)
-    return _RECONSTRUCT(np.ndarray, shape, dtype)
+        raise ForbiddenPickleError(f"_reconstruct of {_brief(subtype)} refused: only "
+                                   f"numpy.ndarray")
+    # NumPy writes an empty placeholder ((0,), b"b") and fills it from the state that follows.
+    if shape != (0,) or type(shape) is not tuple or dtype not in (b"b", "b"):
+        raise ForbiddenPickleError(f"_reconstruct with shape {_brief(shape)} and dtype "
+                                   f"{_brief(dtype)} refused: NumPy writes an empty placeholder")
+    return _ArrayStub()
+
+
+def _build_array(stub: _ArrayStub, state: Any) -> np.ndarray:
+    # ndarray.__reduce__'s state: (version, shape, dtype, is_fortran, data); the version is
+    # absent in the oldest files.
+    if isinstance(state, tuple) and len(state) == 5 and type(state[0]) is int and state[0] == 1:
+        state = state[1:]
+    if not isinstance(state, tuple) or len(state) != 4 or type(state[2]) is not bool:
+        raise ForbiddenPickleError(f"array state {_brief(state)} refused: NumPy writes "
+                                   f"(1, shape, dtype, is_fortran, bytes)")
+    shape, dtype, fortran, data = state[0], state[1], state[2], state[3]
+    arr = _make_array("array", shape, _built_dtype("array", dtype), data, fortran)
+    # ndarray.__setstate__ turns swapped data native; what the plain unpickler gives.
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
 
 
 def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
-    if not isinstance(buf, (bytes, bytearray)):
-        raise ForbiddenPickleError(f"_frombuffer of a {type(buf).__name__} refused")
-    _no_objects("_frombuffer", dtype)
-    # NumPy checks that the buffer holds exactly shape's elements.
-    return _FROMBUFFER(buf, dtype, shape, order)
+    if order not in ("C", "F"):
+        raise ForbiddenPickleError(f"_frombuffer with order {_brief(order)} refused")
+    return _make_array("_frombuffer", shape, _built_dtype("_frombuffer", dtype), buf,
+                       order == "F")
 
 
 def _scalar(dtype: Any, *args: Any) -> Any:
-    _no_objects("scalar", dtype)
-    return _SCALAR(dtype, *args)
+    dt = _built_dtype("scalar", dtype)
+    if len(args) != 1:
+        raise ForbiddenPickleError(f"scalar with {len(args)} data arguments refused")
+    return _make_array("scalar", (), dt, args[0], False)[()]
 
 
-def _dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
-    return _no_objects("dtype", np.dtype(spec, bool(align), bool(copy)))
+def _dtype(spec: Any, align: Any = False, copy: Any = False) -> _DtypeStub:
+    if type(align) is not bool or type(copy) is not bool:
+        raise ForbiddenPickleError("dtype(...) with non-bool flags refused")
+    return _DtypeStub(_dtype_spec("dtype", spec))
+
+
+def _build_dtype(stub: _DtypeStub, state: Any) -> np.dtype:
+    # dtype.__reduce__'s state for a plain number type: (3, byte order, None, None, None,
+    # -1, -1, 0).  Fields, subarrays, sizes, alignments and flags are refused, not applied.
+    if (not isinstance(state, tuple) or len(state) != 8 or state[0] != 3
+            or type(state[0]) is not int or state[1] not in ("<", ">", "|", "=")
+            or state[2:5] != (None, None, None) or state[5:] != (-1, -1, 0)
+            or not all(type(v) is int for v in state[5:])):
+        raise ForbiddenPickleError(
+            f"dtype state {_brief(state)} refused: a plain number type's is (3, byte order, "
+            f"None, None, None, -1, -1, 0) (no fields, subarray or object)")
+    dt = np.dtype(stub.spec)
+    if state[1] in "<>" and dt.itemsize > 1:
+        dt = dt.newbyteorder(state[1])
+    return dt
 
 
 def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
     # Protocols 0-2 spell a bytes object as _codecs.encode(str, "latin1").
     if not isinstance(text, str) or encoding != "latin1":
-        raise ForbiddenPickleError(f"_codecs.encode({type(text).__name__}, {encoding!r}) "
+        raise ForbiddenPickleError(f"_codecs.encode({type(text).__name__}, {_brief(encoding)}) "
                                    f"refused: only the latin1 spelling of bytes")
     return text.encode("latin1")
 
@@ -157,8 +297,8 @@ def _time_type(cls: Any) -> Callable[..., Any]:
         if not 1 <= len(args) <= 8 or not all(type(a) in (bytes, int) for a in args):
             raise ForbiddenPickleError(
                 f"datetime.{cls.__name__} with arguments of types "
-                f"{[type(a).__name__ for a in args]} refused: only bytes and ints (a naive "
-                f"date, time or duration)")
+                f"{[type(a).__name__ for a in args][:8]} refused: only bytes and ints (a "
+                f"naive date, time or duration)")
         return cls(*args)
     return build
 
@@ -188,18 +328,168 @@ for _core in ("numpy.core", "numpy._core"):
 del _core
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _Memo(dict):  # type: ignore[type-arg]
+    """The unpickler's memo: a stand-in stored before its BUILD reads back as what it
+    became."""
+
+    def __getitem__(self, key: Any) -> Any:
+        value = dict.__getitem__(self, key)
+        return value.value if isinstance(value, _Stub) and value.built else value
+
+
+class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    stack: List[Any]          # the pure-Python unpickler's own
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.memo = _Memo()
+
     def find_class(self, module: str, name: str) -> Any:
         try:
             return _ALLOWED[(module, name)]
         except (KeyError, TypeError):
             raise ForbiddenPickleError(
-                f"the file refers to {module}.{name}, which is not part of a dict of NumPy "
-                f"arrays and metadata: refused without running it (the file may be "
-                f"malicious)") from None
+                f"the file refers to {_global_name(module, name)}, which is not part of a "
+                f"dict of NumPy arrays and metadata: refused without running it (the file may "
+                f"be malicious)") from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise ForbiddenPickleError("persistent ids refused")
+
+    def load_build(self) -> None:
+        state = self.stack.pop()
+        stub = self.stack[-1]
+        if isinstance(stub, _DtypeStub) and not stub.built:
+            stub.value = _build_dtype(stub, state)
+        elif isinstance(stub, _ArrayStub) and not stub.built:
+            stub.value = _build_array(stub, state)
+        else:
+            raise ForbiddenPickleError(f"BUILD (setting the state) of {_brief(stub)} refused: "
+                                       f"only NumPy's dtypes and arrays are built")
+        stub.built = True
+        self.stack[-1] = stub.value
+
+    dispatch[pickle.BUILD[0]] = load_build  # type: ignore[assignment]
+
+
+# Opcodes that make a container of the items above the topmost MARK, or of the top n items.
+_FROM_MARK = {"TUPLE", "LIST", "DICT", "FROZENSET"}
+_FROM_TOP = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3, "REDUCE": 2, "BUILD": 2}
+#: Opcodes no dict of NumPy arrays and dates uses, refused outright.
+_REFUSED_OPS = {
+    "PERSID": "persistent ids", "BINPERSID": "persistent ids",
+    "EXT1": "the copyreg extension registry", "EXT2": "the copyreg extension registry",
+    "EXT4": "the copyreg extension registry", "NEXT_BUFFER": "out-of-band buffers",
+    "INST": "instances of classes", "OBJ": "instances of classes",
+    "NEWOBJ": "instances of classes", "NEWOBJ_EX": "instances of classes"}
+_ADD_FROM_MARK = {"APPENDS", "SETITEMS", "ADDITEMS"}
+_ADD_FROM_TOP = {"APPEND": 1, "SETITEM": 2}
+_NEW_CONTAINER = {"EMPTY_TUPLE", "EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"}
+_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+_GETS = {"GET", "BINGET", "LONG_BINGET"}
+
+
+def _prescan(data: bytes) -> None:
+    """Refuse a pickle whose structure is pathological before any of it is unpickled:
+    too many opcodes, containers nested more than MAX_DEPTH deep, memo indices that were
+    never stored or exceed the opcode count, lengths past the end of the file (pickletools
+    checks those: a declared length is never allocated before its bytes are there).
+
+    The nesting is followed on a model of the unpickler's stack that holds each item's
+    depth; the memo keeps the depth an item had when stored.  Tuples and frozensets — the
+    values hashed and compared in C without a recursion guard — are immutable, so their
+    depth is exact; a list or dict changed after it was stored is guarded by Python's
+    recursion check, which the reader turns into a ValueError."""
+    import pickletools
+
+    stack: List[int] = []
+    marks: List[int] = []
+    memo: Dict[int, int] = {}
+
+    def pop(n: int) -> int:
+        if n > len(stack) or (marks and len(stack) - n < marks[-1]):
+            raise ValueError("it pops more items than its stack holds")
+        deepest = max(stack[len(stack) - n:], default=0)
+        del stack[len(stack) - n:]
+        return deepest
+
+    def pop_mark() -> int:
+        if not marks:
+            raise ValueError("it uses a MARK it never set")
+        at = marks.pop()
+        deepest = max(stack[at:], default=0)
+        del stack[at:]
+        return deepest
+
+    def push(depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise ValueError(f"it nests containers more than {MAX_DEPTH} deep")
+        stack.append(depth)
+
+    count = 0
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            count += 1
+            if count > MAX_OPCODES:
+                raise ValueError(f"it has more than {MAX_OPCODES} opcodes")
+            name = op.name
+            if name == "MARK":
+                if len(marks) > MAX_DEPTH:
+                    raise ValueError(f"it nests containers more than {MAX_DEPTH} deep")
+                marks.append(len(stack))
+            elif name == "STOP":
+                break
+            elif name in _FROM_MARK:
+                deepest = pop_mark()
+                push(deepest + 1)
+            elif name in _FROM_TOP:
+                push(pop(_FROM_TOP[name]) + 1)
+            elif name in _ADD_FROM_MARK:
+                deepest = pop_mark()
+                push(max(pop(1), deepest + 1))
+            elif name in _ADD_FROM_TOP:
+                deepest = pop(_ADD_FROM_TOP[name])
+                push(max(pop(1), deepest + 1))
+            elif name in _NEW_CONTAINER:
+                push(1)
+            elif name == "POP":
+                pop(1)
+            elif name == "POP_MARK":
+                pop_mark()
+            elif name == "DUP":
+                push(stack[-1] if stack else 0)
+            elif name == "STACK_GLOBAL":
+                pop(2)
+                push(0)
+            elif name in _PUTS or name == "MEMOIZE":
+                index = len(memo) if name == "MEMOIZE" else arg
+                if not isinstance(index, int) or not 0 <= index <= MAX_OPCODES:
+                    raise ValueError(f"memo index {_brief(index)} is out of range")
+                if not stack:
+                    raise ValueError("it stores an empty stack in the memo")
+                memo[index] = stack[-1]
+            elif name in _GETS:
+                if arg not in memo:
+                    raise ValueError(f"memo index {_brief(arg)} was never stored")
+                push(memo[arg])
+            elif name in _REFUSED_OPS:
+                raise ForbiddenPickleError(f"opcode {name} refused ({_REFUSED_OPS[name]})")
+            elif name == "FRAME" and isinstance(arg, int) and arg > len(data) - int(pos or 0):
+                raise ValueError(f"a frame of {arg} bytes, more than the file holds")
+            elif name in ("PROTO", "FRAME", "READONLY_BUFFER"):
+                pass
+            else:
+                # Every other opcode pushes one value it reads from the stream (a number, a
+                # string, None, True, a global).
+                push(0)
+        else:
+            raise ValueError("it ends without a STOP opcode")
+    except ForbiddenPickleError:
+        raise
+    except (ValueError, KeyError, IndexError, EOFError, UnicodeDecodeError,
+            OverflowError) as exc:
+        raise _Malformed(f"malformed pickle: {_brief(str(exc))[1:-1]}") from None
 
 
 def _validated_path(name: str, value: Any) -> str:
@@ -218,27 +508,64 @@ def read_weights_pickle(src: PathLike, *, trust_pickle: bool) -> Dict[Any, Any]:
     """
     path = _validated_path("src", src)
     _check_trust(trust_pickle, path)
-    with open(path, "rb") as f:
-        data = f.read()
+    data = _read_bounded(path)
     if data.startswith(b"PK\x03\x04"):
         raise ValueError(f"'{path}' is a zip archive (an .npz checkpoint or a torch file?), "
                          f"not a pickle of AIVA's weight dict")
     try:
+        _prescan(data)
         obj = _RestrictedUnpickler(_bytes_io.BytesIO(data), encoding="latin1").load()
+        _check_no_stubs(obj)
     except ForbiddenPickleError as exc:
         raise ValueError(f"'{path}': {exc}") from None
+    except _Malformed as exc:
+        raise ValueError(f"'{path}' is not a readable pickle ({exc})") from None
     except MemoryError:
-        raise
+        raise ValueError(f"'{path}': not enough memory to read it (the file may be "
+                         f"malicious)") from None
+    except RecursionError:
+        raise ValueError(f"'{path}': it nests too deeply to read") from None
     except Exception as exc:   # untrusted bytes make the unpickler raise many types
-        raise ValueError(f"'{path}' is not a readable pickle ({type(exc).__name__}: {exc})"
-                         ) from None
+        raise ValueError(f"'{path}' is not a readable pickle ({type(exc).__name__}: "
+                         f"{_brief(str(exc))})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"'{path}' holds a {type(obj).__name__}; AIVA's weight file is a dict "
                          f"with keys {', '.join(map(repr, REQUIRED_KEYS))}")
-    for key, value in obj.items():
-        if isinstance(value, np.ndarray) and value.dtype.hasobject:   # belt and braces
-            raise ValueError(f"'{path}': entry {key!r} has object dtype")
     return obj
+
+
+def _read_bounded(path: str) -> bytes:
+    """The bytes of a regular file of at most MAX_PICKLE_BYTES: a FIFO, a device or a
+    directory is refused before it is read (opened without blocking), a larger file before
+    a byte of it is read."""
+    from aiva_cy._readers import open_regular, read_exactly
+
+    f, size = open_regular(path, "a pickle of AIVA's weights")
+    with f:
+        if size > MAX_PICKLE_BYTES:
+            raise ValueError(f"'{path}' has {size} bytes, more than the {MAX_PICKLE_BYTES} "
+                             f"an AIVA weight pickle is read up to")
+        data = read_exactly(f, size, f"'{path}'")
+        if f.read(1):
+            raise ValueError(f"'{path}' grew while it was read")
+    return data
+
+
+def _check_no_stubs(obj: Any) -> None:
+    """Refuse a result that still holds a stand-in (an array or dtype whose state never
+    came): iteratively, as the pre-scan bounded only what it could see."""
+    todo: List[Any] = [obj]
+    seen = set()
+    while todo:
+        value = todo.pop()
+        if isinstance(value, _Stub):
+            raise ForbiddenPickleError(f"{_brief(value)} is never given its state")
+        if not isinstance(value, (dict, list, tuple, set, frozenset)) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        todo.extend(value.values() if isinstance(value, dict) else value)
+        if isinstance(value, dict):
+            todo.extend(value)
 
 
 _TIME_TYPES = (_datetime.date, _datetime.timedelta)   # datetime.datetime is a date
@@ -340,7 +667,11 @@ def _real(name: str, value: Any) -> float:
         value = value[()]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    out = float(value)
+    try:
+        out = float(value)
+    except OverflowError:     # an int such as 10**400
+        raise ValueError(f"{name} must be finite, got an int too large for a float "
+                         f"({_brief(value)})") from None
     if not math.isfinite(out):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return out

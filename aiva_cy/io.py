@@ -38,7 +38,7 @@ from typing import IO, TYPE_CHECKING, Any, Dict, Mapping, Optional, Type, Union
 
 import numpy as np
 
-from aiva_cy._atomic import atomic_write
+from aiva_cy._atomic import atomic_write, check_resolved_suffix
 from aiva_cy._bioneuron import bio_matrix as _bio_matrix  # noqa: F401  (its old name)
 from aiva_cy._bioneuron import from_bioneuron
 from aiva_cy._format import (DIGEST_KEY, FORMAT_NAME, FORMAT_VERSION, MOMENTS, OPTIMIZER_KEY,
@@ -79,6 +79,7 @@ def save(source: Union[Snapshot, "AIVANet"], path: PathLike, *,
         source.save(path, include_optimizer=include_optimizer)
         return
     path, kind = path_and_kind(path)
+    check_resolved_suffix(path, f"a .{kind} file")
     # Checked before anything is written: a missing package must not leave a temp file.
     st = import_safetensors() if kind == "safetensors" else None
     if not include_optimizer:

@@ -134,8 +134,11 @@ class AIVANet:
         """Switch between "float32" and "bfloat16" products; returns the net.  Raises
         ImportError (naming what to install) where no BLAS has bfloat16 products."""
         precision = check_precision(precision)
-        self._engine.set_precision(precision)     # NotImplementedError where it cannot
-        self._config["precision"] = precision
+        # Under the net's lock, like fit: a switch waits for a running fit, and two switches
+        # cannot leave the config and the engine disagreeing.
+        with self._lock:
+            self._engine.set_precision(precision)     # NotImplementedError where it cannot
+            self._config["precision"] = precision
         return self
 
     @property

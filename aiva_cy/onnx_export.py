@@ -106,6 +106,8 @@ def _path_arg(path: Any) -> str:
     # Guards against handing export_onnx a checkpoint's name and overwriting the checkpoint.
     if os.path.splitext(text)[1].lower() != ".onnx":
         raise ValueError(f"path must end in .onnx, got '{text}'")
+    from aiva_cy._atomic import check_resolved_suffix
+    check_resolved_suffix(text, "an .onnx file")
     return text
 
 

@@ -295,7 +295,9 @@ static bf16_scratch bf16_parts(const aiva_net *net, const aiva_workspace *ws)
 }
 
 /* The fc1 and spiking products of a forward step (into ws->hidden before tanh, and
- * ws->membrane), in the net's precision. */
+ * ws->membrane), in the net's precision.  Finite x can still overflow fc1's product (x near
+ * FLT_MAX): Inf - Inf gives NaN hidden units, whose membrane never reaches the threshold, so
+ * the callers check the membrane (B x spiking, cheap next to the products) and report it. */
 static void forward_products(const aiva_blas *blas, const aiva_net *net, const float *x,
                              int batch, aiva_workspace *ws, int with_tanh)
 {
@@ -346,6 +348,8 @@ int aiva_forward(const aiva_blas *blas, const aiva_net *net, const float *x, int
     if (net->bf16 && (!blas->gemm_bf16 || !ws->bf16)) return AIVA_ERR_SIZE;
 
     forward_products(blas, net, x, batch, ws, 1);
+    if (!all_finite(ws->membrane, (ptrdiff_t)batch * net->spiking_size))
+        return AIVA_ERR_HIDDEN_NONFINITE;
     /* Threshold spikes, masked by the refractory countdown. */
     spike_pass(ws->membrane, refractory_left, net->threshold, ws->open, ws->spikes,
                (ptrdiff_t)batch * net->spiking_size);
@@ -384,6 +388,8 @@ int aiva_forward_sequence(const aiva_blas *blas, const aiva_net *net, const floa
 
     /* A step's membrane does not depend on the state: the products run over all rows. */
     forward_products(blas, net, xs, rows, ws, 1);
+    if (!all_finite(ws->membrane, (ptrdiff_t)rows * net->spiking_size))
+        return AIVA_ERR_HIDDEN_NONFINITE;
     /* Only the threshold and the refractory countdown are sequential. */
     for (int t = 0; t < steps; t++) {
         const ptrdiff_t at = (ptrdiff_t)t * step_neurons;

@@ -117,7 +117,8 @@ enum {
     AIVA_ERR_OUTPUT_NONFINITE = 2,  /* logits overflowed (weights far too large)  */
     AIVA_ERR_LABEL = 3,             /* a label outside [0, num_tools)             */
     AIVA_ERR_GRAD_NONFINITE = 4,    /* loss or a gradient is NaN/Inf or overflows */
-    AIVA_ERR_SIZE = 5               /* batch < 1 or batch > ws->capacity          */
+    AIVA_ERR_SIZE = 5,              /* batch < 1 or batch > ws->capacity          */
+    AIVA_ERR_HIDDEN_NONFINITE = 6   /* fc1's product overflowed: x too large      */
 };
 
 /* The refractory ring buffer is stored as a per-neuron countdown: refractory_left[b, j] is

@@ -452,6 +452,112 @@ def target_pickle(examples: int) -> None:
     run()
 
 
+def _op(code: bytes, arg: bytes = b"") -> bytes:
+    return code + arg
+
+
+# Snippets of pickle opcodes with arguments, the converter's alphabet: pushes, containers,
+# the memo (stored, read back, far out of range), globals it admits and refuses, REDUCE and
+# BUILD, protocol and frame markers, and lengths that promise more than the file holds.
+_GLOBALS = [b"numpy\ndtype", b"numpy\nndarray", b"numpy._core.multiarray\n_reconstruct",
+            b"numpy._core.multiarray\nscalar", b"numpy._core.numeric\n_frombuffer",
+            b"_codecs\nencode", b"builtins\nbytes", b"datetime\ndatetime",
+            b"datetime\ntimedelta", b"os\nsystem", b"builtins\neval", b"numpy\nload"]
+_SIMPLE = [b"N", b"\x88", b"\x89", b"}", b"]", b")", b"(", b"t", b"l", b"d", b"a", b"e",
+           b"s", b"u", b"\x85", b"\x86", b"\x87", b"\x8f", b"\x90", b"\x91", b"0", b"1", b"2",
+           b"R", b"b", b"\x93", b"\x94", b".", b"\x97", b"\x98", b"\x81", b"\x92", b"o", b"Q"]
+
+
+@st.composite
+def pickle_snippets(draw) -> bytes:
+    kind = draw(st.integers(0, 9))
+    if kind <= 2:
+        return draw(st.sampled_from(_SIMPLE))
+    if kind == 3:
+        return _op(b"K", bytes([draw(st.integers(0, 255))]))
+    if kind == 4:
+        text = draw(st.sampled_from([b"f8", b"<", b"b", b"latin1", b"fc1", b"threshold",
+                                     b"V268435456", b"O8", b"c16", b"a"]))
+        return draw(st.sampled_from([b"\x8c" + bytes([len(text)]) + text,
+                                     b"C" + bytes([len(text)]) + text]))
+    if kind == 5:
+        return b"c" + draw(st.sampled_from(_GLOBALS)) + b"\n"
+    if kind == 6:
+        index = draw(st.one_of(st.integers(0, 8), st.integers(0, 2**32 - 1)))
+        return draw(st.sampled_from([b"q" + bytes([index % 256]), b"h" + bytes([index % 256]),
+                                     b"r" + index.to_bytes(4, "little"),
+                                     b"j" + index.to_bytes(4, "little")]))
+    if kind == 7:
+        n = draw(st.one_of(st.integers(0, 16), st.just(2**40), st.integers(0, 2**63)))
+        return draw(st.sampled_from([b"\x8e", b"\x8d", b"\x96", b"\x95"])) + n.to_bytes(8, "little")
+    if kind == 8:
+        return b"\x80" + bytes([draw(st.integers(0, 6))])
+    # Repetition: deep nesting from a few bytes.
+    return draw(st.sampled_from([b"N", b"(", b"]", b"\x85", b"(N"])) * draw(
+        st.sampled_from([10, 100, 1000, 20000]))
+
+
+def _aiva_like(seed: int):
+    rng = np.random.default_rng(seed)
+    return {"fc1": rng.standard_normal((4, 5)), "spiking1_weights": rng.standard_normal((5, 3)),
+            "fc2": np.asfortranarray(rng.standard_normal((3, 2))), "threshold": np.float64(0.3),
+            "metadata": {"step": 3, "when": __import__("datetime").datetime(2024, 5, 1),
+                         "shape": (4, 5), "flags": np.array([True, False])}}
+
+
+def target_convert_pickle(examples: int) -> None:
+    """The converter's restricted reader on hypothesis-made opcode streams and on valid
+    AIVA-like pickles (protocols 0-5) with bytes changed, inserted or removed: a dict comes
+    back, or a ValueError; never another exception, a crash or unbounded memory."""
+    import resource
+
+    from aiva_cy.convert import read_weights_pickle
+
+    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+    tmp = Path(tempfile.mkdtemp())
+    path = tmp / "fuzz.pkl"
+
+    def check(blob: bytes) -> None:
+        path.write_bytes(blob)
+        try:
+            got = read_weights_pickle(path, trust_pickle=True)
+        except ValueError as exc:
+            assert len(str(exc)) < 2000, "an error message of unbounded size"
+        else:
+            assert isinstance(got, dict)
+
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(proto=st.integers(0, 5), snippets=st.lists(pickle_snippets(), max_size=40))
+    def streams(proto, snippets):
+        check(b"\x80" + bytes([proto]) + b"".join(snippets) + b".")
+
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(proto=st.integers(0, 5), seed=st.integers(0, 3), data=st.data())
+    def mutated(proto, seed, data):
+        blob = bytearray(pickle.dumps(_aiva_like(seed), protocol=proto))
+        if data.draw(st.booleans()):
+            assert isinstance(read_weights_pickle(
+                (path.write_bytes(bytes(blob)), path)[1], trust_pickle=True), dict)
+        for _ in range(data.draw(st.integers(1, 4))):
+            at = data.draw(st.integers(0, len(blob) - 1))
+            how = data.draw(st.integers(0, 2))
+            if how == 0:
+                blob[at] = data.draw(st.integers(0, 255))
+            elif how == 1:
+                blob[at:at] = data.draw(pickle_snippets())
+            else:
+                del blob[at:at + data.draw(st.integers(1, 8))]
+        check(bytes(blob))
+
+    try:
+        streams()
+        mutated()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 TARGETS = {name[len("target_"):]: fn for name, fn in globals().items()
            if name.startswith("target_")}
 

@@ -149,6 +149,6 @@ def test_the_c_core_holds_the_same_facts():
     c = _core.C_CONSTANTS
     assert c["GRAD_LIMIT"] == _model.GRAD_LIMIT
     for name in ("ERR_INPUT_NONFINITE", "ERR_OUTPUT_NONFINITE", "ERR_LABEL",
-                 "ERR_GRAD_NONFINITE", "ERR_SIZE"):
+                 "ERR_GRAD_NONFINITE", "ERR_SIZE", "ERR_HIDDEN_NONFINITE"):
         assert c[name] == getattr(_model, name), name
-    assert len({c[k] for k in c if k.startswith("ERR_")}) == 5
+    assert len({c[k] for k in c if k.startswith("ERR_")}) == 6

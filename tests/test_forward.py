@@ -206,7 +206,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st  #
 @given(sizes=st.tuples(st.integers(1, 12), st.integers(1, 24), st.integers(1, 24),
                        st.integers(1, 6)),
        batch=st.integers(1, 9), steps=st.integers(1, 7), period=st.integers(0, 4),
-       threshold=st.floats(-0.5, 1.0), seed=st.integers(0, 2**16))
+       threshold=st.floats(-0.5, 1.0, width=32), seed=st.integers(0, 2**16))
 def test_any_small_shape_matches_reference(sizes, batch, steps, period, threshold, seed):
     i, h, s, t = sizes
     dims = dict(input_size=i, hidden_size=h, spiking_size=s, num_tools=t)

@@ -13,7 +13,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 EXAMPLES = int(os.environ.get("AIVA_CY_FUZZ_EXAMPLES", "150"))
 TARGETS = ["inference", "training", "constructor", "optimizer", "state_dict", "loaders",
-           "bioneuron", "pickle"]
+           "bioneuron", "pickle", "convert_pickle"]
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -685,6 +685,17 @@ static void test_errors(const aiva_blas *blas)
     f.y[3] = -1;
     CHECK(aiva_backward(blas, &f.net, f.x, f.y, 4, &f.ws, &g, &loss) == AIVA_ERR_LABEL,
           "negative label");
+    /* Finite x whose fc1 product overflows (Inf - Inf: NaN hidden units, which never spike)
+     * is reported, not answered; in a sequence too. */
+    f.fc1_t[0] = 2.0f;
+    f.fc1_t[1] = -2.0f;
+    f.x[0] = 3e38f;
+    f.x[1] = 3e38f;
+    CHECK(aiva_forward(blas, &f.net, f.x, 4, NULL, &f.ws, f.probs) == AIVA_ERR_HIDDEN_NONFINITE,
+          "fc1 overflow");
+    int32_t left[2 * 7] = {0};
+    CHECK(aiva_forward_sequence(blas, &f.net, f.x, 2, 2, left, &f.ws, f.probs)
+          == AIVA_ERR_HIDDEN_NONFINITE, "fc1 overflow in a sequence");
     /* A bf16 net on a BLAS without bf16 products is refused, not run. */
     f.net.bf16 = 1;
     CHECK(aiva_forward(blas, &f.net, f.x, 4, NULL, &f.ws, f.probs) == AIVA_ERR_SIZE,
