@@ -119,8 +119,15 @@ def collect(snapshot: Snapshot) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
 # ---------------------------------------------------------------------------------------
 # what a checkpoint must hold
 # ---------------------------------------------------------------------------------------
-class Corrupt(ValueError):
-    """A problem found while reading, already worded with the path."""
+class CheckpointError(ValueError):
+    """A file that is not an aiva_cy checkpoint, or a damaged one (truncated, a wrong
+    checksum, entries of the wrong shape or kind, an unknown format version).  A
+    ValueError, so code that catches ValueError keeps working; its message names the path."""
+
+
+CheckpointError.__module__ = "aiva_cy"    # the name users see and catch: aiva_cy.CheckpointError
+#: The readers' internal name for it.
+Corrupt = CheckpointError
 
 
 def parse_json(path: str, header: Mapping[str, str], key: str) -> Any:

@@ -104,7 +104,7 @@ def load(cls: Type["AIVANet"], path: PathLike, *, device: str = "cpu",
     """Read a checkpoint written by :func:`save`; every error names the path and the problem.
     ``precision`` ("float32" or "bfloat16") overrides the one saved in the config.
 
-    Raises FileNotFoundError for a missing file, ValueError for anything that is not a
+    Raises FileNotFoundError for a missing file, aiva_cy.CheckpointError (a ValueError) for anything that is not a
     complete, valid aiva_cy checkpoint of a version this module reads (a directory, FIFO or
     device included), ImportError for a ``.safetensors`` file without the safetensors
     package.  A ``.safetensors`` file without a checksum loads with a UserWarning.
@@ -112,18 +112,21 @@ def load(cls: Type["AIVANet"], path: PathLike, *, device: str = "cpu",
     path, kind = path_and_kind(path)
     if kind == "safetensors":
         import_safetensors()
-    f, size = open_regular(path)
+    try:
+        f, size = open_regular(path)
+    except ValueError as exc:      # a directory, FIFO, device: not a checkpoint file
+        raise Corrupt(str(exc)) from None
     with f:
         if size == 0:
-            raise ValueError(f"'{path}' is empty")
+            raise Corrupt(f"'{path}' is empty")
         try:
             arrays, header = (read_npz if kind == "npz" else read_safetensors)(f, size, path)
         except (MemoryError, Corrupt):
             raise                  # a real shortage, or a message that already names the path
         except Exception as exc:   # third-party parsers on untrusted bytes raise many types
-            raise ValueError(f"'{path}' is not a readable .{kind} checkpoint; it may be "
-                             f"truncated, corrupt or written by another tool "
-                             f"({type(exc).__name__}: {exc})") from exc
+            raise Corrupt(f"'{path}' is not a readable .{kind} checkpoint; it may be "
+                          f"truncated, corrupt or written by another tool "
+                          f"({type(exc).__name__}: {exc})") from exc
     return _build(cls, path, arrays, header, device, precision)
 
 

@@ -625,3 +625,19 @@ def test_from_bioneuron_rejects(obj: Any, error: type, pattern: str) -> None:
 def test_from_bioneuron_size_kwargs_rejected() -> None:
     with pytest.raises(TypeError, match="sizes"):
         AIVANet.from_bioneuron(make_bio(), hidden_size=8)
+
+
+def test_files_that_are_not_checkpoints_raise_the_public_checkpoint_error(tmp_path):
+    import aiva_cy
+    text = tmp_path / "notes.npz"
+    text.write_text("not a checkpoint")
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    folder = tmp_path / "folder.npz"
+    folder.mkdir()
+    for path in (text, empty, folder):
+        with pytest.raises(aiva_cy.CheckpointError, match=str(path.name)) as info:
+            AIVANet.load(path)
+        assert isinstance(info.value, ValueError)
+        assert type(info.value).__module__ == "aiva_cy"
+        assert type(info.value).__qualname__ == "CheckpointError"
