@@ -184,7 +184,9 @@ static void spike_pass(const float *restrict v, const int32_t *restrict refracto
             spikes[i] = (o & (v[i] >= thr)) ? 1.0f : 0.0f;
         }
     } else {
-        memset(open, 1, (size_t)n);
+        /* n > 0 always; said here so that no compiler sees a negative size reach memset
+         * (mingw-w64's gcc warns on the inlined call otherwise). */
+        if (n > 0) memset(open, 1, (size_t)n);
         for (ptrdiff_t i = 0; i < n; i++) spikes[i] = v[i] >= thr ? 1.0f : 0.0f;
     }
 }
