@@ -26,9 +26,20 @@ extensions = [
         # No NumPy headers: the modules use typed memoryviews and call NumPy only from
         # Python, so building needs no NumPy and one wheel runs on every NumPy >= the floor.
         include_dirs=[SRC_C],
-        depends=["src_c/aiva_core.h", "aiva_cy/_core.pxd", "aiva_cy/_adam.pxd"],
+        depends=["src_c/aiva_core.h", "aiva_cy/_core.pxd", "aiva_cy/_adam.pxd",
+                 "aiva_cy/_lowp.pxd"],
         extra_compile_args=c_flags,
         libraries=[] if sys.platform == "win32" else ["dl", "m"],
+    ),
+    # The reduced-precision provider: oneDNN, opened by path on first use (never linked).
+    Extension(
+        "aiva_cy._lowp",
+        sources=["aiva_cy/_lowp.pyx", "src_c/aiva_onednn.c"],
+        include_dirs=[SRC_C],
+        depends=["src_c/aiva_onednn.h", "src_c/aiva_dnnl_api.h", "src_c/aiva_core.h",
+                 "aiva_cy/_lowp.pxd"],
+        extra_compile_args=c_flags,
+        libraries=[] if sys.platform == "win32" else ["dl", "pthread"],
     ),
     Extension(
         "aiva_cy._adam",

@@ -1,5 +1,5 @@
 # cython: language_level=3
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
 
 
 cdef extern from "aiva_core.h" nogil:
@@ -25,6 +25,9 @@ cdef extern from "aiva_core.h" nogil:
         void *pack_bf16
         void *pack_f32
         void *compute_f32
+        void *lowp
+        void *lowp_bf16
+        void *lowp_u8s8
 
     ctypedef struct aiva_net:
         int input_size, hidden_size, spiking_size, num_tools
@@ -40,6 +43,15 @@ cdef extern from "aiva_core.h" nogil:
         const aiva_bf16 *fc2_bf16
         const void *fc1_packed
         const void *spiking_packed
+        int int8, act_qmax, act_zero
+        const int8_t *fc1_t_q
+        const int8_t *spiking_t_q
+        const int8_t *fc2_q
+        const float *fc1_scale
+        const float *spiking_scale
+        const float *fc2_scale
+        const int32_t *fc1_sum
+        const int32_t *spiking_sum
 
     ctypedef struct aiva_workspace:
         int capacity
@@ -66,6 +78,7 @@ cdef extern from "aiva_core.h" nogil:
         AIVA_ERR_LABEL
         AIVA_ERR_GRAD_NONFINITE
         AIVA_ERR_SIZE
+        AIVA_ERR_PROVIDER
 
     int aiva_forward(const aiva_blas *blas, const aiva_net *net, const float *x, int batch,
                      const int32_t *refractory_left, aiva_workspace *ws, float *probs)
@@ -79,6 +92,8 @@ cdef extern from "aiva_core.h" nogil:
     int aiva_mkl_open(const char *path, int threading_layer, aiva_blas *out)
     size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, void *dest)
     void aiva_round_bf16(const float *src, Py_ssize_t n, aiva_bf16 *dst)
+    void aiva_quantize_s8(const float *w, Py_ssize_t n, Py_ssize_t len, Py_ssize_t step,
+                          Py_ssize_t vstride, int8_t *q, float *scale, int32_t *sum)
     void aiva_blas_products(const aiva_blas *blas, const aiva_net *net, const float *x,
                             int batch, aiva_workspace *ws)
 

@@ -3,9 +3,9 @@
 pointers to the C core with the GIL released.  It checks sizes (so C never reads or writes
 out of bounds) but leaves user-facing validation to :mod:`aiva_cy.net`."""
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uintptr_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uintptr_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 import os
 import threading
@@ -13,6 +13,7 @@ import threading
 import numpy as np
 
 from aiva_cy._adam cimport Adam
+from aiva_cy._lowp cimport PackedWeight, fill_table, weight_handle
 
 # ---------------------------------------------------------------------------------------
 # BLAS, found by path and opened with dlopen: importing scipy.linalg to reach cython_blas
@@ -33,9 +34,9 @@ from aiva_cy._adam cimport Adam
 # the 2-core development machine); opening it adds 18-27 ms to the start-up (the dispatcher
 # loads libmkl_core and a CPU-specific kernel library); and it brings a second pool of
 # worker threads beside NumPy's OpenBLAS.  It is faster at batch 256 (pre-packed: 5.3 ms
-# against 6.6 on a quiet machine), so AIVA_CY_BLAS=mkl is there for batch work.  bfloat16 is
-# different: only MKL has the products, so MKL is opened, on first use, for every net that
-# asks for precision="bfloat16", whatever the float32 provider is.
+# against 6.6 on a quiet machine), so AIVA_CY_BLAS=mkl is there for batch work.  Reduced
+# precision (bfloat16, int8) is oneDNN's, below: MKL's bf16 chooses its kernels by CPU vendor
+# and ran its generic path on the AMD Zen 5 development machine, slower than float32.
 # ---------------------------------------------------------------------------------------
 cdef aiva_blas _blas
 _blas_info = {}
@@ -132,12 +133,82 @@ cdef int _open_mkl() except -1:
     return 0
 
 
+# ---------------------------------------------------------------------------------------
+# Reduced precision: oneDNN (aiva_cy._lowp, `pip install "aiva_cy[precision]"`), opened on
+# the first net that asks for bfloat16 or int8.  It chooses kernels by instruction set
+# (AVX512-BF16, VNNI, AMX), not by vendor; its products take the provider slots of this
+# table, and the float32 slots stay the float32 BLAS's.
+# ---------------------------------------------------------------------------------------
+cdef aiva_blas _lowp_blas
+cdef bint _lowp_open = False
+PRECISION_EXTRA = 'pip install "aiva_cy[precision]"'
+
+
+cdef int _open_lowp() except -1:
+    """Open the provider once (ImportError naming what to install where it cannot be)."""
+    global _lowp_open
+    if _lowp_open:
+        return 0
+    from aiva_cy import _lowp
+    # oneDNN's OpenMP pool follows the float32 BLAS's thread count: one budget for both.
+    _lowp.open_provider(_blas_info.get("path") if _blas_info.get("provider") in
+                        ("numpy", "scipy-openblas32", "mkl") else None)
+    cdef aiva_blas table
+    memset(&table, 0, sizeof(table))
+    table.sgemm, table.sgemv, table.sgemm64, table.sgemv64 = \
+        _blas.sgemm, _blas.sgemv, _blas.sgemm64, _blas.sgemv64
+    fill_table(&table)
+    global _lowp_blas
+    _lowp_blas = table
+    _lowp_open = True
+    return 0
+
+
+def require_precision(str precision):
+    """Raise a clear error unless `precision` runs natively here: ImportError naming what to
+    install, RuntimeError naming what the CPU lacks."""
+    if precision in ("bfloat16", "int8"):
+        _open_lowp()
+        from aiva_cy import _lowp
+        _lowp.require(precision)
+
+
 def require_bf16():
-    """Open MKL if needed; raise a clear error if no BLAS here has bfloat16 products."""
-    _open_mkl()
-    if not _mkl_info["bf16"]:
-        raise ImportError(f"the MKL at {_mkl_info['path']} has no bfloat16 products "
-                          f"(cblas_gemm_bf16bf16f32); upgrade it with: {MKL_EXTRA}")
+    """Raise a clear error unless bfloat16 products run natively here."""
+    require_precision("bfloat16")
+
+
+def resolve_precision(str precision):
+    """The precision a net asking for `precision` runs: "auto" is int8 where the CPU has
+    VNNI or AMX (exact int32 products of 8-bit operands: the fewest bytes per weight, and
+    decisions kept, see the README), else float32; the others are themselves."""
+    if precision != "auto":
+        return precision
+    try:
+        _open_lowp()
+        from aiva_cy import _lowp
+        return "int8" if _lowp.info()["vnni"] else "float32"
+    except (ImportError, RuntimeError):
+        return "float32"
+
+
+def _provider_info(str precision):
+    """blas_info()'s entry for the provider of `precision`: (dict or None, why not)."""
+    from aiva_cy import _kernel, _lowp
+    try:
+        require_precision(precision)
+    except (ImportError, RuntimeError) as exc:
+        return None, str(exc)
+    info = _lowp.info()
+    forced = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+              if os.environ.get(k)]
+    info.update(kernel=info["isa"], kernel_config=f"oneDNN {info['version']}",
+                kernel_forced_by=", ".join(forced) or None,
+                kernel_older_than_cpu=bool(forced), cpu_level=_kernel.describe("", None)["cpu_level"],
+                ilp64=False)
+    if precision == "int8":
+        info["activation_bits"] = 8 if info["vnni"] else 7
+    return info, None
 
 
 def _numpy_openblas_path(prefix="libscipy_openblas64_"):
@@ -221,25 +292,28 @@ _load_blas()
 
 
 def blas_info():
-    """Which BLAS library the C core calls, and whether it has bfloat16 products.
+    """Which libraries the C core calls, and what each runs here.
 
     ``{"provider", "path", "ilp64", "bf16"}`` for float32 (``bf16``: this library has
     bfloat16 products) with the kernel it runs: ``kernel`` (the library's own name, e.g.
     OpenBLAS's core type "SkylakeX", or MKL's code path), ``kernel_config``,
     ``kernel_forced_by`` (an environment variable such as OPENBLAS_CORETYPE that chose it,
-    or None), ``kernel_older_than_cpu`` and ``cpu_level`` (the best this CPU can run); and ``"bfloat16"``: the library that bfloat16 nets use (MKL, opened
-    on first use, so this call opens it) as the same kind of dict, or None where there is
-    none, with ``"bfloat16_missing"`` saying why and what to install.
+    or None), ``kernel_older_than_cpu`` and ``cpu_level`` (the best this CPU can run).
+    ``"bfloat16"`` and ``"int8"``: the library those nets use (oneDNN, opened on first use,
+    so this call opens it) as the same kind of dict (its ``kernel`` is the instruction set
+    oneDNN dispatches to, e.g. "avx512_core_bf16"), or None where it cannot run them
+    natively, with ``"bfloat16_missing"`` / ``"int8_missing"`` saying why and what to
+    install; ``"precision_auto"``: what precision="auto" runs here.
     """
     from aiva_cy import _kernel    # ctypes only when asked: not on the import path
     info = dict(_blas_info)
     info.update(_kernel.describe(info["provider"], info["path"]))
-    try:
-        require_bf16()
-        info["bfloat16"] = dict(_mkl_info)
-        info["bfloat16"].update(_kernel.describe("mkl", _mkl_info["path"]))
-    except ImportError as exc:
-        info["bfloat16"], info["bfloat16_missing"] = None, str(exc)
+    for precision in ("bfloat16", "int8"):
+        found, why = _provider_info(precision)
+        info[precision] = found
+        if found is None:
+            info[precision + "_missing"] = why
+    info["precision_auto"] = resolve_precision("auto")
     return info
 
 
@@ -274,9 +348,11 @@ cdef class Workspace:
         cdef Py_ssize_t ns = _pad(<Py_ssize_t>batch * self.spiking_size)
         cdef Py_ssize_t nt = _pad(<Py_ssize_t>batch * self.num_tools)
         cdef Py_ssize_t floats = 2 * nh + 3 * ns + 2 * nt
-        # The bf16 operands (aiva_workspace.bf16): 2 bytes each, one float per pair.
+        # The bf16 operands (aiva_workspace.bf16): 2 bytes each, one float per pair; in int8
+        # mode the same room holds two row scales (4 halves) and the u8 activations.
         cdef Py_ssize_t halves = _pad(<Py_ssize_t>batch * (self.input_size + self.hidden_size
-                                                           + self.spiking_size + self.num_tools))
+                                                           + self.spiking_size + self.num_tools
+                                                           + 4))
         floats += halves // 2
         # calloc: every float starts as 0.0, so no BLAS call ever meets an uninitialised NaN.
         cdef void *block = calloc(floats * sizeof(float) + ns + 64, 1)
@@ -307,6 +383,9 @@ cdef str _error_text(int code):
         return "a label is outside [0, num_tools)"
     if code == AIVA_ERR_GRAD_NONFINITE:
         return "the loss or a gradient is not finite (or overflows float32)"
+    if code == AIVA_ERR_PROVIDER:
+        from aiva_cy import _lowp
+        return f"the reduced-precision provider (oneDNN) failed: {_lowp.last_error()}"
     return "batch size does not fit the workspace"
 
 
@@ -315,6 +394,8 @@ cdef _raise(int code, bint training=False):
     # gradients.  In inference they are reported like bad input.
     if code == AIVA_ERR_GRAD_NONFINITE or (training and code == AIVA_ERR_OUTPUT_NONFINITE):
         raise FloatingPointError(_error_text(code) + "; the net was left unchanged")
+    if code == AIVA_ERR_PROVIDER:
+        raise MemoryError(_error_text(code))
     raise ValueError(_error_text(code))
 
 
@@ -335,10 +416,10 @@ _INT_LIMIT = 2**30
 
 
 def _row_bytes(int hidden_size, int spiking_size, int num_tools, int input_size=0):
-    """Workspace bytes per row of a batch (see Workspace.reserve), the bf16 operands'
-    2 * (input + hidden + spiking + tools) included when input_size is given."""
+    """Workspace bytes per row of a batch (see Workspace.reserve), the bf16 (or int8)
+    operands' 2 * (input + hidden + spiking + tools + 4) included when input_size is given."""
     return (4 * (2 * hidden_size + 3 * spiking_size + 2 * num_tools) + spiking_size
-            + 2 * (input_size + hidden_size + spiking_size + num_tools) * (input_size > 0))
+            + 2 * (input_size + hidden_size + spiking_size + num_tools + 4) * (input_size > 0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -354,7 +435,53 @@ def batch_mismatch(int batch, int held, str name="x"):
                       f"{held} streams; call reset_state() first to change the batch size")
 
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "int8", "auto")
+_PRECISION_CHOICES = "'float32', 'bfloat16', 'int8' or 'auto'"
+# int8: the provider's int32 products are exact while every |partial sum| of u8 by s8 stays
+# in int32: K * 255 * 127 <= 2**31 - 1.
+INT8_MAX_K = (2**31 - 1) // (255 * 127)
+
+
+def _check_precision(str precision, int input_size, int hidden_size):
+    """The precision a new engine runs (resolving "auto"), after checking it can run here."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be {_PRECISION_CHOICES}, got {precision!r}")
+    effective = resolve_precision(precision)
+    require_precision(effective)
+    if effective == "int8" and max(input_size, hidden_size) > INT8_MAX_K:
+        raise ValueError(f"precision='int8' takes layers of at most {INT8_MAX_K} inputs (int32 "
+                         f"accumulation stays exact); this net has input_size={input_size}, "
+                         f"hidden_size={hidden_size}")
+    return effective
+
+
+def _quantize_weights(fc1_t, spiking_t, fc2):
+    """int8 copies of the engine-layout weights, per output channel (rows of fc1_t and
+    spiking_t, columns of fc2): (fc1_t_q, spiking_t_q, fc2_q, their three scales, the row
+    sums of fc1_t_q and spiking_t_q)."""
+    qs, scales, sums = [], [], []
+    cdef const float[:, ::1] w
+    cdef int8_t[:, ::1] q
+    cdef float[::1] scale
+    cdef int32_t[::1] total
+    cdef Py_ssize_t n, length, step, vstride
+    for a, by_rows in ((fc1_t, True), (spiking_t, True), (fc2, False)):
+        w = a
+        out = np.empty(a.shape, np.int8)
+        q = out
+        rows, cols = a.shape
+        n, length = (rows, cols) if by_rows else (cols, rows)
+        step, vstride = (1, cols) if by_rows else (cols, 1)
+        sc = np.empty(n, np.float32)
+        sm = np.empty(n, np.int32)
+        scale, total = sc, sm
+        with nogil:
+            aiva_quantize_s8(&w[0, 0], n, length, step, vstride, &q[0, 0], &scale[0],
+                             &total[0])
+        qs.append(out)
+        scales.append(sc)
+        sums.append(sm)
+    return (qs[0], qs[1], qs[2], scales[0], scales[1], scales[2], sums[0], sums[1])
 
 
 def _round_bf16(w):
@@ -400,9 +527,12 @@ cdef class Engine:
     cdef object g_fc1_t, g_spiking_t, g_fc2     # allocated by the first backward
     cdef readonly list grad_bounds              # the last backward's bounds on |gradient|
     cdef object refractory_left                 # int32 (B, spiking), or None: empty state
-    cdef readonly str precision                 # "float32" or "bfloat16"
+    cdef readonly str precision                 # as asked: one of PRECISIONS
+    cdef readonly str effective_precision       # what runs ("auto" resolved)
     cdef object _bf16                           # bfloat16: the weights rounded (uint16),
                                                 # same layouts; None in float32
+    cdef bint _int8                             # int8 inference (training: float32)
+    cdef object _q                              # (version, _quantize_weights(...)) or None
     cdef long _version                          # bumped whenever a weight changes
     cdef object _packed                         # (version, fc1 pack, spiking pack) or None
     cdef object _pack_lock
@@ -420,16 +550,16 @@ cdef class Engine:
         # copying them: a fresh net's 12.7 MB of weights are then written only once.
         if min(input_size, hidden_size, spiking_size, num_tools) < 1 or refractory_period < 0:
             raise ValueError("sizes must be >= 1 and refractory_period >= 0")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
-        if precision == "bfloat16":
-            require_bf16()
+        effective = _check_precision(precision, input_size, hidden_size)
         self._lock = threading.Lock()
         self._pack_lock = threading.Lock()
-        self.precision = precision
-        self._bf16 = self._packed = self._mkl_f32_packs = None
+        self.precision, self.effective_precision = precision, effective
+        self._bf16 = self._packed = self._mkl_f32_packs = self._q = None
         self._version = 0
-        self.net.bf16 = precision == "bfloat16"
+        self.net.bf16 = effective == "bfloat16"
+        # The engine's own net is the training one: int8 only in _inference_net's copies.
+        self._int8 = effective == "int8"
+        self.net.int8 = 0
         self.net.fc1_packed = self.net.spiking_packed = NULL
         self.input_size, self.hidden_size = input_size, hidden_size
         self.spiking_size, self.num_tools = spiking_size, num_tools
@@ -507,19 +637,40 @@ cdef class Engine:
         net.fc1_t_bf16, net.spiking_t_bf16, net.fc2_bf16 = &a[0, 0], &b[0, 0], &c[0, 0]
 
     cdef aiva_blas *_table(self):
-        return &_mkl if self.net.bf16 else &_blas
+        return &_lowp_blas if self.net.bf16 else &_blas
 
     def set_precision(self, str precision):
-        """Switch between float32 and bfloat16 products; the float32 weights are kept."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
-        if precision == "bfloat16":
-            require_bf16()
+        """Switch the products' precision; the float32 master weights are kept."""
+        effective = _check_precision(precision, self.input_size, self.hidden_size)
         with self._lock:
-            self.precision = precision
-            self.net.bf16 = precision == "bfloat16"
+            self.precision, self.effective_precision = precision, effective
+            self.net.bf16 = effective == "bfloat16"
+            self._int8 = effective == "int8"
             fc1_t, spiking_t, fc2 = self._weights
             self._install(fc1_t, spiking_t, fc2)
+
+    def quantized(self):
+        """int8 nets: the quantized copies inference runs on (re-made from the float32 masters
+        after any change), as a dict of engine-layout arrays; None in other precisions."""
+        if not self._int8:
+            return None
+        q = self._quantized(self._version, self._weights)
+        names = ("fc1_t_q", "spiking_t_q", "fc2_q", "fc1_scale", "spiking_scale", "fc2_scale",
+                 "fc1_sum", "spiking_sum")
+        return dict(zip(names, q[1:]))
+
+    cdef object _quantized(self, long version, weights):
+        cached = self._q
+        if cached is not None and cached[0] == version:
+            return cached
+        with self._pack_lock:
+            cached = self._q
+            if cached is not None and cached[0] == version:
+                return cached
+            cached = (version,) + _quantize_weights(*weights)
+            if self._version == version:
+                self._q = cached
+            return cached
 
     cdef object _inference_net(self, aiva_net *net):
         """Fill net with one generation of weights (set_weights may swap in another meanwhile)
@@ -533,19 +684,37 @@ cdef class Engine:
         # switching the flag and installing the copies (a predict does not take the lock).
         net.bf16 = bf16 is not None
         self._set_bf16_pointers(net, bf16)
+        q = self._quantized(version, weights) if self._int8 else None
+        self._set_int8_pointers(net, q)
         packed = self._packed
         if packed is None or packed[0] != version:
-            packed = self._pack(version, weights, bf16)
+            packed = self._pack(version, weights, bf16, q)
         cdef const uint8_t[::1] p1, p2
-        if packed is not None and packed[1] is not None:
+        if packed is not None and isinstance(packed[1], PackedWeight):
+            net.fc1_packed = weight_handle(packed[1])
+            net.spiking_packed = weight_handle(packed[2])
+        elif packed is not None and packed[1] is not None:
             p1, p2 = packed[1], packed[2]
             net.fc1_packed, net.spiking_packed = &p1[0], &p2[0]
         else:
             net.fc1_packed = net.spiking_packed = NULL
-        return (weights, bf16, packed)
+        return (weights, bf16, q, packed)
 
-    cdef object _pack(self, long version, weights, bf16):
-        cdef aiva_blas *table
+    cdef _set_int8_pointers(self, aiva_net *net, q):
+        cdef const int8_t[:, ::1] a, b, c
+        cdef const float[::1] s1, s2, s3
+        cdef const int32_t[::1] m1, m2
+        net.int8 = q is not None
+        if q is None:
+            return
+        from aiva_cy import _lowp
+        net.act_qmax, net.act_zero = _lowp.quantization()
+        a, b, c, s1, s2, s3, m1, m2 = q[1:]
+        net.fc1_t_q, net.spiking_t_q, net.fc2_q = &a[0, 0], &b[0, 0], &c[0, 0]
+        net.fc1_scale, net.spiking_scale, net.fc2_scale = &s1[0], &s2[0], &s3[0]
+        net.fc1_sum, net.spiking_sum = &m1[0], &m2[0]
+
+    cdef object _pack(self, long version, weights, bf16, q):
         # Packed on the first inference call after the weights change (not by every train
         # step: fit runs many steps between inferences).  A pack made from weights that
         # changed meanwhile is used by this call only, never stored.
@@ -553,13 +722,18 @@ cdef class Engine:
             packed = self._packed
             if packed is not None and packed[0] == version:
                 return packed
-            # The library of this generation's precision, not self.net's (see _inference_net):
-            # a float32 pack made by MKL would reach OpenBLAS, which has no compute for it.
-            source = bf16 if bf16 is not None else weights
-            table = &_mkl if bf16 is not None else &_blas
-            p1 = _pack_weight(table, bf16 is not None, source[0])
-            p2 = None if p1 is None else _pack_weight(table, bf16 is not None, source[1])
-            packed = (version, p1 if p2 is not None else None, p2)
+            # This generation's precision, not self.net's (see _inference_net).  Reduced
+            # precision: the provider's handles, packed by the first product that uses them
+            # (in the layout its primitive prefers); float32: MKL's packs where MKL is the
+            # float32 BLAS.
+            if bf16 is not None or q is not None:
+                kind = "int8" if q is not None else "bf16"
+                I, H, S = self.input_size, self.hidden_size, self.spiking_size
+                packed = (version, PackedWeight(kind, 1, H, I, I), PackedWeight(kind, 1, S, H, H))
+            else:
+                p1 = _pack_weight(&_blas, False, weights[0])
+                p2 = None if p1 is None else _pack_weight(&_blas, False, weights[1])
+                packed = (version, p1 if p2 is not None else None, p2)
             if self._version == version:
                 self._packed = packed
             return packed
@@ -652,7 +826,8 @@ cdef class Engine:
         cdef int code = AIVA_OK
         for k in range(chunks):
             n = base + (1 if k < extra else 0)
-            code = aiva_forward(&_mkl if net.bf16 else &_blas, net, x + start * I, <int>n,
+            code = aiva_forward(&_lowp_blas if net.bf16 or net.int8 else &_blas, net,
+                                x + start * I, <int>n,
                                 NULL if state == NULL else state + start * S, &ws.ws,
                                 probs + start * T)
             if code != AIVA_OK:
@@ -841,9 +1016,10 @@ cdef class Engine:
 
     def blas_products(self, const float[:, ::1] x, bint packed=True, str provider=None):
         """The three BLAS products of a forward step alone (the benchmark's floor), in the
-        net's precision, with the inference packs where this BLAS makes them (packed=False:
-        without).  provider="mkl" runs a float32 net's products on MKL whatever the float32
-        BLAS is (the benchmark's MKL floors)."""
+        net's precision (bfloat16: with rounding x and h; int8: with quantizing x and h and
+        dequantizing, which every such step does), with the inference packs where the library
+        makes them (packed=False: without).  provider="mkl" runs a float32 net's products on
+        MKL whatever the float32 BLAS is (the benchmark's MKL floors)."""
         self._check_x(x, True)
         cdef int batch = x.shape[0]
         cdef aiva_net net
@@ -855,8 +1031,8 @@ cdef class Engine:
             _open_mkl()
         with self._lock:
             keep = self._inference_net(&net)
-            table = &_mkl if net.bf16 else &_blas
-            if provider == "mkl" and not net.bf16:
+            table = &_lowp_blas if net.bf16 or net.int8 else &_blas
+            if provider == "mkl" and not (net.bf16 or net.int8):
                 table = &_mkl
                 net.fc1_packed = net.spiking_packed = NULL
                 if packed:

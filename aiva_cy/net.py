@@ -33,7 +33,8 @@ _Rows = Sequence[Sequence[float]]
 
 _CONFIG_KEYS = ("input_size", "num_tools", "hidden_size", "spiking_size", "threshold",
                 "refractory_period", "surrogate_slope", "precision")
-_PRECISIONS = ("float32", "bfloat16")
+_PRECISIONS = ("float32", "bfloat16", "int8", "auto")
+_PRECISION_CHOICES = "'float32', 'bfloat16', 'int8' or 'auto'"
 
 
 # ---------------------------------------------------------------------------------------
@@ -41,15 +42,15 @@ _PRECISIONS = ("float32", "bfloat16")
 # ---------------------------------------------------------------------------------------
 def _precision_arg(value: Any) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"precision must be 'float32' or 'bfloat16', got {value!r}")
+        raise TypeError(f"precision must be {_PRECISION_CHOICES}, got {value!r}")
     if value not in _PRECISIONS:
-        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {value!r}")
+        raise ValueError(f"precision must be {_PRECISION_CHOICES}, got {value!r}")
     return value
 
 
 def _check_device_precision(device: str, precision: str) -> None:
     if precision != "float32":
-        raise NotImplementedError(f"precision={precision!r} runs on the CPU only (MKL's bf16 "
+        raise NotImplementedError(f"precision={precision!r} runs on the CPU only (oneDNN's "
                                   f"products); device={device!r} needs precision='float32'")
 
 
@@ -75,10 +76,16 @@ class AIVANet:
         Seed for the initial weights (LeCun uniform); the same seed gives the same weights.
     device : "cpu" or "cuda"
         Where the weights live and every call runs ("cuda" needs CuPy and a GPU).
-    precision : "float32" or "bfloat16"
+    precision : "float32", "bfloat16", "int8" or "auto"
         "bfloat16" rounds the operands of every matrix product to bfloat16 and accumulates
-        in float32 (MKL's bf16 products: ``pip install "aiva_cy[mkl]"``); everything else,
-        the master weights included, stays float32.  Settable on a live net (CPU only).
+        in float32; "int8" (inference) quantizes the weights per output channel and the
+        activations per row to 8 bits, accumulates exactly in int32 and dequantizes to
+        float32 (training steps of an int8 net run in float32 on the master weights, and
+        the next inference re-quantizes them); "auto" is the fastest that keeps decisions on
+        this CPU (``blas_info()["precision_auto"]``).  Everything else, the master weights
+        included, stays float32.  The reduced precisions are oneDNN's products, where the
+        CPU has native ones: ``pip install "aiva_cy[precision]"``.  Settable on a live net
+        (CPU only).
     lr, betas, eps, weight_decay :
         Adam's hyper-parameters (``torch.optim.Adam``'s defaults); also on ``net.optimizer``.
     """
@@ -154,8 +161,9 @@ class AIVANet:
 
     @property
     def precision(self) -> str:
-        """"float32" or "bfloat16" (the matrix products' operands); settable on a live net:
-        the float32 master weights are kept, the bf16 copies made from them."""
+        """"float32", "bfloat16", "int8" or "auto" (the matrix products' operands); settable
+        on a live net: the float32 master weights are kept, the reduced copies made from
+        them."""
         return self._config["precision"]
 
     @precision.setter
@@ -163,8 +171,9 @@ class AIVANet:
         self.set_precision(value)
 
     def set_precision(self, precision: str) -> "AIVANet":
-        """Switch between "float32" and "bfloat16" products; returns the net.  Raises
-        ImportError (naming what to install) where no BLAS has bfloat16 products."""
+        """Switch the products' precision (see the class); returns the net.  Raises
+        ImportError naming what to install where the provider is missing, RuntimeError
+        naming what the CPU lacks where it has no native products of that precision."""
         precision = _precision_arg(precision)
         if self._device != "cpu":
             _check_device_precision(self._device, precision)

@@ -2,8 +2,8 @@
 (forward, sequences, gradients, Adam), the bf16 copies and packs following the weights, the
 precision as part of the config, and the decisions surviving the rounding on digits.
 
-Everything except the missing-MKL error needs a BLAS with bf16 products (MKL) and skips,
-with the reason, where there is none."""
+Everything except the missing-provider error needs native bf16 products (oneDNN on a CPU
+with AVX512-BF16 or AMX) and skips, with the reason, where there are none."""
 import os
 import pickle
 import subprocess
@@ -20,7 +20,7 @@ from conftest import DEFAULT, SMALL, firing_weights
 
 _INFO = aiva_cy.blas_info()
 needs_bf16 = pytest.mark.skipif(_INFO["bfloat16"] is None,
-                                reason=f"no BLAS with bf16 products: {_INFO.get('bfloat16_missing')}")
+                                reason=f"no native bf16 products: {_INFO.get('bfloat16_missing')}")
 
 MEDIUM = dict(input_size=64, num_tools=10, hidden_size=96, spiking_size=80)
 
@@ -36,17 +36,20 @@ class BF16Reference(ReferenceNet):
     """The step and its backward pass in float64, each matrix product taking bf16-rounded
     operands: the oracle of precision="bfloat16"."""
 
-    def forward_cache(self, x):
+    def forward_cache(self, x, spikes=None):
+        """spikes: the decisions to take instead of v >= threshold (see near_threshold)."""
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
         h = np.tanh(bf(x) @ bf(self.w["fc1.weight"]))
         v = bf(h) @ bf(self.w["spiking.weight"])
         out = (v >= self.threshold) & self.mask(x.shape[0])
+        if spikes is not None:
+            out = np.asarray(spikes, dtype=bool) & self.mask(x.shape[0])
         z = out.astype(np.float64) @ bf(self.w["fc2.weight"])
         return {"x": x, "h": h, "v": v, "mask": self.mask(x.shape[0]), "out": out, "z": z,
                 "p": softmax(z)}
 
-    def loss_and_grad(self, x, y):
-        c = self.forward_cache(x)
+    def loss_and_grad(self, x, y, spikes=None):
+        c = self.forward_cache(x, spikes)
         self.push(c["out"])
         y = np.asarray(y, dtype=np.int64).reshape(-1)
         B, z = c["x"].shape[0], c["z"]
@@ -169,9 +172,18 @@ def test_gradients_match_bf16_reference(sizes, batch):
     ref32 = ReferenceNet(w, threshold=0.5, refractory_period=2, surrogate_slope=4.0)
     for t in range(3):
         y = rng.integers(0, sizes["num_tools"], batch)
-        loss_ref, g_ref = ref.loss_and_grad(xs[t], y)
-        _, g32 = ref32.loss_and_grad(xs[t], y)
+        # Where the engine's float32 h and the reference's float64 h sit on either side of a
+        # bf16 rounding boundary (a few h per step at the default size: any float32
+        # accumulation order makes some), v moves by up to ~1e-4, and a neuron that close to
+        # the threshold may decide differently.  The reference then takes the engine's
+        # decision: only there, and the decisions are checked to differ nowhere else.
+        c = ref.forward_cache(xs[t])
         loss, g = net.loss_and_grad(xs[t], y)
+        spikes = net._engine.get_state() == net.refractory_period
+        differ = spikes != c["out"]
+        assert np.all(np.abs(c["v"][differ] - 0.5) < 2e-4), np.abs(c["v"][differ] - 0.5)
+        loss_ref, g_ref = ref.loss_and_grad(xs[t], y, spikes if differ.any() else None)
+        _, g32 = ref32.loss_and_grad(xs[t], y)
         assert loss == pytest.approx(loss_ref, rel=1e-5)
         for k in g:
             assert g[k].dtype == np.float32 and g[k].shape == w[k].shape
@@ -293,7 +305,8 @@ def test_precision_changes_on_a_live_net():
 
 
 def test_bad_precision_is_a_clear_error():
-    with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16', got 'fp16'"):
+    with pytest.raises(ValueError, match="precision must be 'float32', 'bfloat16', 'int8' or "
+                                         "'auto', got 'fp16'"):
         AIVANet(**SMALL, precision="fp16")
     with pytest.raises(TypeError, match="precision"):
         AIVANet(**SMALL, precision=16)
@@ -308,15 +321,15 @@ def test_bfloat16_on_cuda_is_not_implemented():
         AIVANet(**SMALL, device="cuda", precision="bfloat16")
 
 
-def test_without_mkl_bfloat16_names_what_to_install():
-    # A fresh interpreter where the MKL lookup finds nothing (as on a machine without it).
+def test_without_onednn_bfloat16_names_what_to_install():
+    # A fresh interpreter where the oneDNN lookup finds nothing (as on a machine without it).
     script = """
-import aiva_cy._core as core
-core._mkl_path = lambda: None
+import aiva_cy._lowp as lowp
+lowp._library_path = lambda: None
 from aiva_cy import AIVANet, blas_info
 net = AIVANet(input_size=4, num_tools=2, hidden_size=3, spiking_size=3)
 info = blas_info()
-assert info["bfloat16"] is None and 'aiva_cy[mkl]' in info["bfloat16_missing"], info
+assert info["bfloat16"] is None and 'aiva_cy[precision]' in info["bfloat16_missing"], info
 try:
     net.precision = "bfloat16"
 except ImportError as exc:
@@ -328,7 +341,7 @@ else:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env={**os.environ, "AIVA_CY_BLAS": "numpy"})
     assert out.returncode == 0, out.stderr
-    assert 'pip install "aiva_cy[mkl]"' in out.stdout
+    assert 'pip install "aiva_cy[precision]"' in out.stdout
 
 
 # -- decisions survive the rounding (digits) -------------------------------------------------
@@ -348,14 +361,23 @@ def digits_float32_net(digits):
     return net
 
 
+SEEDS = (0, 1, 2)
+
+
 @needs_bf16
-def test_digits_trained_in_bf16_within_half_a_point_of_float32(digits, digits_float32_net):
+def test_digits_trained_in_bf16_within_half_a_point_of_float32(digits):
+    # Averaged over seeds: one training run is a chaotic trajectory, and a single pair of
+    # runs differs by a point either way (measured: seed 0 alone 97.2 against 98.1).
     X_train, y_train, X_test, y_test = digits
-    acc32 = digits_float32_net.evaluate(X_test, y_test)["accuracy"]
-    net = AIVANet(input_size=64, num_tools=10, seed=0, precision="bfloat16")
-    net.fit(X_train, y_train, epochs=20, batch_size=32, seed=0, verbose=0)
-    acc16 = net.evaluate(X_test, y_test)["accuracy"]
-    assert acc16 >= acc32 - 0.005, (acc16, acc32)
+    acc = {}
+    for precision in ("float32", "bfloat16"):
+        runs = []
+        for seed in SEEDS:
+            net = AIVANet(input_size=64, num_tools=10, seed=seed, precision=precision)
+            net.fit(X_train, y_train, epochs=20, batch_size=32, seed=seed, verbose=0)
+            runs.append(net.evaluate(X_test, y_test)["accuracy"])
+        acc[precision] = float(np.mean(runs))
+    assert acc["bfloat16"] >= acc["float32"] - 0.005, acc
 
 
 @needs_bf16
@@ -394,13 +416,13 @@ for batch in (1, 33) * 10:
     loss_ref, g_ref = ref.loss_and_grad(x, y)
     assert abs(loss / loss_ref - 1) < 1e-5, (batch, loss, loss_ref)
     assert rel_err(g["spiking.weight"], g_ref["spiking.weight"]) < 2e-2
-print(aiva_cy.blas_info()["bfloat16"]["threading_layer"])
+print(aiva_cy.blas_info()["bfloat16"]["provider"])
 """
     env = {k: v for k, v in os.environ.items() if k != "MKL_THREADING_LAYER"}
     out = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-1] in ("tbb", "sequential")
+    assert out.stdout.split()[-1] == "onednn"
 
 
 @needs_bf16
