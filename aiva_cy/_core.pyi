@@ -8,8 +8,10 @@ from aiva_cy._adam import Adam
 PARAM_NAMES: Tuple[str, str, str]
 PARAM_TRANSPOSED: Tuple[bool, bool, bool]
 
-PRECISIONS: Tuple[str, str]
+PRECISIONS: Tuple[str, str, str, str]
 MKL_EXTRA: str
+PRECISION_EXTRA: str
+INT8_MAX_K: int
 WORKSPACE_LIMIT: int
 POOL_MAX: int
 
@@ -20,8 +22,11 @@ class _BlasInfoRequired(TypedDict):
 
 class BlasInfo(_BlasInfoRequired, total=False):
     bf16: bool                                # this library has bfloat16 products
-    bfloat16: Optional[Dict[str, Any]]        # the library bfloat16 nets use, or None
+    bfloat16: Optional[Dict[str, Any]]        # the library bfloat16 nets use (oneDNN), or None
     bfloat16_missing: str                     # why there is none, and what to install
+    int8: Optional[Dict[str, Any]]            # the library int8 nets use (oneDNN), or None
+    int8_missing: str
+    precision_auto: str                       # what precision="auto" runs here
     kernel: Optional[str]                     # the library's own name for the code it runs
     kernel_config: Optional[str]              # its build/version string
     kernel_forced_by: Optional[str]           # e.g. "OPENBLAS_CORETYPE=Haswell", or None
@@ -30,6 +35,8 @@ class BlasInfo(_BlasInfoRequired, total=False):
 
 def blas_info() -> BlasInfo: ...
 def require_bf16() -> None: ...
+def require_precision(precision: str) -> None: ...
+def resolve_precision(precision: str) -> str: ...
 def _row_bytes(hidden_size: int, spiking_size: int, num_tools: int, input_size: int = ...) -> int: ...
 def batch_mismatch(batch: int, held: int, name: str = ...) -> ValueError: ...
 
@@ -50,6 +57,7 @@ class Engine:
     threshold: float
     surrogate_slope: float
     precision: str
+    effective_precision: str
     max_train_batch: int
     grad_bounds: Optional[List[float]]
     @property
@@ -59,6 +67,7 @@ class Engine:
                  weights: Mapping[str, npt.NDArray[Any]], copy: bool = ...,
                  precision: str = ...) -> None: ...
     def set_precision(self, precision: str) -> None: ...
+    def quantized(self) -> Optional[Dict[str, npt.NDArray[Any]]]: ...
     def packed(self) -> bool: ...
     def param_shapes(self) -> Tuple[Tuple[int, int], ...]: ...
     def params(self) -> List[npt.NDArray[np.float32]]: ...

@@ -30,3 +30,30 @@ def safe_inputs(weights, shape, seed, threshold=0.5, margin=1e-4, tries=50):
         if membrane_margin(weights, x.reshape(-1, shape[-1]), threshold) > margin:
             return x
     pytest.fail("could not draw inputs away from the threshold")
+
+
+# -- trained nets, shared by the reduced-precision tests (test_bf16, test_int8) ----------------
+DIGITS_SEEDS = (0, 1, 2)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The README's digits recipe: (X_train, y_train, X_test, y_test), inputs / 4."""
+    from aiva_cy.datasets import load_digits
+    X_train, y_train = load_digits(split="train")
+    X_test, y_test = load_digits(split="test")
+    return X_train / 4, y_train, X_test / 4, y_test
+
+
+def train_digits(digits, seed, precision="float32"):
+    from aiva_cy import AIVANet
+    X_train, y_train, _, _ = digits
+    net = AIVANet(input_size=64, num_tools=10, seed=seed, precision=precision)
+    net.fit(X_train, y_train, epochs=20, batch_size=32, seed=seed, verbose=0)
+    return net
+
+
+@pytest.fixture(scope="session")
+def digits_float32_nets(digits):
+    """float32 nets trained to convergence on digits, one per seed of DIGITS_SEEDS."""
+    return [train_digits(digits, seed) for seed in DIGITS_SEEDS]

@@ -130,8 +130,11 @@ def run(quick: bool = False, *, threads: Optional[int] = None, rounds: Optional[
         os.environ.setdefault(k, v)
     import aiva_cy
     avail = peers.available_peers()
+    from aiva_cy import _core
+    blas = aiva_cy.blas_info()
     have = {"torch": avail["torch"], "onnx": avail["onnxruntime"],
-            "bf16": aiva_cy.blas_info().get("bfloat16") is not None}
+            "bf16": blas.get("bfloat16") is not None, "int8": blas.get("int8") is not None,
+            "mkl": _core._mkl_path() is not None}
     if wait_quiet_s > 0:
         wait_quiet(wait_quiet_s, s.noise_limit, log)
     load_before = loadavg()
