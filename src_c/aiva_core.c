@@ -372,37 +372,41 @@ static void quantize_rows_u8(const float *restrict a, int rows, int n, int qmax,
     for (int r = 0; r < rows; r++) {
         const float *ar = a + (ptrdiff_t)r * n;
         uint8_t *qr = q + (ptrdiff_t)r * n;
-        float m = 0.0f;
-        for (int i = 0; i < n; i++) {
-            float x = fabsf(ar[i]);
-            m = x > m ? x : m;
-        }
+        const float m = max_abs(ar, n);   /* finite here: x was checked, h is a tanh */
         const float inv = m >= AIVA_Q_TINY ? lim / m : 0.0f;
         scale[r] = m >= AIVA_Q_TINY ? m / lim : 0.0f;
+        /* x + (magic + zero) rounds x + zero to an integer (zero is even, so ties go the
+         * same way as x's), and that integer is the low bits of the float: no conversion
+         * instruction, a loop of multiplies, adds and byte moves. */
+        const float shift = AIVA_ROUND_MAGIC + (float)zero;
         for (int i = 0; i < n; i++) {
             float x = ar[i] * inv;
             x = x > lim ? lim : (x < -lim ? -lim : x);
-            qr[i] = (uint8_t)((int)((x + AIVA_ROUND_MAGIC) - AIVA_ROUND_MAGIC) + zero);
+            x += shift;
+            uint32_t bits;
+            memcpy(&bits, &x, sizeof bits);
+            qr[i] = (uint8_t)(bits & 0xffu);
         }
     }
 }
 
-/* In place over buf, which holds the provider's int32 products (B, n): the float32
- * out = (acc - zero * sum[j]) * (row_scale[b] * col_scale[j]).  The zero point's share is
- * exact integer arithmetic: acc is exactly sum_k (q_k + zero) w_kj. */
+/* out (B, n) = (acc - zero * sum[j]) * (row_scale[b] * col_scale[j]) in float32, from the
+ * provider's int32 products acc.  The zero point's share is exact integer arithmetic: acc
+ * is exactly sum_k (q_k + zero) w_kj.  sum NULL: no zero point. */
 AIVA_VECTOR_PASS
-static void dequantize(float *buf, int rows, int n, const float *restrict row_scale,
-                       const float *restrict col_scale, const int32_t *restrict sum, int zero)
+static void dequantize(const int32_t *restrict acc, int rows, int n,
+                       const float *restrict row_scale, const float *restrict col_scale,
+                       const int32_t *restrict sum, int zero, float *restrict out)
 {
     for (int r = 0; r < rows; r++) {
-        float *br = buf + (ptrdiff_t)r * n;
+        const int32_t *ar = acc + (ptrdiff_t)r * n;
+        float *outr = out + (ptrdiff_t)r * n;
         const float s = row_scale[r];
-        for (int j = 0; j < n; j++) {
-            int32_t acc;
-            memcpy(&acc, &br[j], sizeof acc);   /* the int32 the provider wrote there */
-            if (sum) acc -= zero * sum[j];
-            float out = (float)acc * (s * col_scale[j]);
-            memcpy(&br[j], &out, sizeof out);
+        if (sum) {
+            for (int j = 0; j < n; j++)
+                outr[j] = (float)(ar[j] - zero * sum[j]) * (s * col_scale[j]);
+        } else {
+            for (int j = 0; j < n; j++) outr[j] = (float)ar[j] * (s * col_scale[j]);
         }
     }
 }
@@ -422,24 +426,27 @@ static int8_scratch int8_parts(const aiva_net *net, const aiva_workspace *ws)
     return p;
 }
 
+/* The int32 products land in the backward's gradient buffers, idle in inference (same
+ * sizes: 4 bytes per element). */
 static int int8_forward_products(const aiva_blas *blas, const aiva_net *net, const float *x,
                                  int batch, aiva_workspace *ws, int with_tanh)
 {
     const int I = net->input_size, H = net->hidden_size, S = net->spiking_size;
     const int qmax = net->act_qmax, zero = net->act_zero;
-    float *h = ws->hidden, *v = ws->membrane;
+    int32_t *acc_h = (int32_t *)(void *)ws->d_hidden, *acc_v = (int32_t *)(void *)ws->d_membrane;
     int8_scratch q = int8_parts(net, ws);
     quantize_rows_u8(x, batch, I, qmax, zero, q.x, q.x_scale);
-    if (blas->lowp_u8s8(blas->lowp, 1, batch, H, I, q.x, I, net->fc1_t_q, I,
-                        (int32_t *)(void *)h, H, net->fc1_packed))
+    if (blas->lowp_u8s8(blas->lowp, 1, batch, H, I, q.x, I, net->fc1_t_q, I, acc_h, H,
+                        net->fc1_packed))
         return AIVA_ERR_PROVIDER;
-    dequantize(h, batch, H, q.x_scale, net->fc1_scale, net->fc1_sum, zero);
-    if (with_tanh) tanh_inplace(h, (ptrdiff_t)batch * H);
-    quantize_rows_u8(h, batch, H, qmax, zero, q.hidden, q.h_scale);
-    if (blas->lowp_u8s8(blas->lowp, 1, batch, S, H, q.hidden, H, net->spiking_t_q, H,
-                        (int32_t *)(void *)v, S, net->spiking_packed))
+    dequantize(acc_h, batch, H, q.x_scale, net->fc1_scale, net->fc1_sum, zero, ws->hidden);
+    if (with_tanh) tanh_inplace(ws->hidden, (ptrdiff_t)batch * H);
+    quantize_rows_u8(ws->hidden, batch, H, qmax, zero, q.hidden, q.h_scale);
+    if (blas->lowp_u8s8(blas->lowp, 1, batch, S, H, q.hidden, H, net->spiking_t_q, H, acc_v, S,
+                        net->spiking_packed))
         return AIVA_ERR_PROVIDER;
-    dequantize(v, batch, S, q.h_scale, net->spiking_scale, net->spiking_sum, zero);
+    dequantize(acc_v, batch, S, q.h_scale, net->spiking_scale, net->spiking_sum, zero,
+               ws->membrane);
     return AIVA_OK;
 }
 
@@ -470,12 +477,12 @@ static int int8_readout(const aiva_blas *blas, const aiva_net *net, int batch,
     int8_scratch q = int8_parts(net, ws);
     for (ptrdiff_t i = 0, n = (ptrdiff_t)batch * S; i < n; i++)
         q.spikes[i] = ws->spikes[i] != 0.0f;
-    if (blas->lowp_u8s8(blas->lowp, 0, batch, T, S, q.spikes, S, net->fc2_q, T,
-                        (int32_t *)(void *)ws->logits, T, NULL))
+    int32_t *acc = (int32_t *)(void *)ws->d_logits;
+    if (blas->lowp_u8s8(blas->lowp, 0, batch, T, S, q.spikes, S, net->fc2_q, T, acc, T, NULL))
         return AIVA_ERR_PROVIDER;
     /* Row scale 1: the spikes are not scaled.  The x scale slot is free by now. */
     for (int b = 0; b < batch; b++) q.x_scale[b] = 1.0f;
-    dequantize(ws->logits, batch, T, q.x_scale, net->fc2_scale, NULL, 0);
+    dequantize(acc, batch, T, q.x_scale, net->fc2_scale, NULL, 0, ws->logits);
     return AIVA_OK;
 }
 
