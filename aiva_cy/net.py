@@ -81,8 +81,8 @@ class AIVANet:
         in float32; "int8" (inference) quantizes the weights per output channel and the
         activations per row to 8 bits, accumulates exactly in int32 and dequantizes to
         float32 (training steps of an int8 net run in float32 on the master weights, and
-        the next inference re-quantizes them); "auto" is the fastest that keeps decisions on
-        this CPU (``blas_info()["precision_auto"]``).  Everything else, the master weights
+        the next inference re-quantizes them); "auto" is bfloat16 where this CPU has native
+        bf16 products, else float32 (``blas_info()["precision_auto"]``).  Everything else, the master weights
         included, stays float32.  The reduced precisions are oneDNN's products, where the
         CPU has native ones: ``pip install "aiva_cy[precision]"``.  Settable on a live net
         (CPU only).

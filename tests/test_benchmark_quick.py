@@ -51,9 +51,10 @@ def test_peers_of_each_row(result: Dict[str, Any]) -> None:
     assert "numpy" not in rows["train_b64"]["cells"]
     assert rows["weights"]["cells"]["aiva_cy"]["value"] == 3_166_208 * 4
     assert rows["weights"]["cells"]["numpy"]["value"] == 3_166_208 * 8
-    # Targets: forward at batch 1 names all four conditions, met or not (or n/a).
+    # Targets: forward at batch 1 names all six conditions (float32, int8, bf16), met or not
+    # (or n/a).
     texts = [t["text"] for t in rows["forward_b1"]["targets"]]
-    assert len(texts) == 4
+    assert len(texts) == 6
     for t in rows["forward_b1"]["targets"]:
         assert t["met"] in (True, False, None)
 

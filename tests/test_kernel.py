@@ -70,7 +70,16 @@ def test_the_benchmark_header_names_the_kernel():
 
 
 def test_mkl_names_its_code_path():
-    info = aiva_cy.blas_info().get("bfloat16")
-    if not info:
+    from aiva_cy import _core, _kernel
+    path = _core._mkl_path()
+    if not path:
         pytest.skip("MKL is not installed")
+    info = _kernel.describe("mkl", path)
     assert info["kernel"] and info["kernel_config"].startswith("MKL ")
+
+
+def test_onednn_names_the_instruction_set_it_runs():
+    info = aiva_cy.blas_info().get("int8")
+    if not info:
+        pytest.skip("oneDNN cannot run int8 here")
+    assert info["kernel"] == info["isa"] and info["kernel_config"].startswith("oneDNN 3.")
