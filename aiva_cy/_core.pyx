@@ -182,7 +182,7 @@ def resolve_precision(str precision):
     """The precision a net asking for `precision` runs: "auto" is bfloat16 where the CPU has
     native bf16 products (AVX512-BF16 or AMX), else float32; the others are themselves.
     Not int8, although it is faster: on a default-size net trained on hard clustered data
-    (89% accurate) int8 changed 1.1-1.6% of the decisions, bfloat16 0.4-0.6% (the README,
+    (89% accurate) int8 changed 0.8-1.6% of the decisions, bfloat16 0.4-0.6% (the README,
     "Reduced precision"), so int8 is for who has checked it on their own data."""
     if precision != "auto":
         return precision

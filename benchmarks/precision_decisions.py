@@ -107,10 +107,12 @@ def summarize(out: Dict[str, Any]) -> Dict[str, Any]:
         s: Dict[str, Any] = {"float32_accuracy": float(np.mean([r["float32"]["accuracy"] for r in runs]))}
         for p in REDUCED:
             s[p] = {"accuracy": float(np.mean([r[p]["accuracy"] for r in runs])),
+                    "agreement": float(np.mean([r[p]["agreement"] for r in runs])),
                     "min_agreement": float(min(r[p]["agreement"] for r in runs)),
                     "mean_spike_flip_rate": float(np.mean([r[p]["spike_flip_rate"] for r in runs]))}
             s[p]["accuracy_points_vs_float32"] = 100 * (s[p]["accuracy"] - s["float32_accuracy"])
-            s[p]["meets_targets"] = bool(s[p]["min_agreement"] >= 0.995
+            # Averaged over the seeds, as the contract says.
+            s[p]["meets_targets"] = bool(s[p]["agreement"] >= 0.995
                                          and s[p]["accuracy_points_vs_float32"] >= -0.5)
         if all("trained_in_bfloat16" in r for r in runs):
             acc = float(np.mean([r["trained_in_bfloat16"]["accuracy"] for r in runs]))
