@@ -275,3 +275,19 @@ def test_without_vnni_activations_are_seven_bit_and_bf16_is_refused():
     # VPMADDUBSW saturates 255 * -128 pairs (this is why): 7-bit activations never do.
     assert lines[1] == "False" and lines[2] == "True"
     assert "AVX512-BF16 or AMX" in lines[3] and "avx512_core" in lines[3]
+
+
+@needs_onednn
+def test_idle_openmp_workers_sleep_unless_the_user_chose():
+    # libgomp's default spinning made two pools fight on a busy machine: oneDNN's libgomp is
+    # loaded with OMP_WAIT_POLICY=PASSIVE, set only while it loads.
+    code = ("import os\nfrom aiva_cy import _lowp\n_lowp.open_provider()\n"
+            "print(_lowp.info()['omp_wait_policy'])\nprint(os.environ.get('OMP_WAIT_POLICY'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    if sys.platform.startswith("linux"):
+        assert out.stdout.split("\n")[:2] == ["passive (set by aiva_cy)", "None"], out.stdout
+    out = _run(code, OMP_WAIT_POLICY="ACTIVE")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["ACTIVE", "ACTIVE"]
