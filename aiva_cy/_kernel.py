@@ -147,7 +147,8 @@ def warning(info: Mapping[str, Any]) -> Optional[str]:
     why = (f"forced by {info['kernel_forced_by']}" if info.get("kernel_forced_by")
            else "the library's own choice")
     library = {"numpy": "NumPy's OpenBLAS", "scipy-openblas32": "scipy-openblas32",
-               "mkl": "MKL"}.get(str(info.get("provider")), str(info.get("provider", "BLAS")))
+               "mkl": "MKL"}.get(str(info.get("provider")),
+                                 str(info.get("provider") or info.get("library") or "BLAS"))
     return (f"WARNING: {library} runs its {info.get('kernel')!r} kernel "
             f"({why}) on a CPU with {info.get('cpu_level')}: products run slower than this "
             f"machine can" + ("; unset the variable for that command to measure the native "

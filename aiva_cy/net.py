@@ -54,10 +54,16 @@ class AIVANet:
         Seed for the initial weights (LeCun uniform); the same seed gives the same weights.
     device : "cpu" or "cuda"
         Where the weights live and every call runs ("cuda" needs CuPy and a GPU).
-    precision : "float32" or "bfloat16"
+    precision : "float32", "bfloat16", "int8" or "auto"
         "bfloat16" rounds the operands of every matrix product to bfloat16 and accumulates
-        in float32 (MKL's bf16 products: ``pip install "aiva_cy[mkl]"``); everything else,
-        the master weights included, stays float32.  Settable on a live net (CPU only).
+        in float32; "int8" (inference) quantizes the weights per output channel and the
+        activations per row to 8 bits, accumulates exactly in int32 and dequantizes to
+        float32 (training steps of an int8 net run in float32 on the master weights, and
+        the next inference re-quantizes them); "auto" is bfloat16 where this CPU has native
+        bf16 products, else float32 (``blas_info()["precision_auto"]``).  Everything else,
+        the master weights included, stays float32.  The reduced precisions are oneDNN's
+        products, where the CPU has native ones: ``pip install "aiva_cy[precision]"``.
+        Settable on a live net (CPU only).
     lr, betas, eps, weight_decay :
         Adam's hyper-parameters (``torch.optim.Adam``'s defaults); also on ``net.optimizer``.
     """
@@ -122,8 +128,9 @@ class AIVANet:
 
     @property
     def precision(self) -> str:
-        """"float32" or "bfloat16" (the matrix products' operands); settable on a live net:
-        the float32 master weights are kept, the bf16 copies made from them."""
+        """"float32", "bfloat16", "int8" or "auto" (the matrix products' operands); settable
+        on a live net: the float32 master weights are kept, the reduced copies made from
+        them."""
         return self._config["precision"]
 
     @precision.setter
@@ -131,8 +138,9 @@ class AIVANet:
         self.set_precision(value)
 
     def set_precision(self, precision: str) -> "AIVANet":
-        """Switch between "float32" and "bfloat16" products; returns the net.  Raises
-        ImportError (naming what to install) where no BLAS has bfloat16 products."""
+        """Switch the products' precision (see the class); returns the net.  Raises
+        ImportError naming what to install where the provider is missing, RuntimeError
+        naming what the CPU lacks where it has no native products of that precision."""
         precision = check_precision(precision)
         # Under the net's lock, like fit: a switch waits for a running fit, and two switches
         # cannot leave the config and the engine disagreeing.
