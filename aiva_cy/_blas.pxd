@@ -24,11 +24,7 @@ cdef extern from "aiva_core.h" nogil:
         aiva_sgemv_fn sgemv
         aiva_sgemm64_fn sgemm64
         aiva_sgemv64_fn sgemv64
-        void *gemm_bf16
-        void *gemm_bf16_compute
-        void *pack_bf16_size
         void *pack_f32_size
-        void *pack_bf16
         void *pack_f32
         void *compute_f32
         void *lowp

@@ -71,7 +71,7 @@ cdef extern from "aiva_core.h" nogil:
     int aiva_backward_weighted(const aiva_blas *blas, const aiva_net *net, const float *x,
                                const int64_t *y, const float *row_weight, int batch,
                                aiva_workspace *ws, aiva_grads *grads, double *loss)
-    size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, void *dest)
+    size_t aiva_pack(const aiva_blas *blas, int n, int k, const float *w, void *dest)
     void aiva_round_bf16(const float *src, Py_ssize_t n, aiva_bf16 *dst)
     void aiva_quantize_s8(const float *w, Py_ssize_t n, Py_ssize_t len, Py_ssize_t step,
                           Py_ssize_t vstride, int8_t *q, float *scale, int32_t *sum)

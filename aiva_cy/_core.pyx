@@ -178,12 +178,12 @@ def _round_bf16(w):
     return out
 
 
-cdef object _pack_weight(aiva_blas *table, bint bf16, w):
-    """MKL's pack of an engine-layout weight (n, k) for x @ w^T, 64-byte aligned; None where
-    the library cannot pack."""
+cdef object _pack_weight(aiva_blas *table, w):
+    """MKL's pack of an engine-layout float32 weight (n, k) for x @ w^T, 64-byte aligned;
+    None where the library cannot pack."""
     cdef int n = w.shape[0], k = w.shape[1]
-    cdef const uint8_t[:, ::1] src = w.view(np.uint8)
-    cdef size_t size = aiva_pack(table, bf16, n, k, &src[0, 0], NULL)
+    cdef const float[:, ::1] src = w
+    cdef size_t size = aiva_pack(table, n, k, &src[0, 0], NULL)
     if size == 0:
         return None
     buf = np.empty(size + 64, np.uint8)
@@ -192,7 +192,7 @@ cdef object _pack_weight(aiva_blas *table, bint bf16, w):
     packed = buf[offset:offset + size]
     cdef uint8_t[::1] dest = packed
     with nogil:
-        aiva_pack(table, bf16, n, k, &src[0, 0], &dest[0])
+        aiva_pack(table, n, k, &src[0, 0], &dest[0])
     return packed
 
 
@@ -412,8 +412,8 @@ cdef class Engine:
                 I, H, S = self.input_size, self.hidden_size, self.spiking_size
                 packed = (version, PackedWeight(kind, 1, H, I, I), PackedWeight(kind, 1, S, H, H))
             else:
-                p1 = _pack_weight(float32_table(), False, weights[0])
-                p2 = None if p1 is None else _pack_weight(float32_table(), False, weights[1])
+                p1 = _pack_weight(float32_table(), weights[0])
+                p2 = None if p1 is None else _pack_weight(float32_table(), weights[1])
                 packed = (version, p1 if p2 is not None else None, p2)
             if self._version == version:
                 self._packed = packed
@@ -824,8 +824,8 @@ cdef class Engine:
                 if packed:
                     packs = self._mkl_f32_packs
                     if packs is None or packs[0] != self._version:
-                        packs = (self._version, _pack_weight(mkl_table(), False, self._weights[0]),
-                                 _pack_weight(mkl_table(), False, self._weights[1]))
+                        packs = (self._version, _pack_weight(mkl_table(), self._weights[0]),
+                                 _pack_weight(mkl_table(), self._weights[1]))
                         self._mkl_f32_packs = packs
                     p1, p2 = packs[1], packs[2]
                     net.fc1_packed, net.spiking_packed = &p1[0], &p2[0]

@@ -65,27 +65,17 @@ static void rm_gemm(const aiva_blas *blas, int trans_a, int trans_b, int M, int 
 /* MKL's CBLAS enum values (mkl_cblas.h). */
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112, PACKED = 151, B_MATRIX = 162 };
 
-/* Row-major C (M, N) = op(A) @ op(B) in bf16 operands, float32 accumulation.  B may be a
- * pack from aiva_pack (then op(B) = w^T, as packed). */
+/* Row-major C (M, N) = op(A) @ op(B) in bf16 operands, float32 accumulation: the
+ * provider's product.  B_packed is its handle of B (which it still needs), or NULL. */
 static void gemm_bf16(const aiva_blas *blas, int trans_a, int trans_b, int M, int N, int K,
                       const aiva_bf16 *A, int lda, const aiva_bf16 *B, int ldb, float *C,
                       int ldc, const void *B_packed)
 {
-    if (blas->lowp_bf16) {
-        /* The provider's B_packed is its handle of B, which it still needs.  It fails only
-         * out of memory: NaN then makes the step report non-finite output. */
-        if (blas->lowp_bf16(blas->lowp, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc,
-                            B_packed))
-            for (int i = 0; i < M; i++)
-                for (int j = 0; j < N; j++) C[(ptrdiff_t)i * ldc + j] = NAN;
-        return;
-    }
-    if (B_packed)
-        blas->gemm_bf16_compute(ROW_MAJOR, trans_a ? TRANS : NO_TRANS, PACKED, M, N, K, 1.0f,
-                                A, lda, (const aiva_bf16 *)B_packed, ldb, 0.0f, C, ldc);
-    else
-        blas->gemm_bf16(ROW_MAJOR, trans_a ? TRANS : NO_TRANS, trans_b ? TRANS : NO_TRANS,
-                        M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, ldc);
+    /* It fails only out of memory: NaN then makes the step report non-finite output. */
+    if (blas->lowp_bf16(blas->lowp, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc,
+                        B_packed))
+        for (ptrdiff_t i = 0; i < M; i++)
+            for (ptrdiff_t j = 0; j < N; j++) C[i * ldc + j] = NAN;
 }
 
 /* x @ w^T for an engine-layout weight w (N rows of K), through its float32 pack if there is
@@ -107,20 +97,12 @@ static void forward_product(const aiva_blas *blas, int M, int N, int K, const fl
  * the packs (figures: benchmarks/README.md, "Figures behind design choices"). */
 #define AIVA_PACK_ROWS 256
 
-size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, void *dest)
+size_t aiva_pack(const aiva_blas *blas, int n, int k, const float *w, void *dest)
 {
     const int m = AIVA_PACK_ROWS;
-    if (bf16) {
-        if (!blas->pack_bf16 || !blas->pack_bf16_size || !blas->gemm_bf16_compute) return 0;
-        if (dest)
-            blas->pack_bf16(ROW_MAJOR, B_MATRIX, TRANS, m, n, k, (const aiva_bf16 *)w, k,
-                            (aiva_bf16 *)dest);
-        return blas->pack_bf16_size(B_MATRIX, m, n, k);
-    }
     if (!blas->pack_f32 || !blas->pack_f32_size || !blas->compute_f32) return 0;
     if (dest)
-        blas->pack_f32(ROW_MAJOR, B_MATRIX, TRANS, m, n, k, 1.0f, (const float *)w, k,
-                       (float *)dest);
+        blas->pack_f32(ROW_MAJOR, B_MATRIX, TRANS, m, n, k, 1.0f, w, k, (float *)dest);
     return blas->pack_f32_size(B_MATRIX, m, n, k);
 }
 
@@ -477,16 +459,14 @@ static void forward_products(const aiva_blas *blas, const aiva_net *net, const f
     float *h = ws->hidden, *v = ws->membrane;
     if (net->bf16) {
         bf16_scratch b = bf16_parts(net, ws);
-        /* MKL: see AIVA_PACK_ROWS.  The provider's packs pay at batch 1 too (oneDNN's bf16
-         * fc1 + spiking products measured 48 against 248 us packed and plain). */
-        const int use_packs = batch > 1 || blas->lowp_bf16 != NULL;
+        /* The provider's packs pay at batch 1 too (oneDNN's bf16 fc1 + spiking products
+         * measured 48 against 248 us packed and plain), unlike MKL's float32 ones. */
         aiva_round_bf16(x, (ptrdiff_t)batch * I, b.x);
-        gemm_bf16(blas, 0, 1, batch, H, I, b.x, I, net->fc1_t_bf16, I, h, H,
-                  use_packs ? net->fc1_packed : NULL);
+        gemm_bf16(blas, 0, 1, batch, H, I, b.x, I, net->fc1_t_bf16, I, h, H, net->fc1_packed);
         if (with_tanh) tanh_inplace(h, (ptrdiff_t)batch * H);
         aiva_round_bf16(h, (ptrdiff_t)batch * H, b.hidden);
         gemm_bf16(blas, 0, 1, batch, S, H, b.hidden, H, net->spiking_t_bf16, H, v, S,
-                  use_packs ? net->spiking_packed : NULL);
+                  net->spiking_packed);
     } else {
         forward_product(blas, batch, H, I, x, net->fc1_t, net->fc1_packed, h);
         if (with_tanh) tanh_inplace(h, (ptrdiff_t)batch * H);
@@ -519,7 +499,7 @@ int aiva_forward(const aiva_blas *blas, const aiva_net *net, const float *x, int
 {
     if (batch < 1 || batch > ws->capacity) return AIVA_ERR_SIZE;
     if (!all_finite(x, (ptrdiff_t)batch * net->input_size)) return AIVA_ERR_INPUT_NONFINITE;
-    if (net->bf16 && ((!blas->gemm_bf16 && !blas->lowp_bf16) || !ws->bf16)) return AIVA_ERR_SIZE;
+    if (net->bf16 && (!blas->lowp_bf16 || !ws->bf16)) return AIVA_ERR_SIZE;
     if (net->int8 && (!blas->lowp_u8s8 || !ws->bf16)) return AIVA_ERR_SIZE;
 
     if (net->int8) {
@@ -569,7 +549,7 @@ int aiva_forward_sequence(const aiva_blas *blas, const aiva_net *net, const floa
     const int rows = steps * batch;
     const ptrdiff_t step_neurons = (ptrdiff_t)batch * net->spiking_size;
     if (!all_finite(xs, (ptrdiff_t)rows * net->input_size)) return AIVA_ERR_INPUT_NONFINITE;
-    if (net->bf16 && ((!blas->gemm_bf16 && !blas->lowp_bf16) || !ws->bf16)) return AIVA_ERR_SIZE;
+    if (net->bf16 && (!blas->lowp_bf16 || !ws->bf16)) return AIVA_ERR_SIZE;
     if (net->int8 && (!blas->lowp_u8s8 || !ws->bf16)) return AIVA_ERR_SIZE;
 
     /* A step's membrane does not depend on the state: the products run over all rows. */
@@ -612,7 +592,7 @@ int aiva_backward_weighted(const aiva_blas *blas, const aiva_net *net, const flo
     const int I = net->input_size, H = net->hidden_size, S = net->spiking_size,
               T = net->num_tools;
     if (batch < 1 || batch > ws->capacity) return AIVA_ERR_SIZE;
-    if (net->bf16 && ((!blas->gemm_bf16 && !blas->lowp_bf16) || !ws->bf16)) return AIVA_ERR_SIZE;
+    if (net->bf16 && (!blas->lowp_bf16 || !ws->bf16)) return AIVA_ERR_SIZE;
     /* A row of weight 0 is a step without a target: it may carry any label. */
     double weight_sum = 0.0;
     for (int b = 0; b < batch; b++) {
@@ -705,7 +685,7 @@ void aiva_blas_products(const aiva_blas *blas, const aiva_net *net, const float 
 {
     /* In bf16 mode this includes rounding x and h to bf16: every bf16 step must. */
     if (batch < 1 || batch > ws->capacity) return;
-    if (net->bf16 && ((!blas->gemm_bf16 && !blas->lowp_bf16) || !ws->bf16)) return;
+    if (net->bf16 && (!blas->lowp_bf16 || !ws->bf16)) return;
     if (net->int8) {
         /* With the quantization of x and h and the dequantization: every int8 step does. */
         if (!blas->lowp_u8s8 || !ws->bf16) return;

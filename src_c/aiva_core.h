@@ -34,14 +34,9 @@ typedef void (*aiva_sgemv64_fn)(const char *trans, const int64_t *m, const int64
                                 const float *x, const int64_t *incx, const float *beta,
                                 float *y, const int64_t *incy);
 /* bfloat16 as its raw bits (the upper half of a float32), and MKL's CBLAS extensions with
- * plain ints for its enums and MKL_INT (LP64): the bf16 products and pre-packed weights. */
+ * plain ints for its enums and MKL_INT (LP64): float32 products on pre-packed weights. */
 typedef uint16_t aiva_bf16;
-typedef void (*aiva_gemm_bf16_fn)(int layout, int transa, int transb, int m, int n, int k,
-                                  float alpha, const aiva_bf16 *a, int lda, const aiva_bf16 *b,
-                                  int ldb, float beta, float *c, int ldc);
 typedef size_t (*aiva_pack_size_fn)(int identifier, int m, int n, int k);
-typedef void (*aiva_pack_bf16_fn)(int layout, int identifier, int trans, int m, int n, int k,
-                                  const aiva_bf16 *src, int ld, aiva_bf16 *dest);
 typedef void (*aiva_pack_f32_fn)(int layout, int identifier, int trans, int m, int n, int k,
                                  float alpha, const float *src, int ld, float *dest);
 typedef void (*aiva_compute_f32_fn)(int layout, int transa, int transb, int m, int n, int k,
@@ -64,15 +59,12 @@ typedef struct {
     aiva_sgemv_fn sgemv;
     aiva_sgemm64_fn sgemm64;   /* ... when these ILP64 ones are set    */
     aiva_sgemv64_fn sgemv64;
-    /* MKL only (NULL elsewhere): cblas_gemm_bf16bf16f32 and its _compute (same signature,
-     * with a packed operand), and cblas_sgemm's pack / compute. */
-    aiva_gemm_bf16_fn gemm_bf16, gemm_bf16_compute;
-    aiva_pack_size_fn pack_bf16_size, pack_f32_size;
-    aiva_pack_bf16_fn pack_bf16;
+    /* MKL only (NULL elsewhere): cblas_sgemm's pack / compute. */
+    aiva_pack_size_fn pack_f32_size;
     aiva_pack_f32_fn pack_f32;
     aiva_compute_f32_fn compute_f32;
-    /* The reduced-precision provider (NULL elsewhere): where lowp_bf16 is set, the bf16
-     * products go to it instead of gemm_bf16; int8 mode needs lowp_u8s8. */
+    /* The reduced-precision provider (NULL elsewhere): bf16 mode needs lowp_bf16, int8 mode
+     * lowp_u8s8. */
     void *lowp;
     aiva_lowp_bf16_fn lowp_bf16;
     aiva_lowp_u8s8_fn lowp_u8s8;
@@ -91,9 +83,10 @@ typedef struct {
     const float *spiking_t;  /* (spiking, hidden) */
     const float *fc2;        /* (spiking, tools)  */
     /* bfloat16 mode (products of bf16-rounded operands, float32 accumulation) when
-     * bf16 is 1: the weights rounded to bf16, in the layouts above, and optionally fc1 and
-     * the spiking layer packed for the forward products (aiva_pack).  In float32 mode the
-     * packed pointers, when set, hold float32 packs of fc1_t and spiking_t instead. */
+     * bf16 is 1: the weights rounded to bf16, in the layouts above, and optionally the
+     * provider's handles of fc1_t_bf16 and spiking_t_bf16 (packed by it on first use) for the
+     * forward products.  In float32 mode the packed pointers, when set, hold MKL's float32
+     * packs of fc1_t and spiking_t (aiva_pack). */
     int bf16;
     const aiva_bf16 *fc1_t_bf16, *spiking_t_bf16, *fc2_bf16;
     const void *fc1_packed, *spiking_packed;
@@ -195,15 +188,14 @@ int aiva_backward_weighted(const aiva_blas *blas, const aiva_net *net, const flo
 int aiva_blas_open(const char *path, const char *prefix, const char *suffix, int ilp64,
                    aiva_blas *out);
 
-/* MKL by path (libmkl_rt): Fortran sgemm_/sgemv_ plus the extensions above, after asking for
+/* MKL by path (libmkl_rt): Fortran sgemm_/sgemv_ plus the float32 packs, after asking for
  * the LP64 interface and, unless threading_layer < 0, that MKL_THREADING_* layer.  Returns 0,
  * or -1 (not MKL, or its interface is already fixed to ILP64) with out untouched. */
 int aiva_mkl_open(const char *path, int threading_layer, aiva_blas *out);
 
-/* Pack an engine-layout weight w (n rows of k: fc1_t or spiking_t) as the B operand of
- * x @ w^T, in bf16 (w is aiva_bf16) or float32.  dest NULL: only return the bytes needed;
- * 0 means this BLAS cannot pack. */
-size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, void *dest);
+/* Pack an engine-layout float32 weight w (n rows of k: fc1_t or spiking_t) as the B operand
+ * of x @ w^T (MKL).  dest NULL: only return the bytes needed; 0 means this BLAS cannot pack. */
+size_t aiva_pack(const aiva_blas *blas, int n, int k, const float *w, void *dest);
 
 /* dst = src rounded to bfloat16, to nearest even (NaN stays NaN). */
 void aiva_round_bf16(const float *src, ptrdiff_t n, aiva_bf16 *dst);
