@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import aiva_cy
+import bounds as bd
 from aiva_cy import AIVANet
-from aiva_cy.reference import ReferenceNet, softmax
 
 from conftest import DEFAULT, SMALL, firing_weights
 
@@ -25,47 +25,6 @@ needs_int8 = pytest.mark.skipif(not _INT8["available"],
 MEDIUM = dict(input_size=64, num_tools=10, hidden_size=96, spiking_size=80)
 SIZES = [pytest.param(SMALL, id="small"), pytest.param(MEDIUM, id="medium"),
          pytest.param(DEFAULT, id="default")]
-F32 = np.float32
-
-
-def quantize(a, qmax, axis):
-    """Symmetric quantization of float32 `a` along `axis` (each vector along it gets one
-    scale): q = round-half-even(a * (qmax / max|a|)), scale = max|a| / qmax, both computed in
-    float32 as the contract says.  Returns (q as int64, scale as float32)."""
-    a = np.asarray(a, dtype=F32)
-    m = np.abs(a).max(axis=axis, keepdims=True)
-    tiny = m < F32(1e-30)
-    safe = np.where(tiny, F32(1), m)
-    inv = np.where(tiny, F32(0), F32(qmax) / safe).astype(F32)
-    scale = np.where(tiny, F32(0), safe / F32(qmax)).astype(F32)
-    q = np.rint(np.clip((a * inv).astype(F32), -qmax, qmax)).astype(np.int64)
-    return q, scale
-
-
-class Int8Reference(ReferenceNet):
-    """The step in float64 around exact integer products: the oracle of precision="int8"."""
-
-    def __init__(self, weights, qmax, **kw):
-        super().__init__(weights, **kw)
-        self.qmax = qmax
-        w32 = {k: np.asarray(weights[k], dtype=F32) for k in weights}
-        # Per output channel: the columns of each state_dict-layout ("x @ W") weight.
-        self.q = {k: quantize(w32[k], 127, axis=0) for k in w32}
-
-    def linear(self, a, key):
-        qa, sa = quantize(a, self.qmax, axis=1)
-        qw, sw = self.q[key]
-        return (qa @ qw).astype(np.float64) * sa.astype(np.float64) * sw.astype(np.float64)
-
-    def forward_cache(self, x, spikes=None):
-        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
-        h = np.tanh(self.linear(x.astype(F32), "fc1.weight"))
-        v = self.linear(h.astype(F32), "spiking.weight")
-        mask = self.mask(x.shape[0])
-        out = ((v >= self.threshold) if spikes is None else np.asarray(spikes, bool)) & mask
-        qw, sw = self.q["fc2.weight"]
-        z = (out.astype(np.int64) @ qw).astype(np.float64) * sw.astype(np.float64)
-        return {"x": x, "h": h, "v": v, "mask": mask, "out": out, "z": z, "p": softmax(z)}
 
 
 def qmax():
@@ -74,27 +33,22 @@ def qmax():
 
 
 def make(sizes, seed=0, refractory_period=2):
+    """An int8 net of firing weights and its oracle: the float64 step around the same
+    quantization and exact integer products, with the error bounds of tests/bounds.py."""
     w = firing_weights(sizes, seed)
     net = AIVANet(**sizes, refractory_period=refractory_period, seed=seed, precision="int8")
     net.load_state_dict(w)
-    ref = Int8Reference(w, qmax(), threshold=0.5, refractory_period=refractory_period)
+    ref = bd.BoundedNet(w, refractory_period=refractory_period, precision="int8", qmax=qmax())
     return net, ref, w
 
 
-# A neuron whose int8 membrane potential is this close to the threshold may decide
-# differently in the engine: its float32 h and the reference's float64 h can sit on either
-# side of a quantization tie (one step is max|h| / 127), which moves v by up to
-# max|h| / 127 * max|w|.  Anywhere else the decisions must agree.
-AMBIGUOUS = 2e-2
-
-
-def spikes_of(net, x):
-    """The engine's decisions for one step from an empty state (forward, then the state)."""
+def one_step(net, x):
+    """The engine's probabilities and refractory state after one step from an empty state."""
     net.reset_state()
     p = net.forward(x)
-    s = net._engine.get_state() == net.refractory_period
+    state = net.get_state()
     net.reset_state()
-    return p, s
+    return p, state
 
 
 @needs_int8
@@ -108,7 +62,7 @@ def test_weights_quantized_per_output_channel_like_numpy():
                                         ("spiking.weight", "spiking_t_q", "spiking_scale",
                                          "spiking_sum"),
                                         ("fc2.weight", "fc2_q", "fc2_scale", None)):
-            want_q, want_s = quantize(w[key], 127, axis=0)
+            want_q, want_s = bd.quantize_weight(w[key])
             got_q = q[name].T if key != "fc2.weight" else q[name]   # engine layout: (out, in)
             np.testing.assert_array_equal(got_q, want_q)
             np.testing.assert_array_equal(q[scale], want_s[0])
@@ -123,24 +77,18 @@ def test_weights_quantized_per_output_channel_like_numpy():
 def test_predict_and_forward_match_int8_reference(sizes, batch):
     net, ref, w = make(sizes, seed=batch)
     x = np.random.default_rng(batch).standard_normal((batch, sizes["input_size"]))
-    c = ref.forward_cache(x)
-    p_fwd, spikes = spikes_of(net, x)
-    differ = spikes != c["out"]
-    assert np.all(np.abs(c["v"][differ] - 0.5) < AMBIGUOUS)
-    assert differ.mean() < 1e-3
-    # Given the same decisions the readout is exact integer sums: the probabilities agree to
-    # float32 rounding.
-    c = ref.forward_cache(x, spikes)
-    np.testing.assert_allclose(p_fwd, c["p"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(net.predict_proba(x), p_fwd)
-    # Not a float32 step in disguise: the readout above is the quantized fc2's (float32's
-    # differs by far more than the tolerance), and at the default size the float32 reference
-    # decides differently many times more often than the int8 one.
-    c32 = ReferenceNet(w).forward_cache(x)
-    assert np.abs(ReferenceNet(w).forward_cache(x)["z"] - c["z"]).max() > 1e-3 or \
-        not spikes.any()
-    if sizes is DEFAULT:
-        assert (spikes != c32["out"]).sum() >= 2 * max(1, differ.sum())
+    p, state = one_step(net, x)
+    # The spikes equal the reference's wherever the membrane is clear of its bound, and the
+    # probabilities follow the engine's spikes within theirs.
+    step = ref.forward(x, state=state)
+    bd.assert_probs(p, step)
+    np.testing.assert_array_equal(net.predict_proba(x), p)
+    # Not a float32 step in disguise: where float32's own bound leaves a row clear, int8's
+    # probabilities lie outside it somewhere (the quantized weights decide differently).
+    s32 = bd.BoundedNet(w).forward(x)
+    clear = ~s32.unresolved_rows
+    if clear.any():
+        assert (np.abs(p[clear] - s32.p.v[clear]) > s32.p.err[clear]).any()
 
 
 @needs_int8
@@ -160,14 +108,12 @@ def test_forward_sequence_matches_stepping(batch):
     net, ref, w = make(MEDIUM, seed=batch)
     xs = np.random.default_rng(batch).standard_normal((5, batch, 64)).astype(np.float32)
     seq = net.forward_sequence(xs)
+    # Row by row the same integers and the same float32 dequantization: bit for bit.
     net.reset_state()
-    steps = np.stack([net.forward(xs[t]) for t in range(5)])
-    np.testing.assert_array_equal(seq, steps)
-    ref.reset()
     for t in range(5):
-        c = ref.forward_cache(xs[t])
-        ref.push(c["out"])
-        np.testing.assert_allclose(steps[t], c["p"], rtol=1e-5, atol=1e-6)
+        p = net.forward(xs[t])
+        np.testing.assert_array_equal(seq[t], p)
+        bd.assert_probs(p, ref.step(xs[t], state=net.get_state()))
 
 
 @needs_int8
@@ -231,7 +177,7 @@ def test_training_runs_on_the_float32_masters_and_requantizes():
     after = net8._engine.quantized()
     assert not np.array_equal(after["fc1_t_q"], before["fc1_t_q"]) or \
         not np.array_equal(after["fc1_scale"], before["fc1_scale"])
-    want_q, want_s = quantize(net8.state_dict()["fc1.weight"], 127, axis=0)
+    want_q, want_s = bd.quantize_weight(net8.state_dict()["fc1.weight"])
     np.testing.assert_array_equal(after["fc1_t_q"].T, want_q)
     fresh = AIVANet(**MEDIUM, precision="int8")
     fresh.load_state_dict(net8.state_dict())
@@ -308,7 +254,8 @@ def test_without_vnni_the_activations_are_seven_bit():
 import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from test_int8 import MEDIUM, Int8Reference, firing_weights, spikes_of, AMBIGUOUS
+import bounds as bd
+from test_int8 import MEDIUM, firing_weights, one_step
 from aiva_cy import AIVANet, _lowp, blas_info
 assert _lowp.quantization() == (63, 64), _lowp.quantization()
 assert blas_info()["precisions"]["int8"]["activation_bits"] == 7
@@ -317,11 +264,8 @@ w = firing_weights(MEDIUM, 9)
 net = AIVANet(**MEDIUM, precision="int8")
 net.load_state_dict(w)
 x = np.random.default_rng(9).standard_normal((33, 64))
-ref = Int8Reference(w, 63)
-p, s = spikes_of(net, x)
-c = ref.forward_cache(x)
-assert np.all(np.abs(c["v"][s != c["out"]] - 0.5) < AMBIGUOUS)
-np.testing.assert_allclose(p, ref.forward_cache(x, s)["p"], rtol=1e-5, atol=1e-6)
+p, state = one_step(net, x)
+bd.assert_probs(p, bd.BoundedNet(w, precision="int8", qmax=63).forward(x, state=state))
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)],
