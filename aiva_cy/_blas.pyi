@@ -13,7 +13,8 @@ class _BlasInfoRequired(TypedDict):
 
 class _PrecisionRequired(TypedDict):
     available: bool   # asking for this precision works here
-    native: bool      # the CPU has its instructions (bf16: AVX512-BF16/AMX; int8: VNNI/AMX)
+    native: Optional[bool]   # the CPU has its instructions (bf16: AVX512-BF16/AMX; int8:
+                             # VNNI/AMX); None where that cannot be told
 
 class PrecisionInfo(_PrecisionRequired, total=False):
     library: str                     # float32: the BLAS's provider; else "oneDNN"

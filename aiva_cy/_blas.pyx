@@ -296,11 +296,6 @@ cdef int _load_blas() except -1:
 _load_blas()
 
 
-def _cpu_has(*names):
-    from aiva_cy import _kernel
-    return bool(set(names) & set(_kernel.cpu_features()))
-
-
 def _cpu_level():
     from aiva_cy import _kernel
     return _kernel.describe("", None)["cpu_level"]
@@ -314,9 +309,9 @@ def _float32_entry(dict info):
 
 def _reduced_entry(str precision):
     """blas_info()'s entry for bfloat16 or int8 (opens the provider)."""
-    # What the CPU itself has (NumPy's probe), said even where the provider is missing.
-    native = (_cpu_has("AVX512BF16", "AMX_BF16") if precision == "bfloat16"
-              else _cpu_has("AVX512VNNI", "AVXVNNI", "AMX_INT8"))
+    # What the CPU itself has, said even where the provider is missing (None: unknown).
+    from aiva_cy import _kernel
+    native = _kernel.has_native(precision)
     try:
         require_precision(precision)
     except (ImportError, RuntimeError) as exc:

@@ -86,3 +86,18 @@ def test_onednn_names_the_instruction_set_it_runs():
         pytest.skip(f"oneDNN cannot run int8 here: {info['missing']}")
     assert info["kernel"] == _lowp.info()["isa"] and info["library"] == "oneDNN"
     assert info["version"].startswith("3.")
+
+
+def test_native_instructions_agree_with_what_onednn_dispatches_to():
+    # The CPU's flags (or NumPy's probe) against oneDNN's own reading of the CPU: where it
+    # runs uncapped, "native" is the same answer from both.
+    import os
+    from aiva_cy import _kernel
+    if any(os.environ.get(k) for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")):
+        pytest.skip("oneDNN's instruction set is capped here")
+    for precision in ("bfloat16", "int8"):
+        entry = aiva_cy.blas_info()["precisions"][precision]
+        probed = _kernel.has_native(precision)
+        if not entry["available"] or probed is None:
+            continue
+        assert entry["native"] == probed, (precision, entry)
