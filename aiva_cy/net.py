@@ -439,7 +439,7 @@ class AIVANet:
     def load(cls, path: Union[str, os.PathLike], *, device: str = "cpu",
              precision: Optional[str] = None) -> "AIVANet":
         """Read a file written by :meth:`save` (npz or safetensors); ``precision`` overrides
-        the saved one (a bfloat16 checkpoint on a machine without MKL, say)."""
+        the saved one (a bfloat16 checkpoint on a machine without oneDNN, say)."""
         from aiva_cy import io
         return io.load(cls, path, device=device, precision=precision)
 

@@ -317,7 +317,7 @@ def floor_estimates(rows: Mapping[str, Dict[str, Cell]]) -> Dict[str, Any]:
             est[row] = {"flops": flops, "floor_s": flops / rate,
                         "aiva_s": aiva.value if aiva is not None else None}
         out["estimates"] = est
-    # The same for bfloat16: MKL's bf16 rate from its packed floor, and half the bytes.
+    # The same for bfloat16: oneDNN's bf16 rate from its packed floor, and half the bytes.
     c16 = rows.get("predict_b256", {}).get("floor_bf16_packed")
     if c16 is not None:
         rate16 = 2.0 * 256 * N_PARAMS / c16.value
