@@ -27,9 +27,6 @@ cdef extern from "aiva_core.h" nogil:
         const float *fc2_scale
         const int32_t *fc1_sum
         const int32_t *spiking_sum
-        int int8_fc1_f32
-        float int8_recompute
-        const float *spiking_wsq
 
     ctypedef struct aiva_workspace:
         int capacity

@@ -142,8 +142,7 @@ def _effective_precision(str precision, int input_size, int hidden_size):
 def _quantize_weights(fc1_t, spiking_t, fc2):
     """int8 copies of the engine-layout weights, per output channel (rows of fc1_t and
     spiking_t, columns of fc2): (fc1_t_q, spiking_t_q, fc2_q, their three scales, the row
-    sums of fc1_t_q and spiking_t_q, and each spiking neuron's sum of its squared
-    dequantized weights, for the near-threshold recompute)."""
+    sums of fc1_t_q and spiking_t_q)."""
     qs, scales, sums = [], [], []
     cdef const float[:, ::1] w
     cdef int8_t[:, ::1] q
@@ -166,9 +165,7 @@ def _quantize_weights(fc1_t, spiking_t, fc2):
         qs.append(out)
         scales.append(sc)
         sums.append(sm)
-    wsq = np.square(qs[1].astype(np.float32)).sum(axis=1, dtype=np.float64)
-    wsq = (wsq * np.square(scales[1].astype(np.float64))).astype(np.float32)
-    return (qs[0], qs[1], qs[2], scales[0], scales[1], scales[2], sums[0], sums[1], wsq)
+    return (qs[0], qs[1], qs[2], scales[0], scales[1], scales[2], sums[0], sums[1])
 
 
 def _round_bf16(w):
@@ -247,8 +244,6 @@ cdef class Engine:
         # The engine's own net is the training one: int8 only in _inference_net's copies.
         self._int8 = effective == "int8"
         self.net.int8 = 0
-        self.net.int8_fc1_f32, self.net.int8_recompute = 0, 0.0
-        self.net.spiking_wsq = NULL
         self.net.fc1_packed = self.net.spiking_packed = NULL
         self.input_size, self.hidden_size = input_size, hidden_size
         self.spiking_size, self.num_tools = spiking_size, num_tools
@@ -335,12 +330,6 @@ cdef class Engine:
             fc1_t, spiking_t, fc2 = self._weights
             self._install(fc1_t, spiking_t, fc2)
 
-    def _int8_variant(self, bint fc1_float32=False, float recompute=0.0):
-        """For the decisions study (benchmarks/int8_variants.py): fc1 in float32 instead of
-        int8, and the near-threshold recompute at `recompute` sigma (0: off)."""
-        with self._lock:
-            self.net.int8_fc1_f32, self.net.int8_recompute = fc1_float32, recompute
-
     def quantized(self):
         """int8 nets: the quantized copies inference runs on (re-made from the float32 masters
         after any change), as a dict of engine-layout arrays; None in other precisions."""
@@ -348,7 +337,7 @@ cdef class Engine:
             return None
         q = self._quantized(self._version, self._weights)
         names = ("fc1_t_q", "spiking_t_q", "fc2_q", "fc1_scale", "spiking_scale", "fc2_scale",
-                 "fc1_sum", "spiking_sum", "spiking_wsq")
+                 "fc1_sum", "spiking_sum")
         return dict(zip(names, q[1:]))
 
     cdef object _quantized(self, long version, weights):
@@ -396,14 +385,12 @@ cdef class Engine:
         cdef const int8_t[:, ::1] a, b, c
         cdef const float[::1] s1, s2, s3
         cdef const int32_t[::1] m1, m2
-        cdef const float[::1] sq
         net.int8 = q is not None
         if q is None:
             return
         from aiva_cy import _lowp
         net.act_qmax, net.act_zero = _lowp.quantization()
-        a, b, c, s1, s2, s3, m1, m2, sq = q[1:]
-        net.spiking_wsq = &sq[0]
+        a, b, c, s1, s2, s3, m1, m2 = q[1:]
         net.fc1_t_q, net.spiking_t_q, net.fc2_q = &a[0, 0], &b[0, 0], &c[0, 0]
         net.fc1_scale, net.spiking_scale, net.fc2_scale = &s1[0], &s2[0], &s3[0]
         net.fc1_sum, net.spiking_sum = &m1[0], &m2[0]

@@ -388,29 +388,6 @@ static int8_scratch int8_parts(const aiva_net *net, const aiva_workspace *ws)
     return p;
 }
 
-/* int8_recompute: the membranes within net->int8_recompute sigma of the threshold (see
- * aiva_core.h) again in float32 from the same h, one library dot product (a one-row gemv)
- * each, so that their spikes are float32's. */
-static void recompute_near_threshold(const aiva_blas *blas, const aiva_net *net, int batch,
-                                     aiva_workspace *ws, const float *h_scale)
-{
-    const ptrdiff_t H = net->hidden_size, S = net->spiking_size;
-    const float lam = 0.5f * net->int8_recompute, thr = net->threshold;
-    for (ptrdiff_t b = 0; b < batch; b++) {
-        const float *h = ws->hidden + b * H;
-        float *v = ws->membrane + b * S;
-        float hh = 0.0f;
-        for (ptrdiff_t k = 0; k < H; k++) hh += h[k] * h[k];
-        const float sh2 = h_scale[b] * h_scale[b];
-        for (ptrdiff_t j = 0; j < S; j++) {
-            const float sj = net->spiking_scale[j];
-            const float e = lam * sqrtf(sh2 * net->spiking_wsq[j] + sj * sj * hh);
-            if (!(fabsf(v[j] - thr) <= e)) continue;
-            rm_gemm(blas, 0, 1, 1, 1, (int)H, h, (int)H, net->spiking_t + j * H, (int)H, v + j, 1);
-        }
-    }
-}
-
 /* The int32 products land in the backward's gradient buffers, idle in inference (same
  * sizes: 4 bytes per element). */
 static int int8_forward_products(const aiva_blas *blas, const aiva_net *net, const float *x,
@@ -420,15 +397,11 @@ static int int8_forward_products(const aiva_blas *blas, const aiva_net *net, con
     const int qmax = net->act_qmax, zero = net->act_zero;
     int32_t *acc_h = (int32_t *)(void *)ws->d_hidden, *acc_v = (int32_t *)(void *)ws->d_membrane;
     int8_scratch q = int8_parts(net, ws);
-    if (net->int8_fc1_f32) {
-        forward_product(blas, batch, H, I, x, net->fc1_t, NULL, ws->hidden);
-    } else {
-        quantize_rows_u8(x, batch, I, qmax, zero, q.x, q.x_scale);
-        if (blas->lowp_u8s8(blas->lowp, 1, batch, H, I, q.x, I, net->fc1_t_q, I, acc_h, H,
-                            net->fc1_packed))
-            return AIVA_ERR_PROVIDER;
-        dequantize(acc_h, batch, H, q.x_scale, net->fc1_scale, net->fc1_sum, zero, ws->hidden);
-    }
+    quantize_rows_u8(x, batch, I, qmax, zero, q.x, q.x_scale);
+    if (blas->lowp_u8s8(blas->lowp, 1, batch, H, I, q.x, I, net->fc1_t_q, I, acc_h, H,
+                        net->fc1_packed))
+        return AIVA_ERR_PROVIDER;
+    dequantize(acc_h, batch, H, q.x_scale, net->fc1_scale, net->fc1_sum, zero, ws->hidden);
     if (with_tanh) tanh_inplace(ws->hidden, (ptrdiff_t)batch * H);
     quantize_rows_u8(ws->hidden, batch, H, qmax, zero, q.hidden, q.h_scale);
     if (blas->lowp_u8s8(blas->lowp, 1, batch, S, H, q.hidden, H, net->spiking_t_q, H, acc_v, S,
@@ -436,8 +409,6 @@ static int int8_forward_products(const aiva_blas *blas, const aiva_net *net, con
         return AIVA_ERR_PROVIDER;
     dequantize(acc_v, batch, S, q.h_scale, net->spiking_scale, net->spiking_sum, zero,
                ws->membrane);
-    if (net->int8_recompute > 0.0f && net->spiking_wsq)
-        recompute_near_threshold(blas, net, batch, ws, q.h_scale);
     return AIVA_OK;
 }
 

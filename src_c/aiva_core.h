@@ -99,15 +99,6 @@ typedef struct {
     const int8_t *fc1_t_q, *spiking_t_q, *fc2_q;
     const float *fc1_scale, *spiking_scale, *fc2_scale;
     const int32_t *fc1_sum, *spiking_sum;
-    /* int8 variants (0 by default): int8_fc1_f32 runs fc1 in float32 (the masters fc1_t,
-     * no pack); int8_recompute > 0 computes again in float32, from the same h, every
-     * membrane within int8_recompute * sigma of the threshold, where sigma is the
-     * Hoeffding scale of the int8 membrane's rounding errors,
-     * sqrt(s_h^2 spiking_wsq[j] + spiking_scale[j]^2 sum_k h_k^2) / 2, spiking_wsq[j] the sum
-     * of the squared dequantized weights of neuron j. */
-    int int8_fc1_f32;
-    float int8_recompute;
-    const float *spiking_wsq;
 } aiva_net;
 
 /* Scratch for one step of `batch` rows (batch <= capacity).  Forward fills the first five;
