@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -123,6 +123,44 @@ def parse_device(device: Any) -> str:
     raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
+def labels_accepted(name: str, num_tools: int) -> str:
+    """What every label check says is accepted, so that no two messages disagree."""
+    return (f"{name} must hold integer labels in [0, {num_tools}) (ints, or floats with "
+            f"integral values)")
+
+
+def tool_indices(name: str, y: Any, tool_names: Optional[Sequence[str]],
+                 num_tools: int) -> Any:
+    """Labels given as tool names turned into their indices in ``tool_names``; any other
+    ``y`` is returned as it is, for the numeric checks.  Strings without names to map them
+    to are a TypeError that says what is accepted."""
+    if is_cupy(y) or isinstance(y, np.ndarray) and y.dtype.kind not in "USO":
+        return y
+    try:
+        arr = y if isinstance(y, np.ndarray) else np.asarray(y)
+    except (ValueError, TypeError):
+        return y                      # ragged and the like: the numeric checks word it
+    if arr.dtype.kind == "O" and arr.size and all(isinstance(v, str) for v in arr.flat):
+        arr = arr.astype(str)
+    if arr.dtype.kind not in "US":
+        return y
+    if tool_names is None:
+        raise TypeError(f"{labels_accepted(name, num_tools)}, got strings (dtype "
+                        f"{arr.dtype}): give the net tool_names=[...] to pass tool names, or "
+                        f"use aiva_cy.sklearn.AIVAClassifier, which takes labels of any kind")
+    if arr.dtype.kind == "S":
+        arr = arr.astype(str)
+    index = {n: i for i, n in enumerate(tool_names)}
+    uniq, inverse = np.unique(arr, return_inverse=True)
+    unknown = [str(u) for u in uniq if str(u) not in index]
+    if unknown:
+        raise ValueError(f"{name} holds names that are not among the net's tool_names: "
+                         f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}; the names are "
+                         f"{list(tool_names)}")
+    codes = np.array([index[str(u)] for u in uniq], dtype=np.int64)
+    return codes[inverse].reshape(arr.shape)
+
+
 def label_rows(name: str, arr: Any, batch: int, num_tools: int, xp: Any = np,
                to_bool: Any = bool) -> Any:
     """The label checks every device makes: one label per row of x, integers (integral
@@ -131,11 +169,12 @@ def label_rows(name: str, arr: Any, batch: int, num_tools: int, xp: Any = np,
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.shape != (batch,):
+        hint = (f" (one-hot labels? pass {name}.argmax(axis=1))"
+                if arr.shape == (batch, num_tools) else "")
         raise ValueError(f"{name} must hold one label per row of x: shape ({batch},), "
-                         f"got {arr.shape}")
+                         f"got {arr.shape}{hint}")
     if arr.dtype.kind == "b":
-        raise TypeError(f"{name} must hold integer labels, got dtype bool")
+        raise TypeError(f"{labels_accepted(name, num_tools)}, got dtype bool")
     if arr.dtype.kind == "f" and not to_bool(xp.all(xp.isfinite(arr) & (arr == xp.floor(arr)))):
-        raise ValueError(f"{name} must hold integer labels in [0, {num_tools}), "
-                         f"got non-integer values")
+        raise ValueError(f"{labels_accepted(name, num_tools)}, got non-integer values")
     return arr

@@ -44,7 +44,8 @@ else:
     _IMPORT_ERROR = None
 
 from aiva_cy import _engine
-from aiva_cy._checks import adam_betas, adam_value, check_finite, is_cupy, label_rows
+from aiva_cy._checks import (adam_betas, adam_value, check_finite, is_cupy, label_rows,
+                             labels_accepted)
 from aiva_cy._model import (ERR_GRAD_NONFINITE, ERR_HIDDEN_NONFINITE, ERR_INPUT_NONFINITE,
                             ERR_OUTPUT_NONFINITE,
                             ERR_UPDATE_NONFINITE, GRAD_LIMIT, PARAM_NAMES, batch_mismatch,
@@ -391,7 +392,7 @@ class CupyEngine:
             # integral floats beyond int64 wrap: clamp first so the range check sees them
             y = cp.clip(y, -1, T)
         elif y.dtype.kind not in "iu":
-            raise TypeError(f"{name} must hold integer labels, got dtype {y.dtype}")
+            raise TypeError(f"{labels_accepted(name, T)}, got dtype {y.dtype}")
         elif y.dtype.kind == "u" and y.dtype.itemsize == 8:
             y = cp.minimum(y, T)          # uint64 beyond int64 would turn negative
         return cp.ascontiguousarray(y, dtype=cp.int64)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from aiva_cy._checks import float_arg, int_arg, numeric_array
+from aiva_cy._checks import float_arg, int_arg, labels_accepted, numeric_array
 
 # ---------------------------------------------------------------------------------------
 # parameters
@@ -65,6 +65,25 @@ def check_precision(value: Any, name: str = "precision") -> str:
     if value not in PRECISIONS:
         raise ValueError(f"{name} must be {PRECISION_CHOICES}, got {value!r}")
     return value
+
+
+def check_tool_names(value: Any, name: str = "tool_names") -> Optional[Tuple[str, ...]]:
+    """None, or the tools' names in output order: distinct, non-empty strings.  (Their
+    number is checked against num_tools by :func:`check_config`.)"""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of strings, one per tool, or None; got "
+                        f"{value!r}")
+    names = tuple(value)
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        raise TypeError(f"{name} must hold non-empty strings, got {bad[0]!r}")
+    if len(set(names)) != len(names):
+        seen: set = set()
+        dup = next(n for n in names if n in seen or seen.add(n))   # type: ignore[func-returns-value]
+        raise ValueError(f"{name} must be distinct, got {dup!r} more than once")
+    return names
 
 
 def check_device_precision(device: str, precision: str) -> None:
@@ -125,6 +144,7 @@ CONFIG_CHECKS: Dict[str, Callable[[str, Any], Any]] = {
     "refractory_period": lambda k, v: int_arg(k, v, 0),
     "surrogate_slope": lambda k, v: float32_setting(k, v, 0.0, SURROGATE_SLOPE_MAX),
     "precision": lambda k, v: check_precision(v, k),
+    "tool_names": lambda k, v: check_tool_names(v, k),
 }
 
 
@@ -132,8 +152,8 @@ def check_setting(key: str, value: Any) -> Any:
     """One config entry, checked as :func:`check_config` checks it."""
     return CONFIG_CHECKS[key](key, value)
 CONFIG_KEYS = tuple(CONFIG_CHECKS)
-#: Keys a config may lack, with the value they then take (checkpoints before bfloat16).
-CONFIG_DEFAULTS: Dict[str, Any] = {"precision": "float32"}
+#: Keys a config may lack, with the value they then take (checkpoints from before a key).
+CONFIG_DEFAULTS: Dict[str, Any] = {"precision": "float32", "tool_names": None}
 REQUIRED_CONFIG_KEYS = tuple(k for k in CONFIG_KEYS if k not in CONFIG_DEFAULTS)
 SIZE_KEYS = ("input_size", "hidden_size", "spiking_size", "num_tools")
 
@@ -151,8 +171,13 @@ def check_config(config: Mapping[str, Any], *, exact: bool = False) -> Dict[str,
         raise ValueError(f"the config must hold exactly the keys {list(REQUIRED_CONFIG_KEYS)} "
                          f"(and optionally {list(CONFIG_DEFAULTS)}): missing {missing}, "
                          f"unknown {unknown}")
-    return {k: check(k, config.get(k, CONFIG_DEFAULTS.get(k)))
-            for k, check in CONFIG_CHECKS.items()}
+    checked = {k: check(k, config.get(k, CONFIG_DEFAULTS.get(k)))
+               for k, check in CONFIG_CHECKS.items()}
+    names = checked["tool_names"]
+    if names is not None and len(names) != checked["num_tools"]:
+        raise ValueError(f"tool_names must name each of the {checked['num_tools']} tools "
+                         f"(num_tools), got {len(names)} names")
+    return checked
 
 
 def sizes(config: Mapping[str, Any]) -> Tuple[int, int, int, int]:
@@ -272,8 +297,7 @@ def engine_error(code: int, *, training: bool = False, name: str = "x",
 
 
 def label_range_error(name: str, num_tools: int, lo: int, hi: int) -> ValueError:
-    return ValueError(f"{name} must hold integer labels in [0, {num_tools}), got values from "
-                      f"{lo} to {hi}")
+    return ValueError(f"{labels_accepted(name, num_tools)}, got values from {lo} to {hi}")
 
 
 def batch_mismatch(batch: int, held: int, name: str = "x") -> ValueError:

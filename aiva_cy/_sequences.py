@@ -20,19 +20,19 @@ def episode_targets(xs_shape: Tuple[int, ...], ys: Any, sample_weight: Any, num_
         y = y[:, None]
     if y.shape != (steps, batch):
         want = f"({steps},)" if one else f"({steps}, {batch})"
-        hint = (" (one-hot labels? pass labels.argmax(-1))"
+        hint = (f" (one-hot labels? pass {yname}.argmax(axis=-1))"
                 if y.ndim == len(xs_shape) and y.shape[-1] == num_tools else "")
         raise ValueError(f"{yname} must hold one label per step and stream: shape {want}, got "
                          f"{y.shape}{hint}")
+    accepted = (f"{yname} must hold integer labels in [0, {num_tools}), or < 0 for a step "
+                f"without a target (ints, or floats with integral values)")
     if y.dtype.kind == "b":
-        raise TypeError(f"{yname} must hold integer labels (< 0: no target), got dtype bool")
+        raise TypeError(f"{accepted}, got dtype bool")
     if y.dtype.kind == "f":
         if not (np.isfinite(y).all() and (y == np.floor(y)).all()):
-            raise ValueError(f"{yname} must hold integer labels in [0, {num_tools}) or < 0 for "
-                             f"no target, got non-integer values")
+            raise ValueError(f"{accepted}, got non-integer values")
     if y.size and int(y.max()) >= num_tools:
-        raise ValueError(f"{yname} must hold integer labels in [0, {num_tools}) or < 0 for no "
-                         f"target, got a label {int(y.max())}")
+        raise ValueError(f"{accepted}, got a label {int(y.max())}")
     targeted = y >= 0
     if sample_weight is None:
         w = np.ones((steps, batch))

@@ -160,7 +160,7 @@ class _Episodes:
         check_finite(xname, arr)
         labels = numeric_array(yname, y)
         if labels.shape != arr.shape[:2]:
-            hint = (" (one-hot labels? pass labels.argmax(-1))"
+            hint = (f" (one-hot labels? pass {yname}.argmax(axis=-1))"
                     if labels.shape[:2] == arr.shape[:2] and labels.ndim == 3 else "")
             raise ValueError(f"{yname} for episodes {xname} {arr.shape} must have shape "
                              f"{arr.shape[:2]}: one label per step, < 0 for no target; got "

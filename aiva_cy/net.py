@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, overload
+from typing import (Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union,
+                    overload)
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -19,11 +20,14 @@ from aiva_cy._checks import adam_args as _adam_args
 from aiva_cy._checks import check_finite as _check_finite
 from aiva_cy._checks import float_arg as _float_arg
 from aiva_cy._checks import int_arg as _int_arg
+from aiva_cy._checks import is_cupy as _is_cupy
 from aiva_cy._checks import numeric_array as _numeric_array
 from aiva_cy._checks import parse_device as _parse_device
+from aiva_cy._checks import tool_indices
 from aiva_cy._core import Engine
 from aiva_cy._model import (PARAM_NAMES, Snapshot, batch_mismatch, check_config,
-                            check_device_precision, check_precision, check_state, init_weights,
+                            check_device_precision, check_precision, check_state, check_tool_names,
+                            init_weights,
                             num_parameters, param_shapes, sizes)
 
 # Static types of the input: a flat list of numbers is one stream, a list of lists a batch.
@@ -64,6 +68,10 @@ class AIVANet:
         the master weights included, stays float32.  The reduced precisions are oneDNN's
         products, where the CPU has native ones: ``pip install "aiva_cy[precision]"``.
         Settable on a live net (CPU only).
+    tool_names : sequence of str, or None
+        The tools' names in output order (``num_tools`` distinct strings), kept in the
+        config, checkpoints, pickles and the ONNX metadata.  With names, ``decide(x,
+        names=True)`` returns the tool's name, and labels may be given as names.
     lr, betas, eps, weight_decay :
         Adam's hyper-parameters (``torch.optim.Adam``'s defaults); also on ``net.optimizer``.
     """
@@ -71,13 +79,14 @@ class AIVANet:
     def __init__(self, input_size: int = 512, num_tools: int = 20, *, hidden_size: int = 2048,
                  spiking_size: int = 1024, threshold: float = 0.5, refractory_period: int = 2,
                  surrogate_slope: float = 25.0, seed: Optional[int] = None, device: str = "cpu",
-                 precision: str = "float32", lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 precision: str = "float32", tool_names: Optional[Sequence[str]] = None,
+                 lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         config = check_config({
             "input_size": input_size, "num_tools": num_tools, "hidden_size": hidden_size,
             "spiking_size": spiking_size, "threshold": threshold,
             "refractory_period": refractory_period, "surrogate_slope": surrogate_slope,
-            "precision": precision})
+            "precision": precision, "tool_names": tool_names})
         if seed is not None:
             seed = _int_arg("seed", seed, 0, 2**63 - 1)
         optimizer_args = _adam_args(lr, betas, eps, weight_decay)
@@ -111,6 +120,25 @@ class AIVANet:
                                  doc="Refractory period, in steps.")
     surrogate_slope = property(lambda self: self._config["surrogate_slope"],
                                doc="Slope of the fast-sigmoid surrogate gradient.")
+
+    @property
+    def tool_names(self) -> Optional[Tuple[str, ...]]:
+        """The tools' names in output order, or None; settable (``num_tools`` distinct
+        strings, or None)."""
+        return self._config["tool_names"]
+
+    @tool_names.setter
+    def tool_names(self, value: Optional[Sequence[str]]) -> None:
+        names = check_tool_names(value)
+        if names is not None and len(names) != self.num_tools:
+            raise ValueError(f"tool_names must name each of the {self.num_tools} tools "
+                             f"(num_tools), got {len(names)} names")
+        with self._lock:      # a snapshot (save, pickle) sees the old names or the new
+            self._config["tool_names"] = names
+
+    def _labels(self, y: Any, name: str = "y") -> Any:
+        """y with tool names turned into indices (see :func:`aiva_cy._checks.tool_indices`)."""
+        return tool_indices(name, y, self._config["tool_names"], self.num_tools)
 
     @property
     def num_parameters(self) -> int:
@@ -166,7 +194,8 @@ class AIVANet:
                 f"hidden_size={c['hidden_size']}, spiking_size={c['spiking_size']}, "
                 f"threshold={c['threshold']}, refractory_period={c['refractory_period']}, "
                 f"surrogate_slope={c['surrogate_slope']}, device={self.device!r}, "
-                f"precision={c['precision']!r})")
+                f"precision={c['precision']!r}"
+                + (f", tool_names={list(c['tool_names'])!r})" if c["tool_names"] else ")"))
 
     # -- inference -------------------------------------------------------------------------
     def forward(self, x: ArrayLike) -> NDArray[np.float32]:
@@ -215,30 +244,55 @@ class AIVANet:
         return int(idx[0]) if one else idx
 
     @overload
-    def decide(self, x: _Row, confidence: float = ...) -> Tuple[int, float, bool]: ...
+    def decide(self, x: _Row, confidence: float = ..., *, names: Literal[False] = ...
+               ) -> Tuple[int, float, bool]: ...
     @overload
-    def decide(self, x: _Rows, confidence: float = ...
+    def decide(self, x: _Row, confidence: float = ..., *, names: Literal[True]
+               ) -> Tuple[str, float, bool]: ...
+    @overload
+    def decide(self, x: _Rows, confidence: float = ..., *, names: Literal[False] = ...
                ) -> Tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.bool_]]: ...
     @overload
-    def decide(self, x: ArrayLike, confidence: float = ...) -> Union[
-            Tuple[int, float, bool],
-            Tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.bool_]]]: ...
+    def decide(self, x: _Rows, confidence: float = ..., *, names: Literal[True]
+               ) -> Tuple[NDArray[np.str_], NDArray[np.float32], NDArray[np.bool_]]: ...
+    @overload
+    def decide(self, x: ArrayLike, confidence: float = ..., *, names: Literal[False] = ...
+               ) -> Union[Tuple[int, float, bool],
+                          Tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.bool_]]]: ...
+    @overload
+    def decide(self, x: ArrayLike, confidence: float = ..., *, names: Literal[True]
+               ) -> Union[Tuple[str, float, bool],
+                          Tuple[NDArray[np.str_], NDArray[np.float32], NDArray[np.bool_]]]: ...
+    @overload
+    def decide(self, x: ArrayLike, confidence: float = ..., *, names: bool = ...) -> Any: ...
 
-    def decide(self, x: ArrayLike, confidence: float = 0.7) -> Union[
-            Tuple[int, float, bool],
-            Tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.bool_]]]:
+    def decide(self, x: ArrayLike, confidence: float = 0.7, *, names: bool = False) -> Any:
         """AIVA's anti-hallucination check: ``(tool, confidence, is_confident)``.
 
-        ``confidence`` is the top probability; ``is_confident`` says whether it reaches the
-        ``confidence`` argument.  For a batch, each of the three is an array (B,).
+        ``tool`` is the most probable tool's index, or with ``names=True`` its name from
+        :attr:`tool_names` (a ValueError where the net has none).  ``confidence`` is the top
+        probability; ``is_confident`` says whether it reaches the ``confidence`` argument.
+        For a batch, each of the three is an array (B,).
         """
         level = _float_arg("confidence", confidence, 0.0)
         if level > 1.0:
             raise ValueError(f"confidence must be in [0, 1], got {confidence!r}")
+        if not isinstance(names, (bool, np.bool_)):
+            raise TypeError(f"names must be True or False, got {names!r}")
+        tool_names = self._config["tool_names"]
+        if names and tool_names is None:
+            raise ValueError("decide(names=True) needs the net's tool_names: build it with "
+                             "AIVANet(..., tool_names=[...]) or set net.tool_names")
         arr, one = self._engine.as_x(x)
         probs = self._engine.predict(arr)
         tool = probs.argmax(axis=1)
         top = probs.max(axis=1)
+        if names:
+            host = tool.get() if _is_cupy(tool) else tool
+            named = np.asarray(tool_names)[host]
+            if one:
+                return str(named[0]), float(top[0]), bool(top[0] >= level)
+            return named, top, top >= level
         if one:
             return int(tool[0]), float(top[0]), bool(top[0] >= level)
         return tool, top, top >= level
@@ -300,7 +354,7 @@ class AIVANet:
         Raises FloatingPointError (and changes nothing) if the loss or a gradient is not finite.
         """
         arr, _ = self._engine.as_x(x)
-        labels = self._engine.as_y(y, arr.shape[0])
+        labels = self._engine.as_y(self._labels(y), arr.shape[0])
         with self._lock:
             loss = self._engine.loss_and_grad(arr, labels)
             return float(loss), self._engine.gradients()
@@ -312,7 +366,7 @@ class AIVANet:
         optimizer and the state are then exactly as they were.
         """
         arr, _ = self._engine.as_x(x)
-        labels = self._engine.as_y(y, arr.shape[0])
+        labels = self._engine.as_y(self._labels(y), arr.shape[0])
         with self._lock:
             loss, _ = self._engine.train_step(arr, labels, self._optimizer)
         return float(loss)
@@ -323,7 +377,8 @@ class AIVANet:
         target) and row weights (T * B,) float32 normalised over the targeted steps."""
         from aiva_cy._sequences import episode_targets
         arr, one = self._engine.as_xs(xs, "xs")
-        labels, weights = episode_targets(arr.shape, ys, sample_weight, self.num_tools, one)
+        labels, weights = episode_targets(arr.shape, self._labels(ys, "ys"), sample_weight,
+                                          self.num_tools, one)
         return arr, self._engine.to_device(labels), self._engine.to_device(weights)
 
     def loss_and_grad_sequence(self, xs: Any, ys: Any, sample_weight: Any = None
@@ -380,6 +435,10 @@ class AIVANet:
         ``"val_loss"`` and ``"val_accuracy"`` with validation data.
         """
         from aiva_cy._training import fit
+        y = self._labels(y)
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+            validation_data = (validation_data[0],
+                               self._labels(validation_data[1], "validation_data[1]"))
         with self._lock:      # the net is fit's until it returns: other threads' calls wait
             return fit(self._engine, self._optimizer, X, y, epochs=epochs, batch_size=batch_size,
                        shuffle=shuffle, seed=seed,
@@ -394,6 +453,7 @@ class AIVANet:
         state, or episodes X (n, steps, in) each from an empty state, over their targeted
         steps.  The net's own stream state is kept as it was."""
         from aiva_cy._training import evaluate
+        y = self._labels(y)
         with self._lock:
             return evaluate(self._engine, X, y, batch_size=batch_size,
                             sample_weight=sample_weight)

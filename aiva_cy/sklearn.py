@@ -11,7 +11,8 @@ import this module or scikit-learn. Everything here goes through AIVANet's publi
 Choices (where scikit-learn's conventions and AIVANet's differ):
 
 * **Labels.** ``classes_`` holds the sorted distinct labels of ``y`` (strings such as tool
-  names, integers, ...); the net's outputs are their indices, ``num_tools = len(classes_)``.
+  names, integers, ...); the net's outputs are their indices, ``num_tools = len(classes_)``,
+  and its ``tool_names`` their strings.
   One class is allowed: the net then has one output and predicts it with probability 1.
 * **Inputs.** ``X`` is converted to float32 (the net's dtype); ``n_features_in_`` is its
   width and becomes the net's ``input_size``. Each row is one step from an empty state:
@@ -28,7 +29,11 @@ Choices (where scikit-learn's conventions and AIVANet's differ):
   ``random_state`` and data give the same net (on the same BLAS and thread count).
 * **partial_fit** runs one epoch over the rows given; the first call needs ``classes``.
   ``fit`` always starts from a new net.
-* **No sample_weight** (AIVANet's ``fit`` takes none).
+* **No sample_weight** here: scikit-learn's weight checks ask that all-ones weights give the
+  same net as none, bit for bit, which a weighted mean does not promise in float32. For
+  weighted rows, call ``AIVANet.fit(X, y, sample_weight=w)`` directly.
+* **Tool names.** ``net_`` carries ``tool_names = [str(c) for c in classes_]`` (where those
+  are distinct), so a saved ``net_`` still names its outputs.
 """
 from __future__ import annotations
 
@@ -162,7 +167,13 @@ class AIVAClassifier(ClassifierMixin, BaseEstimator):
                        surrogate_slope=self.surrogate_slope,
                        seed=int(rng.randint(_SEED_RANGE)), device=self.device,
                        precision=self.precision, lr=self.lr, betas=self.betas, eps=self.eps,
-                       weight_decay=self.weight_decay)
+                       weight_decay=self.weight_decay, tool_names=self._tool_names())
+
+    def _tool_names(self) -> Optional[List[str]]:
+        """classes_ as the net's tool_names (``net_.decide(x, names=True)`` names the class),
+        where their strings are distinct and non-empty."""
+        names = [str(c) for c in self.classes_]
+        return names if len(set(names)) == len(names) and all(names) else None
 
     def _draw_seed(self) -> int:
         return int(self._rng.randint(_SEED_RANGE))

@@ -122,7 +122,7 @@ def test_predict_and_forward_match_bf16_reference(sizes, batch):
 @pytest.mark.parametrize("batch", [1, 7, 33, 256])
 def test_packed_weights_at_every_batch(batch):
     # The packs are made once (for any batch); checked at the batches the benchmark uses.
-    # Unscreened inputs, as above: MKL's bf16 kernels sum in another order at each batch
+    # Unscreened inputs, as above: oneDNN's bf16 kernels sum in another order at each batch
     # size; the reference follows the engine's spikes within the bound.
     net, ref, w = make(DEFAULT, seed=11)
     assert net._engine.packed()

@@ -108,7 +108,7 @@ BAD_INPUT = [   # SMALL: input_size 24, num_tools 5, spiking_size 30, refractory
     ("as_xs", (np.zeros((2, 2, 2, 24)),), ValueError, r"xs must have shape \(steps >= 1, 24\)"),
     ("as_xs", (np.full((2, 24), np.nan),), ValueError, "xs contains NaN or Inf"),
     ("as_y", ([0, 9], 2), ValueError,
-     r"y must hold integer labels in \[0, 5\), got values from 0 to 9"),
+     r"y must hold integer labels in \[0, 5\) \(ints, or floats with integral values\), got values from 0 to 9"),
     ("as_y", ([0.5, 1], 2), ValueError, "non-integer"),
     ("as_y", ([0, 1, 2], 2), ValueError, r"one label per row of x: shape \(2,\)"),
     ("set_state", (np.full((2, 30), 7),), ValueError,

@@ -68,14 +68,18 @@ def test_bad_x_in_training(net, x, exc, msg, method):
     assert_unchanged(net, snap)
 
 
+# Every kind of wrong label is told the same thing about what is accepted.
+ACCEPTED = r"y must hold integer labels in \[0, 5\) \(ints, or floats with integral values\)"
 BAD_Y = [
     ([0, 1], ValueError, r"y must hold one label per row of x: shape \(3,\), got \(2,\)"),
-    ([0, 1, 5], ValueError, r"y must hold integer labels in \[0, 5\), got values from 0 to 5"),
-    ([0, -1, 2], ValueError, r"y must hold integer labels in \[0, 5\), got values from -1"),
+    ([0, 1, 5], ValueError, ACCEPTED + r", got values from 0 to 5"),
+    ([0, -1, 2], ValueError, ACCEPTED + r", got values from -1"),
     ([0.0, 1.5, 2.0], ValueError, "y must hold integer labels.*non-integer"),
     ([0.0, np.nan, 2.0], ValueError, "y must hold integer labels.*non-integer"),
-    (["a", "b", "c"], TypeError, "y must hold real numbers"),
-    ([True, False, True], TypeError, "y must hold integer labels, got dtype bool"),
+    (["a", "b", "c"], TypeError, ACCEPTED + r", got strings .*tool_names=\[\.\.\.\]"),
+    ([True, False, True], TypeError, ACCEPTED + ", got dtype bool"),
+    (np.eye(5)[[0, 1, 2]], ValueError, r"shape \(3,\), got \(3, 5\) \(one-hot labels\? pass "
+                                       r"y\.argmax\(axis=1\)\)"),
 ]
 
 

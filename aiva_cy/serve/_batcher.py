@@ -172,10 +172,25 @@ def _confidence_level(confidence: Any) -> float:
     return level
 
 
-def _decision(probs: np.ndarray, level: float) -> Tuple[int, float, bool]:
+def _decision(probs: np.ndarray, level: float, names: Any = None) -> Tuple[Any, float, bool]:
+    """(tool, top probability, whether it reaches level); tool is the name from ``names``
+    (the net's tool_names) where given, else the index."""
     tool = int(probs.argmax())
     top = float(probs[tool])
-    return tool, top, top >= level
+    return (tool if names is None else names[tool]), top, top >= level
+
+
+def _names_for(net: Any, names: Any) -> Any:
+    """The net's tool_names where ``names`` asks for them (checked like ``net.decide``)."""
+    if not isinstance(names, (bool, np.bool_)):
+        raise TypeError(f"names must be True or False, got {names!r}")
+    if not names:
+        return None
+    tool_names = getattr(net, "tool_names", None)
+    if tool_names is None:
+        raise ValueError("decide(names=True) needs the net's tool_names: build it with "
+                         "AIVANet(..., tool_names=[...]) or set net.tool_names")
+    return tool_names
 
 
 class Batcher:
@@ -273,10 +288,13 @@ class Batcher:
         """Index of the most probable tool for one row."""
         return int(self.predict_proba(x).argmax())
 
-    def decide(self, x: ArrayLike, confidence: float = 0.7) -> Tuple[int, float, bool]:
-        """``(tool, confidence, is_confident)`` for one row, like ``net.decide``."""
+    def decide(self, x: ArrayLike, confidence: float = 0.7, *, names: bool = False
+               ) -> Tuple[Any, float, bool]:
+        """``(tool, confidence, is_confident)`` for one row, like ``net.decide`` (with
+        ``names=True``, the tool's name from ``net.tool_names``)."""
         level = _confidence_level(confidence)
-        return _decision(self.predict_proba(x), level)
+        tool_names = _names_for(self._net, names)
+        return _decision(self.predict_proba(x), level, tool_names)
 
     # -- asyncio --------------------------------------------------------------------------------
     async def apredict_proba(self, x: ArrayLike) -> NDArray[np.float32]:
@@ -292,10 +310,12 @@ class Batcher:
         """:meth:`predict` for asyncio."""
         return int((await self.apredict_proba(x)).argmax())
 
-    async def adecide(self, x: ArrayLike, confidence: float = 0.7) -> Tuple[int, float, bool]:
+    async def adecide(self, x: ArrayLike, confidence: float = 0.7, *, names: bool = False
+                      ) -> Tuple[Any, float, bool]:
         """:meth:`decide` for asyncio."""
         level = _confidence_level(confidence)
-        return _decision(await self.apredict_proba(x), level)
+        tool_names = _names_for(self._net, names)
+        return _decision(await self.apredict_proba(x), level, tool_names)
 
     # -- life cycle -----------------------------------------------------------------------------
     def close(self) -> None:

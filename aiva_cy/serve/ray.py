@@ -102,16 +102,18 @@ class AIVADeployment:
     async def predict(self, x: Any) -> int:
         return int((await self.predict_proba(x)).argmax())
 
-    async def decide(self, x: Any, confidence: float = 0.7) -> Tuple[int, float, bool]:
-        """``(tool, confidence, is_confident)``, like ``net.decide``."""
+    async def decide(self, x: Any, confidence: float = 0.7, *, names: bool = False
+                     ) -> Tuple[Any, float, bool]:
+        """``(tool, confidence, is_confident)``, like ``net.decide`` (``names=True``: the
+        tool's name from the net's tool_names)."""
+        from aiva_cy.serve._batcher import _decision, _names_for
         level = _level(confidence)
-        p = await self.predict_proba(x)
-        tool = int(p.argmax())
-        return tool, float(p[tool]), bool(p[tool] >= level)
+        tool_names = _names_for(self.net, names)
+        return _decision(await self.predict_proba(x), level, tool_names)
 
     async def __call__(self, request: Any) -> Dict[str, Any]:
         """HTTP: ``{"x": [...], "confidence": 0.7}`` in, the decision and the
-        probabilities out.  Through a handle, ``handle.remote(body)`` takes the same body as
+        probabilities out (with ``"tool_name"`` where the net has tool_names).  Through a handle, ``handle.remote(body)`` takes the same body as
         a dict."""
         body = await request.json() if hasattr(request, "json") else request
         if not isinstance(body, dict) or "x" not in body:
@@ -119,8 +121,12 @@ class AIVADeployment:
         level = _level(body.get("confidence", 0.7))
         p = await self.predict_proba(body["x"])
         tool = int(p.argmax())
-        return {"tool": tool, "confidence": float(p[tool]), "is_confident": bool(p[tool] >= level),
-                "probabilities": p.tolist()}
+        out = {"tool": tool, "confidence": float(p[tool]),
+               "is_confident": bool(p[tool] >= level), "probabilities": p.tolist()}
+        names = getattr(self.net, "tool_names", None)
+        if names is not None:
+            out["tool_name"] = names[tool]
+        return out
 
 
 def application(checkpoint: Checkpoint, *, max_batch: int = 256, max_delay: float = 0.002,
