@@ -103,8 +103,10 @@ C_CONSTANTS = {"GRAD_LIMIT": AIVA_GRAD_LIMIT, "ERR_INPUT_NONFINITE": AIVA_ERR_IN
 # Memory per call
 # ---------------------------------------------------------------------------------------
 # Inference (forward, forward_sequence, predict) runs a large batch in chunks of rows whose
-# workspace fits in this many bytes, so its scratch memory is bounded whatever the batch;
-# the rows are independent, so the results are the same.  A training step needs the whole
+# workspace fits in this many bytes, so its scratch memory is bounded whatever the batch.
+# The rows are independent, so a chunked result agrees with an unchunked one within the
+# float32 bound of docs/contract.md ("Batch size and chunking"), not bit for bit: the BLAS
+# may pick another kernel for another row count.  A training step needs the whole
 # batch at once (the gradients sum over it): its workspace grows with the batch and is
 # freed after the call when it is larger than this.
 WORKSPACE_LIMIT = 16 << 20
@@ -112,6 +114,23 @@ WORKSPACE_LIMIT = 16 << 20
 POOL_MAX = 4
 # The C core indexes a step's arrays with 32-bit ints (see aiva_cy._model.INDEX_LIMIT).
 _INT_LIMIT = INDEX_LIMIT
+
+
+cdef int _right(const float[::1] probs, const int64_t[::1] y, const float *weight,
+                Py_ssize_t rows, int T) noexcept:
+    """Rows whose first maximum (NumPy's argmax) is their label, for fit's accuracy; with
+    weights, rows of weight 0 (steps without a target) are not counted."""
+    cdef Py_ssize_t b
+    cdef int t, best, correct = 0
+    for b in range(rows):
+        if weight != NULL and weight[b] == 0:
+            continue
+        best = 0
+        for t in range(1, T):
+            if probs[b * T + t] > probs[b * T + best]:
+                best = t
+        correct += best == y[b]
+    return correct
 
 
 def _row_bytes(int hidden_size, int spiking_size, int num_tools, int input_size=0):
@@ -487,8 +506,7 @@ cdef class Engine:
                   Workspace ws, Py_ssize_t chunk_rows, float *probs,
                   float *logits) noexcept nogil:
         """One step of `batch` rows in chunks of at most chunk_rows (<= the workspace's
-        capacity); state (B, spiking) is
-        read and, where the step succeeds, advanced in place (callers pass a trial copy when
+        capacity); state (B, spiking) is read and, where the step succeeds, advanced in place (callers pass a trial copy when
         a failure must leave it untouched).  Returns AIVA_OK or the first error.
 
         The chunks are of equal size (within one row), not full ones and a remainder: the
@@ -600,6 +618,15 @@ cdef class Engine:
             _raise(code)
         return probs
 
+    cdef int _grad_targets(self, aiva_grads *grads) except -1:
+        # The gradient buffers (made by the first training call) as the C core's targets;
+        # the arrays stay referenced by self, so the pointers outlive this call.
+        if self.g_fc1_t is None:
+            self.g_fc1_t, self.g_spiking_t, self.g_fc2 = (np.zeros_like(w) for w in self._weights)
+        cdef float[:, ::1] g1 = self.g_fc1_t, g2 = self.g_spiking_t, g3 = self.g_fc2
+        grads.fc1_t, grads.spiking_t, grads.fc2 = &g1[0, 0], &g2[0, 0], &g3[0, 0]
+        return 0
+
     cdef int _sequence_backward(self, const float[:, :, ::1] xs, const int64_t[::1] y,
                                 const float[::1] weight, double *loss) except -1:
         # Caller holds _lock.  An episode from an empty state, forward over all its rows
@@ -620,11 +647,8 @@ cdef class Engine:
                              f"{y.shape[0]} and {weight.shape[0]}")
         if (<uintptr_t>&y[0]) % sizeof(int64_t) != 0 or (<uintptr_t>&weight[0]) % sizeof(float):
             raise ValueError("ys and the weights must be aligned arrays; pass copies")
-        if self.g_fc1_t is None:
-            self.g_fc1_t, self.g_spiking_t, self.g_fc2 = (np.zeros_like(w) for w in self._weights)
-        cdef float[:, ::1] g1 = self.g_fc1_t, g2 = self.g_spiking_t, g3 = self.g_fc2
         cdef aiva_grads grads
-        grads.fc1_t, grads.spiking_t, grads.fc2 = &g1[0, 0], &g2[0, 0], &g3[0, 0]
+        self._grad_targets(&grads)
         cdef float[::1] scratch_probs = np.empty(rows * self.num_tools, np.float32)
         cdef int32_t[:, ::1] empty = np.zeros((batch, self.spiking_size), np.int32)
         self.ws.reserve(<int>rows)
@@ -641,18 +665,7 @@ cdef class Engine:
         if code != AIVA_OK:
             _raise(code, True)
         self.grad_bounds = [grads.bound_fc1_t, grads.bound_spiking_t, grads.bound_fc2]
-        cdef Py_ssize_t b
-        cdef int t, best, correct = 0
-        cdef int T = self.num_tools
-        for b in range(rows):
-            if weight[b] == 0:
-                continue
-            best = 0
-            for t in range(1, T):
-                if scratch_probs[b * T + t] > scratch_probs[b * T + best]:
-                    best = t
-            correct += best == y[b]
-        return correct
+        return _right(scratch_probs, y, &weight[0], rows, self.num_tools)
 
     def loss_and_grad_sequence(self, const float[:, :, ::1] xs, const int64_t[::1] y,
                                const float[::1] weight):
@@ -729,11 +742,8 @@ cdef class Engine:
         if (<uintptr_t>&y[0]) % sizeof(int64_t) != 0:
             raise ValueError("y must be an aligned int64 array (this one starts at an odd byte "
                              "address); pass a copy, np.array(y)")
-        if self.g_fc1_t is None:
-            self.g_fc1_t, self.g_spiking_t, self.g_fc2 = (np.zeros_like(w) for w in self._weights)
-        cdef float[:, ::1] g1 = self.g_fc1_t, g2 = self.g_spiking_t, g3 = self.g_fc2
         cdef aiva_grads grads
-        grads.fc1_t, grads.spiking_t, grads.fc2 = &g1[0, 0], &g2[0, 0], &g3[0, 0]
+        self._grad_targets(&grads)
         cdef float[::1] scratch_probs = np.empty(batch * self.num_tools, np.float32)
         self.ws.reserve(batch)
         cdef aiva_blas *table = self._table()
@@ -748,15 +758,7 @@ cdef class Engine:
         if code != AIVA_OK:
             _raise(code, True)
         self.grad_bounds = [grads.bound_fc1_t, grads.bound_spiking_t, grads.bound_fc2]
-        cdef int b, t, best, correct = 0
-        cdef int T = self.num_tools
-        for b in range(batch):
-            best = 0
-            for t in range(1, T):
-                if scratch_probs[b * T + t] > scratch_probs[b * T + best]:
-                    best = t
-            correct += best == y[b]
-        return correct
+        return _right(scratch_probs, y, NULL, batch, self.num_tools)
 
     def loss_and_grad(self, const float[:, ::1] x, const int64_t[::1] y):
         """One stateful step with backward; returns the loss (gradients via gradients())."""
