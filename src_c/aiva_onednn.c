@@ -92,9 +92,14 @@ static const char *no_state_error = "out of memory (per-thread state)";
 /* ---------------------------------------------------------------------------------------
  * The provider.
  * --------------------------------------------------------------------------------------- */
+#ifndef AIVA_ONEDNN_SERIAL_ROWS
+#define AIVA_ONEDNN_SERIAL_ROWS 4
+#endif
+
 typedef struct {
     int kind, ta, tb, packed;
     ptrdiff_t M, N, K, lda, ldb, ldc;
+    int threads;   /* oneDNN fixes a primitive's thread count when it creates it */
 } prim_key;
 
 typedef struct {
@@ -320,7 +325,21 @@ static int key_equal(const prim_key *a, const prim_key *b)
 {
     return a->kind == b->kind && a->ta == b->ta && a->tb == b->tb && a->packed == b->packed
            && a->M == b->M && a->N == b->N && a->K == b->K && a->lda == b->lda
-           && a->ldb == b->ldb && a->ldc == b->ldc;
+           && a->ldb == b->ldb && a->ldc == b->ldc && a->threads == b->threads;
+}
+
+/* The OpenMP threads a product of M rows runs on, set on the calling thread before its
+ * primitive is made (oneDNN reads the count then) and before it runs; 0: leave it.  A few
+ * rows run on the calling thread alone: their products are bound by reading the weights,
+ * which one core does nearly as fast as two, while waking GNU OpenMP's sleeping workers
+ * (OMP_WAIT_POLICY=PASSIVE, see _lowp.pyx) costs more than it saves (benchmarks/README.md,
+ * "Figures behind design choices"). */
+static int threads_for(aiva_onednn *dnn, ptrdiff_t M)
+{
+    int n = aiva_onednn_threads(dnn);
+    if (n > 1 && M <= AIVA_ONEDNN_SERIAL_ROWS) n = 1;
+    if (n > 0) dnn->omp_set_num_threads(n);
+    return n;
 }
 
 /* A 2-D descriptor of rows x cols, row-major with row stride ld, or its transpose stored
@@ -571,7 +590,7 @@ static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff
         set_error("%s: the packed weight does not describe B (%d)", "aiva_onednn", 0);
         return -1;
     }
-    prim_key k = {kind, ta, tb, w != NULL, M, N, K, lda, ldb, ldc};
+    prim_key k = {kind, ta, tb, w != NULL, M, N, K, lda, ldb, ldc, threads_for(dnn, M)};
     if (w) k.ldb = 0;    /* format "any": the plain layout of B does not enter the primitive */
     if (k.packed) k.tb = 0;
     prim_entry own;
@@ -601,8 +620,7 @@ static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff
     if (s == AD_SUCCESS) {
         ad_exec_arg_t args[4] = {{AD_ARG_SRC, src}, {AD_ARG_WEIGHTS, wei},
                                    {AD_ARG_DST, dst}, {AD_ARG_SCRATCHPAD, pad}};
-        int n = aiva_onednn_threads(dnn);
-        if (n > 0) dnn->omp_set_num_threads(n);
+        if (k.threads > 0) dnn->omp_set_num_threads(k.threads);   /* a nested call may have changed it */
         s = dnn->f.primitive_execute(e->prim, t->stream, pad ? 4 : 3, args);
         if (s == AD_SUCCESS) s = dnn->f.stream_wait(t->stream);
     }
@@ -638,7 +656,7 @@ int aiva_onednn_impl(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, pt
                      ptrdiff_t K, int packed, char *out, size_t out_size)
 {
     prim_key k = {kind, ta, packed ? 0 : tb, packed != 0, M, N, K,
-                  ta ? M : K, packed ? 0 : (tb ? K : N), N};
+                  ta ? M : K, packed ? 0 : (tb ? K : N), N, threads_for(dnn, M)};
     prim_entry own;
     ad_status_t s = AD_SUCCESS;
     prim_entry *e = entry_acquire(dnn, &k, &own, &s);
