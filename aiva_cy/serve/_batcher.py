@@ -62,8 +62,6 @@ class _State:
         self.wake.acquire()
         self.sleeping = False
         self.want = 1
-        # Rows the last batch answered: those callers are likely back soon (see _take).
-        self.last_batch = 1
         self.thread = threading.Thread(target=_work, args=(self,), name="aiva_cy.Batcher",
                                        daemon=True)
 
@@ -97,7 +95,7 @@ class _State:
                 self.wake.acquire(False)
 
 
-def _take(state: _State) -> List[_Request]:
+def _take(state: _State, expected: int, free_since: float) -> List[_Request]:
     """The next batch.  Empty once closed and drained.
 
     A batch starts as soon as max_batch rows wait, or as many as are expected: the rows of
@@ -106,11 +104,11 @@ def _take(state: _State) -> List[_Request]:
     batch where that is later (a row that arrived during a batch could not have run
     sooner, and counting its wait from its arrival would start the next batch with only
     the rows that came during the last one, the crowd then running as two half batches,
-    each a product of half the rows, forever).  A lone caller waits for nobody."""
+    each a product of half the rows, forever).  A lone caller waits for nobody.
+    ``expected`` is counted by _work before the last batch's callers are answered: once
+    answered, some may be back already, and counting them twice would wait out max_delay
+    for rows that never come."""
     q = state.queue
-    free_since = time.monotonic()
-    with state.mutex:
-        expected = min(state.last_batch + len(q), state.max_batch)
     while True:
         with state.mutex:
             n = len(q)
@@ -130,14 +128,14 @@ def _take(state: _State) -> List[_Request]:
     with state.mutex:
         n = min(len(q), state.max_batch)
         batch = [q.popleft() for _ in range(n)]
-        state.last_batch = max(n, 1)
         state.want = 1
     return batch
 
 
 def _work(state: _State) -> None:
+    expected, free_since = 1, time.monotonic()
     while True:
-        batch = _take(state)
+        batch = _take(state, expected, free_since)
         if not batch:
             return
         try:
@@ -146,6 +144,9 @@ def _work(state: _State) -> None:
             for req in batch:
                 if req.result is None and req.error is None:
                     req.error = RuntimeError(f"the Batcher's worker failed: {exc!r}")
+        with state.mutex:   # before the answers go out (see _take)
+            expected = min(len(batch) + len(state.queue), state.max_batch)
+        free_since = time.monotonic()
         _deliver(batch)
 
 
