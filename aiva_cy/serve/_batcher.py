@@ -187,7 +187,8 @@ def _deliver(batch: List[_Request]) -> None:
     a sleeping thread costs a wake-up: on the 2-core machine 64 threads came back 15-20%
     sooner down the chain (a fake net, no products)."""
     by_loop: Dict[asyncio.AbstractEventLoop, List[_Request]] = {}
-    first = last = None
+    first: Optional[_Request] = None
+    last: Optional[_Request] = None
     for req in batch:
         if req.loop is None:
             if last is None:
@@ -198,6 +199,7 @@ def _deliver(batch: List[_Request]) -> None:
         else:
             by_loop.setdefault(req.loop, []).append(req)
     if first is not None:
+        assert first.lock is not None
         first.lock.release()
     # One wake-up per loop and batch, not one per row.
     for loop, reqs in by_loop.items():
