@@ -40,7 +40,8 @@ extensions = [
         sources=["aiva_cy/_core.pyx", "src_c/aiva_core.c"],
         include_dirs=INCLUDE,
         depends=["src_c/aiva_core.h", "src_c/aiva_common.h", "aiva_cy/_core.pxd",
-                 "aiva_cy/_blas.pxd", "aiva_cy/_adam.pxd", "aiva_cy/_threads.pxd"],
+                 "aiva_cy/_blas.pxd", "aiva_cy/_adam.pxd", "aiva_cy/_threads.pxd",
+                 "aiva_cy/_lowp.pxd"],
         extra_compile_args=c_flags,
         libraries=[] if sys.platform == "win32" else ["m"],
     ),
@@ -49,18 +50,18 @@ extensions = [
         # cimports it, so its state is one copy whatever module the BLAS loader lives in).
         "aiva_cy._threads",
         sources=["aiva_cy/_threads.pyx", "src_c/aiva_threads.c"],
-        include_dirs=[SRC_C],
+        include_dirs=INCLUDE,
         depends=["src_c/aiva_threads.h", "aiva_cy/_threads.pxd"],
         extra_compile_args=c_flags,
         libraries=[] if sys.platform == "win32" else ["dl", "pthread"],
     ),
+    # The reduced-precision provider: oneDNN, opened by path on first use (never linked).
     Extension(
-        # The BLAS thread budget shared by concurrent calls (its own module: the engine
-        # cimports it, so its state is one copy whatever module the BLAS loader lives in).
-        "aiva_cy._threads",
-        sources=["aiva_cy/_threads.pyx", "src_c/aiva_threads.c"],
+        "aiva_cy._lowp",
+        sources=["aiva_cy/_lowp.pyx", "src_c/aiva_onednn.c"],
         include_dirs=INCLUDE,
-        depends=["src_c/aiva_threads.h", "aiva_cy/_threads.pxd"],
+        depends=["src_c/aiva_onednn.h", "src_c/aiva_dnnl_api.h", "src_c/aiva_core.h",
+                 "aiva_cy/_lowp.pxd"],
         extra_compile_args=c_flags,
         libraries=[] if sys.platform == "win32" else ["dl", "pthread"],
     ),

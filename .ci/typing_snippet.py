@@ -1,4 +1,4 @@
-# Checked by .ci/typecheck.sh: the revealed types on lines 7-14 (keep the line numbers).
+# Checked by .ci/typecheck.sh: the revealed types on lines 7-15 (keep the line numbers).
 import numpy as np
 from aiva_cy import AIVANet, blas_info
 
@@ -12,3 +12,4 @@ reveal_type(net.predict(a))  # noqa: F821
 reveal_type(net.decide([0.0] * 512))  # noqa: F821
 reveal_type(net.decide(a))  # noqa: F821
 reveal_type(blas_info()["ilp64"])  # noqa: F821
+reveal_type(net.decide([0.0] * 512, names=True))  # noqa: F821

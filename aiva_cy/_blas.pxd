@@ -24,18 +24,21 @@ cdef extern from "aiva_core.h" nogil:
         aiva_sgemv_fn sgemv
         aiva_sgemm64_fn sgemm64
         aiva_sgemv64_fn sgemv64
-        void *gemm_bf16
-        void *gemm_bf16_compute
-        void *pack_bf16_size
         void *pack_f32_size
-        void *pack_bf16
         void *pack_f32
         void *compute_f32
+        void *lowp
+        void *lowp_bf16
+        void *lowp_u8s8
 
 
 # The tables the C core calls through, filled once and never changed after: the float32 BLAS
-# (at import), and MKL's for bfloat16 (all NULL until open_mkl succeeds).
+# (at import), MKL's (all NULL until open_mkl succeeds: the benchmark's MKL floors) and the
+# reduced-precision provider's (bfloat16 and int8: NULL until open_lowp succeeds).
 cdef aiva_blas *float32_table() noexcept nogil
 cdef aiva_blas *mkl_table() noexcept nogil
-# Open MKL into mkl_table() once; ImportError, saying what to install, if it cannot be.
+cdef aiva_blas *lowp_table() noexcept nogil
+# Open MKL (or the provider) into its table once; ImportError, saying what to install, if it
+# cannot be.
 cdef int open_mkl() except -1
+cdef int open_lowp() except -1

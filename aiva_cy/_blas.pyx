@@ -1,9 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The BLAS that the C core calls: found by path and opened with dlopen (importing
-scipy.linalg to reach cython_blas would cost more start-up than the whole NumPy BioNeuron:
-benchmarks/README.md, "Figures behind design choices").  Fills the tables that
-:mod:`aiva_cy._core` cimports, reports them (:func:`blas_info`) and opens MKL for bfloat16 on
-first use (:func:`require_bf16`).
+"""The libraries that the C core calls: the float32 BLAS, found by path and opened with dlopen
+(importing scipy.linalg to reach cython_blas would cost more start-up than the whole NumPy
+BioNeuron: benchmarks/README.md, "Figures behind design choices"), and the reduced-precision
+provider (oneDNN, :mod:`aiva_cy._lowp`), opened on the first net that asks for bfloat16 or
+int8.  Fills the tables that :mod:`aiva_cy._core` cimports, says which precision runs where
+(:func:`require_precision`, :func:`resolve_precision`) and reports it all
+(:func:`blas_info`).
 
 :class:`_BlasTable` is for the tests: a table opened by the same rules for any provider, whose
 ``sgemm`` and ``sgemv`` call the table's entry points (LP64 or ILP64) directly."""
@@ -15,6 +17,9 @@ import os
 import threading
 
 import numpy as np
+
+from aiva_cy._lowp cimport fill_table
+from aiva_cy._model import PRECISION_EXTRA
 
 cdef extern from "aiva_core.h" nogil:
     int aiva_blas_open(const char *path, const char *prefix, const char *suffix, int ilp64,
@@ -38,15 +43,17 @@ cdef extern from "aiva_core.h" nogil:
 # float32 products are slower than OpenBLAS's gemv, opening it adds to the start-up (the
 # dispatcher loads libmkl_core and a CPU-specific kernel library), and it brings a second
 # pool of worker threads beside NumPy's OpenBLAS (the figures: benchmarks/README.md).  It is
-# faster at batch 256 (pre-packed), so AIVA_CY_BLAS=mkl is there for batch work.  bfloat16 is
-# different: only MKL has the products, so MKL is opened, on first use, for every net that
-# asks for precision="bfloat16", whatever the float32 provider is.
+# faster at batch 256 (pre-packed), so AIVA_CY_BLAS=mkl is there for batch work.  Reduced
+# precision is not MKL's either: its bf16 products choose their kernels by CPU vendor and ran
+# MKL's generic path on the AMD Zen 5 development machine, 6x slower than float32 at batch 1
+# (benchmarks/README.md); oneDNN's choose by instruction set (below).
 # ---------------------------------------------------------------------------------------
 cdef aiva_blas _blas
 _blas_info = {}
 _PROVIDERS = ("numpy", "openblas32", "scipy", "mkl")
 
-cdef aiva_blas _mkl          # MKL's table, for bfloat16 (filled by open_mkl)
+cdef aiva_blas _mkl          # MKL's table (filled by open_mkl): AIVA_CY_BLAS=mkl, and the
+                             # benchmark's MKL floors
 cdef bint _mkl_open = False
 _mkl_info = {}
 _mkl_lock = threading.Lock()
@@ -58,7 +65,7 @@ MKL_EXTRA = 'pip install "aiva_cy[mkl]"'
 #   libgomp, for one), libmkl_intel_thread's omp_* calls bind to it while libiomp5 runs the
 #   threads, and products come out wrong, differently from run to run (the loss of a
 #   default-size step anywhere from 21 to 38 instead of 35.2 after `import torch`);
-# - speed: TBB was the fastest of the three for the bf16 products at batch 1, and as fast as
+# - speed: TBB was the fastest of the three for MKL's products at batch 1, and as fast as
 #   sequential at batch 256 (benchmarks/README.md);
 # - sharing the cores: TBB's idle workers block after a short spin, where Intel OpenMP's
 #   spin for 200 ms (KMP_BLOCKTIME) on the core NumPy's OpenBLAS pool needs next.
@@ -137,19 +144,70 @@ cdef int open_mkl() except -1:
         if aiva_mkl_open(os.fsencode(path), layer, &_mkl) != 0:
             raise ImportError(f"{path} could not be opened as MKL (or its interface is fixed "
                               f"to ILP64); reinstall it with: {MKL_EXTRA}")
-        _mkl_info.update(provider="mkl", path=path, ilp64=False,
-                         bf16=_mkl.gemm_bf16 != NULL and _mkl.pack_bf16 != NULL,
-                         threading_layer=layer_name)
+        _mkl_info.update(provider="mkl", path=path, ilp64=False, threading_layer=layer_name)
         _mkl_open = True
     return 0
 
 
-def require_bf16():
-    """Open MKL if needed; raise a clear error if no BLAS here has bfloat16 products."""
-    open_mkl()
-    if not _mkl_info["bf16"]:
-        raise ImportError(f"the MKL at {_mkl_info['path']} has no bfloat16 products "
-                          f"(cblas_gemm_bf16bf16f32); upgrade it with: {MKL_EXTRA}")
+# ---------------------------------------------------------------------------------------
+# Reduced precision: oneDNN (aiva_cy._lowp, `pip install "aiva_cy[precision]"`), opened on
+# the first net that asks for bfloat16 or int8.  It chooses kernels by instruction set
+# (AVX512-BF16, VNNI, AMX), not by vendor; its products take the provider slots of this
+# table, and the float32 slots stay the float32 BLAS's (the backward of a bf16 step is bf16
+# too, but Adam and every elementwise pass are float32 as ever).
+# ---------------------------------------------------------------------------------------
+cdef aiva_blas _lowp_blas
+cdef bint _lowp_open = False
+
+
+cdef aiva_blas *lowp_table() noexcept nogil:
+    return &_lowp_blas
+
+
+cdef int open_lowp() except -1:
+    """Open the provider into lowp_table() once (ImportError naming what to install where
+    it cannot be)."""
+    global _lowp_open, _lowp_blas
+    if _lowp_open:
+        return 0
+    from aiva_cy import _lowp
+    # oneDNN's OpenMP pool follows the float32 BLAS's thread count (the budget of
+    # aiva_cy._threads, written into that library per call): one budget for both.
+    _lowp.open_provider(_blas_info.get("path") if _blas_info.get("provider") in
+                        ("numpy", "scipy-openblas32", "mkl") else None)
+    cdef aiva_blas table
+    memset(&table, 0, sizeof(table))
+    table.sgemm, table.sgemv, table.sgemm64, table.sgemv64 = \
+        _blas.sgemm, _blas.sgemv, _blas.sgemm64, _blas.sgemv64
+    fill_table(&table)
+    _lowp_blas = table
+    _lowp_open = True
+    return 0
+
+
+def require_precision(str precision):
+    """Raise a clear error unless `precision` ("float32", "bfloat16" or "int8") runs natively
+    here: ImportError naming what to install, RuntimeError naming what the CPU lacks."""
+    if precision in ("bfloat16", "int8"):
+        open_lowp()
+        from aiva_cy import _lowp
+        _lowp.require(precision)
+
+
+def resolve_precision(str precision):
+    """The precision a net asking for `precision` runs: "auto" is bfloat16 where the CPU has
+    native bf16 products (AVX512-BF16 or AMX), else float32; the others are themselves.
+    Not int8, although it is faster: on a default-size net trained on hard clustered data
+    int8 changed more decisions than the 0.5% the project allows (the README, "Reduced
+    precision"), so int8 is for who has checked it on their own data."""
+    if precision != "auto":
+        return precision
+    try:
+        open_lowp()
+        from aiva_cy import _lowp
+        return "bfloat16" if _lowp.info()["bf16"] else "float32"
+    except (ImportError, RuntimeError):
+        return "float32"
 
 
 def _numpy_openblas_path(prefix="libscipy_openblas64_"):
@@ -187,7 +245,7 @@ cdef bint _open_path(aiva_blas *out, dict info, str provider, object path, bytes
     if path is None or aiva_blas_open(os.fsencode(path), prefix, suffix, ilp64, &found) != 0:
         return False
     out[0] = found
-    info.update(provider=provider, path=path, ilp64=bool(ilp64), bf16=False)
+    info.update(provider=provider, path=path, ilp64=bool(ilp64))
     return True
 
 
@@ -223,8 +281,7 @@ cdef int _open_provider(str choice, aiva_blas *out, dict info) except -1:
     memset(out, 0, sizeof(aiva_blas))
     out.sgemm = <aiva_sgemm_fn>_capsule_pointer(capi, "sgemm")
     out.sgemv = <aiva_sgemv_fn>_capsule_pointer(capi, "sgemv")
-    info.update(provider="scipy.linalg.cython_blas", path=cython_blas.__file__, ilp64=False,
-                bf16=False)
+    info.update(provider="scipy.linalg.cython_blas", path=cython_blas.__file__, ilp64=False)
     return 0
 
 
@@ -239,27 +296,66 @@ cdef int _load_blas() except -1:
 _load_blas()
 
 
-def blas_info():
-    """Which BLAS library the C core calls, and whether it has bfloat16 products.
+def _cpu_level():
+    from aiva_cy import _kernel
+    return _kernel.describe("", None)["cpu_level"]
 
-    ``{"provider", "path", "ilp64", "bf16"}`` for float32 (``bf16``: this library has
-    bfloat16 products) with the kernel it runs: ``kernel`` (the library's own name, e.g.
-    OpenBLAS's core type "SkylakeX", or MKL's code path), ``kernel_config``,
-    ``kernel_forced_by`` (an environment variable such as OPENBLAS_CORETYPE that chose it,
-    or None), ``kernel_older_than_cpu`` and ``cpu_level`` (the best this CPU can run); and
-    ``"bfloat16"``: the library that bfloat16 nets use (MKL, opened on first use, so this
-    call opens it) as the same kind of dict, or None where there is none, with
-    ``"bfloat16_missing"`` saying why and what to install.
+
+def _float32_entry(dict info):
+    return {"available": True, "native": True, "library": info["provider"],
+            "path": info["path"], "kernel": info.get("kernel"),
+            "kernel_forced_by": info.get("kernel_forced_by")}
+
+
+def _reduced_entry(str precision):
+    """blas_info()'s entry for bfloat16 or int8 (opens the provider)."""
+    # What the CPU itself has, said even where the provider is missing (None: unknown).
+    from aiva_cy import _kernel
+    native = _kernel.has_native(precision)
+    try:
+        require_precision(precision)
+    except (ImportError, RuntimeError) as exc:
+        return {"available": False, "native": native, "missing": str(exc)}
+    from aiva_cy import _lowp
+    lib = _lowp.info()
+    forced = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+              if os.environ.get(k)]
+    entry = {"available": True,
+             "native": lib["bf16"] if precision == "bfloat16" else lib["vnni"],
+             "library": "oneDNN", "version": lib["version"], "path": lib["path"],
+             # oneDNN's name for the instructions it dispatches to, e.g. avx512_core_bf16
+             "kernel": lib["isa"], "kernel_forced_by": ", ".join(forced) or None,
+             "kernel_older_than_cpu": bool(forced), "cpu_level": _cpu_level(),
+             "threads": lib["threads"], "threads_follow_blas": lib["threads_follow_blas"],
+             "omp_wait_policy": lib["omp_wait_policy"]}
+    if precision == "int8":
+        entry["activation_bits"] = 8 if lib["vnni"] else 7
+    return entry
+
+
+def blas_info():
+    """Which libraries the C core calls, and what each precision runs here.
+
+    The float32 BLAS at the top level (kept as it always was): ``provider``, ``path``,
+    ``ilp64``, and the kernel it runs: ``kernel`` (the library's own name, e.g. OpenBLAS's
+    core type "SkylakeX", or MKL's code path), ``kernel_config``, ``kernel_forced_by`` (an
+    environment variable such as OPENBLAS_CORETYPE that chose it, or None),
+    ``kernel_older_than_cpu`` and ``cpu_level`` (the best this CPU can run).
+
+    ``"precisions"``: one entry per precision, ``{"float32": ..., "bfloat16": ...,
+    "int8": ...}``, each with ``available`` (asking for it works here), ``native`` (the CPU
+    has the instructions: AVX512-BF16 or AMX for bfloat16, VNNI or AMX for int8) and either
+    ``library``, ``path`` and ``kernel`` (for bfloat16 and int8: oneDNN, opened by this
+    call, and the instruction set it dispatches to) or ``missing``: why not, and what to
+    install.  ``"precision_auto"``: what precision="auto" runs here.
     """
     from aiva_cy import _kernel    # ctypes only when asked: not on the import path
     info = dict(_blas_info)
     info.update(_kernel.describe(info["provider"], info["path"]))
-    try:
-        require_bf16()
-        info["bfloat16"] = dict(_mkl_info)
-        info["bfloat16"].update(_kernel.describe("mkl", _mkl_info["path"]))
-    except ImportError as exc:
-        info["bfloat16"], info["bfloat16_missing"] = None, str(exc)
+    info["precisions"] = {"float32": _float32_entry(info),
+                          "bfloat16": _reduced_entry("bfloat16"),
+                          "int8": _reduced_entry("int8")}
+    info["precision_auto"] = resolve_precision("auto")
     return info
 
 

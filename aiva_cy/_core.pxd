@@ -1,5 +1,5 @@
 # cython: language_level=3
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
 
 from aiva_cy._blas cimport aiva_blas, aiva_bf16
 
@@ -18,6 +18,15 @@ cdef extern from "aiva_core.h" nogil:
         const aiva_bf16 *fc2_bf16
         const void *fc1_packed
         const void *spiking_packed
+        int int8, act_qmax, act_zero
+        const int8_t *fc1_t_q
+        const int8_t *spiking_t_q
+        const int8_t *fc2_q
+        const float *fc1_scale
+        const float *spiking_scale
+        const float *fc2_scale
+        const int32_t *fc1_sum
+        const int32_t *spiking_sum
 
     ctypedef struct aiva_workspace:
         int capacity
@@ -47,6 +56,7 @@ cdef extern from "aiva_core.h" nogil:
         AIVA_ERR_GRAD_NONFINITE
         AIVA_ERR_SIZE
         AIVA_ERR_HIDDEN_NONFINITE
+        AIVA_ERR_PROVIDER
 
     int aiva_forward(const aiva_blas *blas, const aiva_net *net, const float *x, int batch,
                      const int32_t *refractory_left, aiva_workspace *ws, float *probs)
@@ -61,8 +71,10 @@ cdef extern from "aiva_core.h" nogil:
     int aiva_backward_weighted(const aiva_blas *blas, const aiva_net *net, const float *x,
                                const int64_t *y, const float *row_weight, int batch,
                                aiva_workspace *ws, aiva_grads *grads, double *loss)
-    size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, void *dest)
+    size_t aiva_pack(const aiva_blas *blas, int n, int k, const float *w, void *dest)
     void aiva_round_bf16(const float *src, Py_ssize_t n, aiva_bf16 *dst)
+    void aiva_quantize_s8(const float *w, Py_ssize_t n, Py_ssize_t len, Py_ssize_t step,
+                          Py_ssize_t vstride, int8_t *q, float *scale, int32_t *sum)
     void aiva_blas_products(const aiva_blas *blas, const aiva_net *net, const float *x,
                             int batch, aiva_workspace *ws)
 

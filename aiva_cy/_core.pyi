@@ -8,12 +8,13 @@ from aiva_cy._adam import Adam
 from aiva_cy._blas import BlasInfo as BlasInfo
 from aiva_cy._blas import MKL_EXTRA as MKL_EXTRA
 from aiva_cy._blas import blas_info as blas_info
-from aiva_cy._blas import require_bf16 as require_bf16
+from aiva_cy._blas import require_precision as require_precision
+from aiva_cy._blas import resolve_precision as resolve_precision
 
 PARAM_NAMES: Tuple[str, str, str]
 PARAM_TRANSPOSED: Tuple[bool, bool, bool]
 
-PRECISIONS: Tuple[str, str]
+PRECISIONS: Tuple[str, str, str, str]
 #: The C core's copies of aiva_cy._model's GRAD_LIMIT and ERR_* codes.
 C_CONSTANTS: Dict[str, float]
 WORKSPACE_LIMIT: int
@@ -39,6 +40,7 @@ class Engine:
     threshold: float
     surrogate_slope: float
     precision: str
+    effective_precision: str
     max_train_batch: int
     grad_bounds: Optional[List[float]]
     @property
@@ -48,6 +50,7 @@ class Engine:
                  weights: Mapping[str, npt.NDArray[Any]], copy: bool = ...,
                  precision: str = ...) -> None: ...
     def set_precision(self, precision: str) -> None: ...
+    def quantized(self) -> Optional[Dict[str, npt.NDArray[Any]]]: ...
     def packed(self) -> bool: ...
     def param_shapes(self) -> Tuple[Tuple[int, int], ...]: ...
     def params(self) -> List[npt.NDArray[np.float32]]: ...

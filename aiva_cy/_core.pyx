@@ -2,9 +2,9 @@
 """The CPU engine: owns the weights, the workspaces and the refractory state, and hands raw
 pointers to the C core with the GIL released.  It checks sizes (so C never reads or writes
 out of bounds) but leaves user-facing validation to :mod:`aiva_cy.net`."""
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uintptr_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uintptr_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 import threading
 
@@ -13,14 +13,16 @@ import numpy as np
 from aiva_cy._adam cimport Adam
 from aiva_cy._threads cimport threads_enter, threads_leave
 
-# The BLAS tables (float32, and MKL's for bfloat16) are aiva_cy._blas's; blas_info and
-# require_bf16 are re-exported here, where they were first defined.
-from aiva_cy._blas cimport float32_table, mkl_table, open_mkl
-from aiva_cy._blas import MKL_EXTRA, blas_info, require_bf16
+# The tables (float32, MKL's for the benchmark's floors, and the reduced-precision provider's)
+# are aiva_cy._blas's; blas_info and the precision checks are re-exported here, where they
+# were first defined.
+from aiva_cy._blas cimport float32_table, lowp_table, mkl_table, open_mkl
+from aiva_cy._blas import MKL_EXTRA, blas_info, require_precision, resolve_precision
+from aiva_cy._lowp cimport PackedWeight, weight_handle
 from aiva_cy import _engine
 from aiva_cy._model import (INDEX_LIMIT, PARAM_NAMES, PARAM_TRANSPOSED, PRECISIONS,
-                            batch_mismatch, check_precision, check_state, engine_error,
-                            max_train_rows, param_shapes)
+                            batch_mismatch, check_int8_sizes, check_precision, check_state,
+                            engine_error, max_train_rows, param_shapes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -54,9 +56,11 @@ cdef class Workspace:
         cdef Py_ssize_t ns = _pad(<Py_ssize_t>batch * self.spiking_size)
         cdef Py_ssize_t nt = _pad(<Py_ssize_t>batch * self.num_tools)
         cdef Py_ssize_t floats = 2 * nh + 3 * ns + 2 * nt
-        # The bf16 operands (aiva_workspace.bf16): 2 bytes each, one float per pair.
+        # The bf16 operands (aiva_workspace.bf16): 2 bytes each, one float per pair; in int8
+        # mode the same room holds two row scales (4 halves) and the u8 activations.
         cdef Py_ssize_t halves = _pad(<Py_ssize_t>batch * (self.input_size + self.hidden_size
-                                                           + self.spiking_size + self.num_tools))
+                                                           + self.spiking_size + self.num_tools
+                                                           + 4))
         floats += halves // 2
         # calloc: every float starts as 0.0, so no BLAS call ever meets an uninitialised NaN.
         cdef void *block = calloc(floats * sizeof(float) + ns + 64, 1)
@@ -80,14 +84,19 @@ cdef class Workspace:
 
 cdef _raise(int code, bint training=False):
     # The words are aiva_cy._model's, shared with the CUDA engine.
-    raise engine_error(code, training=training)
+    detail = ""
+    if code == AIVA_ERR_PROVIDER:
+        from aiva_cy import _lowp
+        detail = _lowp.last_error()
+    raise engine_error(code, training=training, detail=detail)
 
 
 #: The C core's own copies of aiva_cy._model's facts (its test checks them equal).
 C_CONSTANTS = {"GRAD_LIMIT": AIVA_GRAD_LIMIT, "ERR_INPUT_NONFINITE": AIVA_ERR_INPUT_NONFINITE,
                "ERR_OUTPUT_NONFINITE": AIVA_ERR_OUTPUT_NONFINITE, "ERR_LABEL": AIVA_ERR_LABEL,
                "ERR_GRAD_NONFINITE": AIVA_ERR_GRAD_NONFINITE, "ERR_SIZE": AIVA_ERR_SIZE,
-               "ERR_HIDDEN_NONFINITE": AIVA_ERR_HIDDEN_NONFINITE}
+               "ERR_HIDDEN_NONFINITE": AIVA_ERR_HIDDEN_NONFINITE,
+               "ERR_PROVIDER": AIVA_ERR_PROVIDER}
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,10 +115,10 @@ _INT_LIMIT = INDEX_LIMIT
 
 
 def _row_bytes(int hidden_size, int spiking_size, int num_tools, int input_size=0):
-    """Workspace bytes per row of a batch (see Workspace.reserve), the bf16 operands'
-    2 * (input + hidden + spiking + tools) included when input_size is given."""
+    """Workspace bytes per row of a batch (see Workspace.reserve), the bf16 (or int8)
+    operands' 2 * (input + hidden + spiking + tools + 4) included when input_size is given."""
     return (4 * (2 * hidden_size + 3 * spiking_size + 2 * num_tools) + spiking_size
-            + 2 * (input_size + hidden_size + spiking_size + num_tools) * (input_size > 0))
+            + 2 * (input_size + hidden_size + spiking_size + num_tools + 4) * (input_size > 0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -117,6 +126,46 @@ def _row_bytes(int hidden_size, int spiking_size, int num_tools, int input_size=
 # ---------------------------------------------------------------------------------------
 # PARAM_NAMES, PARAM_TRANSPOSED (fc1 and spiking kept as (out, in): see src_c/aiva_core.h),
 # PRECISIONS and batch_mismatch are aiva_cy._model's, imported above and importable from here.
+
+
+def _effective_precision(str precision, int input_size, int hidden_size):
+    """The precision an engine asked for `precision` runs ("auto" resolved), after checking
+    that it can run here (the errors of aiva_cy._model and aiva_cy._blas)."""
+    check_precision(precision)
+    effective = resolve_precision(precision)
+    require_precision(effective)
+    if effective == "int8":
+        check_int8_sizes(input_size, hidden_size)
+    return effective
+
+
+def _quantize_weights(fc1_t, spiking_t, fc2):
+    """int8 copies of the engine-layout weights, per output channel (rows of fc1_t and
+    spiking_t, columns of fc2): (fc1_t_q, spiking_t_q, fc2_q, their three scales, the row
+    sums of fc1_t_q and spiking_t_q)."""
+    qs, scales, sums = [], [], []
+    cdef const float[:, ::1] w
+    cdef int8_t[:, ::1] q
+    cdef float[::1] scale
+    cdef int32_t[::1] total
+    cdef Py_ssize_t n, length, step, vstride
+    for a, by_rows in ((fc1_t, True), (spiking_t, True), (fc2, False)):
+        w = a
+        out = np.empty(a.shape, np.int8)
+        q = out
+        rows, cols = a.shape
+        n, length = (rows, cols) if by_rows else (cols, rows)
+        step, vstride = (1, cols) if by_rows else (cols, 1)
+        sc = np.empty(n, np.float32)
+        sm = np.empty(n, np.int32)
+        scale, total = sc, sm
+        with nogil:
+            aiva_quantize_s8(&w[0, 0], n, length, step, vstride, &q[0, 0], &scale[0],
+                             &total[0])
+        qs.append(out)
+        scales.append(sc)
+        sums.append(sm)
+    return (qs[0], qs[1], qs[2], scales[0], scales[1], scales[2], sums[0], sums[1])
 
 
 def _round_bf16(w):
@@ -129,12 +178,12 @@ def _round_bf16(w):
     return out
 
 
-cdef object _pack_weight(aiva_blas *table, bint bf16, w):
-    """MKL's pack of an engine-layout weight (n, k) for x @ w^T, 64-byte aligned; None where
-    the library cannot pack."""
+cdef object _pack_weight(aiva_blas *table, w):
+    """MKL's pack of an engine-layout float32 weight (n, k) for x @ w^T, 64-byte aligned;
+    None where the library cannot pack."""
     cdef int n = w.shape[0], k = w.shape[1]
-    cdef const uint8_t[:, ::1] src = w.view(np.uint8)
-    cdef size_t size = aiva_pack(table, bf16, n, k, &src[0, 0], NULL)
+    cdef const float[:, ::1] src = w
+    cdef size_t size = aiva_pack(table, n, k, &src[0, 0], NULL)
     if size == 0:
         return None
     buf = np.empty(size + 64, np.uint8)
@@ -143,7 +192,7 @@ cdef object _pack_weight(aiva_blas *table, bint bf16, w):
     packed = buf[offset:offset + size]
     cdef uint8_t[::1] dest = packed
     with nogil:
-        aiva_pack(table, bf16, n, k, &src[0, 0], &dest[0])
+        aiva_pack(table, n, k, &src[0, 0], &dest[0])
     return packed
 
 
@@ -162,9 +211,12 @@ cdef class Engine:
     cdef object g_fc1_t, g_spiking_t, g_fc2     # allocated by the first backward
     cdef readonly list grad_bounds              # the last backward's bounds on |gradient|
     cdef object refractory_left                 # int32 (B, spiking), or None: empty state
-    cdef readonly str precision                 # "float32" or "bfloat16"
+    cdef readonly str precision                 # as asked: one of PRECISIONS
+    cdef readonly str effective_precision       # what runs ("auto" resolved)
     cdef object _bf16                           # bfloat16: the weights rounded (uint16),
                                                 # same layouts; None in float32
+    cdef bint _int8                             # int8 inference (training: float32)
+    cdef object _q                              # (version, _quantize_weights(...)) or None
     cdef long _version                          # bumped whenever a weight changes
     cdef object _packed                         # (version, fc1 pack, spiking pack) or None
     cdef object _pack_lock
@@ -182,15 +234,16 @@ cdef class Engine:
         # copying them: a fresh net's 12.7 MB of weights are then written only once.
         if min(input_size, hidden_size, spiking_size, num_tools) < 1 or refractory_period < 0:
             raise ValueError("sizes must be >= 1 and refractory_period >= 0")
-        check_precision(precision)
-        if precision == "bfloat16":
-            require_bf16()
+        effective = _effective_precision(precision, input_size, hidden_size)
         self._lock = threading.Lock()
         self._pack_lock = threading.Lock()
-        self.precision = precision
-        self._bf16 = self._packed = self._mkl_f32_packs = None
+        self.precision, self.effective_precision = precision, effective
+        self._bf16 = self._packed = self._mkl_f32_packs = self._q = None
         self._version = 0
-        self.net.bf16 = precision == "bfloat16"
+        self.net.bf16 = effective == "bfloat16"
+        # The engine's own net is the training one: int8 only in _inference_net's copies.
+        self._int8 = effective == "int8"
+        self.net.int8 = 0
         self.net.fc1_packed = self.net.spiking_packed = NULL
         self.input_size, self.hidden_size = input_size, hidden_size
         self.spiking_size, self.num_tools = spiking_size, num_tools
@@ -265,18 +318,40 @@ cdef class Engine:
         net.fc1_t_bf16, net.spiking_t_bf16, net.fc2_bf16 = &a[0, 0], &b[0, 0], &c[0, 0]
 
     cdef aiva_blas *_table(self):
-        return mkl_table() if self.net.bf16 else float32_table()
+        return lowp_table() if self.net.bf16 else float32_table()
 
     def set_precision(self, str precision):
-        """Switch between float32 and bfloat16 products; the float32 weights are kept."""
-        check_precision(precision)
-        if precision == "bfloat16":
-            require_bf16()
+        """Switch the products' precision; the float32 master weights are kept."""
+        effective = _effective_precision(precision, self.input_size, self.hidden_size)
         with self._lock:
-            self.precision = precision
-            self.net.bf16 = precision == "bfloat16"
+            self.precision, self.effective_precision = precision, effective
+            self.net.bf16 = effective == "bfloat16"
+            self._int8 = effective == "int8"
             fc1_t, spiking_t, fc2 = self._weights
             self._install(fc1_t, spiking_t, fc2)
+
+    def quantized(self):
+        """int8 nets: the quantized copies inference runs on (re-made from the float32 masters
+        after any change), as a dict of engine-layout arrays; None in other precisions."""
+        if not self._int8:
+            return None
+        q = self._quantized(self._version, self._weights)
+        names = ("fc1_t_q", "spiking_t_q", "fc2_q", "fc1_scale", "spiking_scale", "fc2_scale",
+                 "fc1_sum", "spiking_sum")
+        return dict(zip(names, q[1:]))
+
+    cdef object _quantized(self, long version, weights):
+        cached = self._q
+        if cached is not None and cached[0] == version:
+            return cached
+        with self._pack_lock:
+            cached = self._q
+            if cached is not None and cached[0] == version:
+                return cached
+            cached = (version,) + _quantize_weights(*weights)
+            if self._version == version:
+                self._q = cached
+            return cached
 
     cdef object _inference_net(self, aiva_net *net):
         """Fill net with one generation of weights (set_weights may swap in another meanwhile)
@@ -290,19 +365,37 @@ cdef class Engine:
         # switching the flag and installing the copies (a predict does not take the lock).
         net.bf16 = bf16 is not None
         self._set_bf16_pointers(net, bf16)
+        q = self._quantized(version, weights) if self._int8 else None
+        self._set_int8_pointers(net, q)
         packed = self._packed
         if packed is None or packed[0] != version:
-            packed = self._pack(version, weights, bf16)
+            packed = self._pack(version, weights, bf16, q)
         cdef const uint8_t[::1] p1, p2
-        if packed is not None and packed[1] is not None:
+        if packed is not None and isinstance(packed[1], PackedWeight):
+            net.fc1_packed = weight_handle(packed[1])
+            net.spiking_packed = weight_handle(packed[2])
+        elif packed is not None and packed[1] is not None:
             p1, p2 = packed[1], packed[2]
             net.fc1_packed, net.spiking_packed = &p1[0], &p2[0]
         else:
             net.fc1_packed = net.spiking_packed = NULL
-        return (weights, bf16, packed)
+        return (weights, bf16, q, packed)
 
-    cdef object _pack(self, long version, weights, bf16):
-        cdef aiva_blas *table
+    cdef _set_int8_pointers(self, aiva_net *net, q):
+        cdef const int8_t[:, ::1] a, b, c
+        cdef const float[::1] s1, s2, s3
+        cdef const int32_t[::1] m1, m2
+        net.int8 = q is not None
+        if q is None:
+            return
+        from aiva_cy import _lowp
+        net.act_qmax, net.act_zero = _lowp.quantization()
+        a, b, c, s1, s2, s3, m1, m2 = q[1:]
+        net.fc1_t_q, net.spiking_t_q, net.fc2_q = &a[0, 0], &b[0, 0], &c[0, 0]
+        net.fc1_scale, net.spiking_scale, net.fc2_scale = &s1[0], &s2[0], &s3[0]
+        net.fc1_sum, net.spiking_sum = &m1[0], &m2[0]
+
+    cdef object _pack(self, long version, weights, bf16, q):
         # Packed on the first inference call after the weights change (not by every train
         # step: fit runs many steps between inferences).  A pack made from weights that
         # changed meanwhile is used by this call only, never stored.
@@ -310,13 +403,18 @@ cdef class Engine:
             packed = self._packed
             if packed is not None and packed[0] == version:
                 return packed
-            # The library of this generation's precision, not self.net's (see _inference_net):
-            # a float32 pack made by MKL would reach OpenBLAS, which has no compute for it.
-            source = bf16 if bf16 is not None else weights
-            table = mkl_table() if bf16 is not None else float32_table()
-            p1 = _pack_weight(table, bf16 is not None, source[0])
-            p2 = None if p1 is None else _pack_weight(table, bf16 is not None, source[1])
-            packed = (version, p1 if p2 is not None else None, p2)
+            # This generation's precision, not self.net's (see _inference_net).  Reduced
+            # precision: the provider's handles, packed by the first product that uses them
+            # (in the layout its primitive prefers); float32: MKL's packs where MKL is the
+            # float32 BLAS.
+            if bf16 is not None or q is not None:
+                kind = "int8" if q is not None else "bf16"
+                I, H, S = self.input_size, self.hidden_size, self.spiking_size
+                packed = (version, PackedWeight(kind, 1, H, I, I), PackedWeight(kind, 1, S, H, H))
+            else:
+                p1 = _pack_weight(float32_table(), weights[0])
+                p2 = None if p1 is None else _pack_weight(float32_table(), weights[1])
+                packed = (version, p1 if p2 is not None else None, p2)
             if self._version == version:
                 self._packed = packed
             return packed
@@ -400,10 +498,11 @@ cdef class Engine:
         cdef Py_ssize_t base = batch // chunks, extra = batch % chunks, k, n, start = 0
         cdef Py_ssize_t I = net.input_size, S = net.spiking_size, T = net.num_tools
         cdef int code = AIVA_OK
-        threads_enter(net.bf16)   # this call's share of the BLAS threads (_threads.pyx)
+        # This call's share of the BLAS threads (_threads.pyx); oneDNN's pool follows it.
+        threads_enter(False)
         for k in range(chunks):
             n = base + (1 if k < extra else 0)
-            code = aiva_forward(mkl_table() if net.bf16 else float32_table(), net,
+            code = aiva_forward(lowp_table() if net.bf16 or net.int8 else float32_table(), net,
                                 x + start * I, <int>n,
                                 NULL if state == NULL else state + start * S, &ws.ws,
                                 probs + start * T)
@@ -414,7 +513,7 @@ cdef class Engine:
             if logits != NULL:
                 memcpy(logits + start * T, ws.ws.logits, <size_t>n * <size_t>T * sizeof(float))
             start += n
-        threads_leave(net.bf16)
+        threads_leave(False)
         return code
 
     cdef Py_ssize_t _reserve_chunk(self, Workspace ws, Py_ssize_t batch) except -1:
@@ -469,13 +568,13 @@ cdef class Engine:
         cdef aiva_blas *table
         with self._lock:
             keep = self._inference_net(&net)
-            table = mkl_table() if net.bf16 else float32_table()
+            table = lowp_table() if net.bf16 or net.int8 else float32_table()
             trial = self._state_for(batch).copy()
             if batch <= rows:
                 chunk_steps = min(steps, max(1, rows // batch))
                 self.ws.reserve(<int>(chunk_steps * batch))
                 with nogil:
-                    threads_enter(net.bf16)   # this call's share of the BLAS threads
+                    threads_enter(False)   # this call's share of the BLAS threads
                     while t < steps:
                         n = min(chunk_steps, steps - t)
                         code = aiva_forward_sequence(table, &net, &xs[t, 0, 0], <int>n,
@@ -484,7 +583,7 @@ cdef class Engine:
                         if code != AIVA_OK:
                             break
                         t += n
-                    threads_leave(net.bf16)
+                    threads_leave(False)
             else:
                 # A single step wider than a chunk: steps one by one, each in row chunks.
                 rows = self._reserve_chunk(self.ws, batch)
@@ -531,14 +630,14 @@ cdef class Engine:
         self.ws.reserve(<int>rows)
         cdef aiva_blas *table = self._table()
         with nogil:
-            threads_enter(self.net.bf16)
+            threads_enter(False)
             code = aiva_forward_sequence(table, &self.net, &xs[0, 0, 0], <int>steps,
                                          <int>batch, &empty[0, 0], &self.ws.ws,
                                          &scratch_probs[0])
             if code == AIVA_OK:
                 code = aiva_backward_weighted(table, &self.net, &xs[0, 0, 0], &y[0],
                                               &weight[0], <int>rows, &self.ws.ws, &grads, loss)
-            threads_leave(self.net.bf16)
+            threads_leave(False)
         if code != AIVA_OK:
             _raise(code, True)
         self.grad_bounds = [grads.bound_fc1_t, grads.bound_spiking_t, grads.bound_fc2]
@@ -639,13 +738,13 @@ cdef class Engine:
         self.ws.reserve(batch)
         cdef aiva_blas *table = self._table()
         with nogil:
-            threads_enter(self.net.bf16)
+            threads_enter(False)
             code = aiva_forward(table, &self.net, &x[0, 0], batch, refr, &self.ws.ws,
                                 &scratch_probs[0])
             if code == AIVA_OK:
                 code = aiva_backward(table, &self.net, &x[0, 0], &y[0], batch, &self.ws.ws,
                                      &grads, loss)
-            threads_leave(self.net.bf16)
+            threads_leave(False)
         if code != AIVA_OK:
             _raise(code, True)
         self.grad_bounds = [grads.bound_fc1_t, grads.bound_spiking_t, grads.bound_fc2]
@@ -703,9 +802,10 @@ cdef class Engine:
 
     def blas_products(self, const float[:, ::1] x, bint packed=True, str provider=None):
         """The three BLAS products of a forward step alone (the benchmark's floor), in the
-        net's precision, with the inference packs where this BLAS makes them (packed=False:
-        without).  provider="mkl" runs a float32 net's products on MKL whatever the float32
-        BLAS is (the benchmark's MKL floors)."""
+        net's precision (bfloat16: with rounding x and h; int8: with quantizing x and h and
+        dequantizing, which every such step does), with the inference packs where the library
+        makes them (packed=False: without).  provider="mkl" runs a float32 net's products on
+        MKL whatever the float32 BLAS is (the benchmark's MKL floors)."""
         self._check_x(x, True)
         cdef int batch = x.shape[0]
         cdef aiva_net net
@@ -717,15 +817,15 @@ cdef class Engine:
             open_mkl()
         with self._lock:
             keep = self._inference_net(&net)
-            table = mkl_table() if net.bf16 else float32_table()
-            if provider == "mkl" and not net.bf16:
+            table = lowp_table() if net.bf16 or net.int8 else float32_table()
+            if provider == "mkl" and not (net.bf16 or net.int8):
                 table = mkl_table()
                 net.fc1_packed = net.spiking_packed = NULL
                 if packed:
                     packs = self._mkl_f32_packs
                     if packs is None or packs[0] != self._version:
-                        packs = (self._version, _pack_weight(mkl_table(), False, self._weights[0]),
-                                 _pack_weight(mkl_table(), False, self._weights[1]))
+                        packs = (self._version, _pack_weight(mkl_table(), self._weights[0]),
+                                 _pack_weight(mkl_table(), self._weights[1]))
                         self._mkl_f32_packs = packs
                     p1, p2 = packs[1], packs[2]
                     net.fc1_packed, net.spiking_packed = &p1[0], &p2[0]

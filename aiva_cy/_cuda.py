@@ -297,8 +297,10 @@ class CupyEngine:
     """One network's weights, refractory state and step on a CUDA device (the contract of
     :class:`aiva_cy._engine.EngineProtocol`)."""
 
-    #: Where the products come from: always float32 (bfloat16 is MKL's, on the CPU).
+    #: Where the products come from: always float32 (bfloat16 and int8 are oneDNN's, on the
+    #: CPU).
     precision = "float32"
+    effective_precision = "float32"
     #: Nothing here bounds the gradients for Adam: the fused check reads them instead.
     grad_bounds: Optional[List[float]] = None
     #: The row kernels and cuBLAS take a batch as a 32-bit int.
@@ -428,6 +430,10 @@ class CupyEngine:
 
     def set_precision(self, precision: str) -> None:
         check_device_precision(self._device, check_precision(precision))
+
+    def quantized(self) -> Optional[Dict[str, Any]]:
+        """No int8 here."""
+        return None
 
     def packed(self) -> bool:
         """cuBLAS has no pre-packed weights."""

@@ -45,6 +45,8 @@ class EngineProtocol(Protocol):
     refractory_period: int
     surrogate_slope: float
     precision: str
+    #: What runs: ``precision`` with "auto" resolved (see aiva_cy._blas.resolve_precision).
+    effective_precision: str
     #: The most rows one training step takes.
     max_train_batch: int
     #: The last backward pass's bounds on |gradient| per parameter (CPU: Adam proves its
@@ -137,8 +139,13 @@ class EngineProtocol(Protocol):
         """state_dict-layout copies of the last gradients (on this device), or None."""
 
     def set_precision(self, precision: str) -> None:
-        """Switch the products between "float32" and "bfloat16"; the float32 weights stay.
-        NotImplementedError on a device without bfloat16 products."""
+        """Switch the products' precision (one of aiva_cy._model.PRECISIONS); the float32
+        master weights stay.  NotImplementedError on a device that runs float32 only
+        (:func:`aiva_cy._model.check_device_precision`)."""
+
+    def quantized(self) -> Optional[Dict[str, Any]]:
+        """int8: the quantized copies inference runs on (re-made from the float32 masters
+        after any change), engine-layout arrays by name; None in any other precision."""
 
     def packed(self) -> bool:
         """Whether inference runs on pre-packed weights (packing them now if stale)."""

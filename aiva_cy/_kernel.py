@@ -41,6 +41,36 @@ def cpu_features() -> List[str]:
     return []
 
 
+#: The instructions each reduced precision needs natively: Linux's /proc/cpuinfo flag names,
+#: then NumPy's (NumPy 1.x has no name for bf16, so there the answer may be unknown).
+NATIVE_FLAGS = {"bfloat16": (("avx512_bf16", "amx_bf16"), ("AVX512BF16", "AMX_BF16")),
+                "int8": (("avx512_vnni", "avx_vnni", "amx_int8"),
+                         ("AVX512VNNI", "AVXVNNI", "AMX_INT8"))}
+
+
+def has_native(precision: str) -> Optional[bool]:
+    """Whether this CPU has native instructions for `precision` ("bfloat16": AVX512-BF16 or
+    AMX; "int8": VNNI or AMX), from the kernel's flags where it shows them, else NumPy's
+    probe; None where neither can tell."""
+    linux, numpy_names = NATIVE_FLAGS[precision]
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool(set(linux) & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    import importlib
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            feats = getattr(importlib.import_module(module), "__cpu_features__")
+        except (ImportError, AttributeError):
+            continue
+        known = [n for n in numpy_names if n in feats]
+        return any(feats[n] for n in known) if known else None
+    return None
+
+
 def cpu_level(features: Optional[List[str]] = None) -> int:
     """The best x86 kernel level (see _LEVEL_NAME) this CPU can run; 0 off x86."""
     f = set(cpu_features() if features is None else features)
@@ -147,7 +177,8 @@ def warning(info: Mapping[str, Any]) -> Optional[str]:
     why = (f"forced by {info['kernel_forced_by']}" if info.get("kernel_forced_by")
            else "the library's own choice")
     library = {"numpy": "NumPy's OpenBLAS", "scipy-openblas32": "scipy-openblas32",
-               "mkl": "MKL"}.get(str(info.get("provider")), str(info.get("provider", "BLAS")))
+               "mkl": "MKL"}.get(str(info.get("provider")),
+                                 str(info.get("provider") or info.get("library") or "BLAS"))
     return (f"WARNING: {library} runs its {info.get('kernel')!r} kernel "
             f"({why}) on a CPU with {info.get('cpu_level')}: products run slower than this "
             f"machine can" + ("; unset the variable for that command to measure the native "

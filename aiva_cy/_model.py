@@ -29,8 +29,12 @@ PARAM_NAMES = ("fc1.weight", "spiking.weight", "fc2.weight")
 #: "x @ W" layout (see src_c/aiva_core.h).  The CUDA engine keeps every one as (in, out).
 PARAM_TRANSPOSED = (True, True, False)
 
-#: The operands of the matrix products: "bfloat16" rounds them (CPU only, MKL's products).
-PRECISIONS = ("float32", "bfloat16")
+#: The operands of the matrix products: "bfloat16" rounds them, "int8" (inference) quantizes
+#: them, "auto" picks the fastest that keeps decisions here (CPU only: oneDNN's products).
+PRECISIONS = ("float32", "bfloat16", "int8", "auto")
+PRECISION_CHOICES = "'float32', 'bfloat16', 'int8' or 'auto'"
+#: What installs the reduced-precision products (oneDNN).
+PRECISION_EXTRA = 'pip install "aiva_cy[precision]"'
 
 # ---------------------------------------------------------------------------------------
 # limits
@@ -41,6 +45,10 @@ GRAD_LIMIT = 1e18
 #: The C core indexes a step's arrays with 32-bit ints: one unchunked step (training) takes
 #: at most INDEX_LIMIT // (the widest layer) rows.
 INDEX_LIMIT = 2**30
+#: int8: the provider's int32 products are exact while every partial sum of u8 by s8 stays
+#: in int32: K * 255 * 127 <= 2**31 - 1, so fc1 and the spiking layer take at most this
+#: many inputs.
+INT8_MAX_K = (2**31 - 1) // (255 * 127)
 
 
 def max_train_rows(hidden_size: int, spiking_size: int, num_tools: int) -> int:
@@ -53,9 +61,9 @@ def max_train_rows(hidden_size: int, spiking_size: int, num_tools: int) -> int:
 # ---------------------------------------------------------------------------------------
 def check_precision(value: Any, name: str = "precision") -> str:
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be 'float32' or 'bfloat16', got {value!r}")
+        raise TypeError(f"{name} must be {PRECISION_CHOICES}, got {value!r}")
     if value not in PRECISIONS:
-        raise ValueError(f"{name} must be 'float32' or 'bfloat16', got {value!r}")
+        raise ValueError(f"{name} must be {PRECISION_CHOICES}, got {value!r}")
     return value
 
 
@@ -79,10 +87,19 @@ def check_tool_names(value: Any, name: str = "tool_names") -> Optional[Tuple[str
 
 
 def check_device_precision(device: str, precision: str) -> None:
-    """bfloat16 products are MKL's, so a bfloat16 net lives on the CPU."""
+    """The reduced-precision products are oneDNN's, on the CPU: any other device runs
+    float32 only."""
     if device != "cpu" and precision != "float32":
-        raise NotImplementedError(f"precision={precision!r} runs on the CPU only (MKL's bf16 "
+        raise NotImplementedError(f"precision={precision!r} runs on the CPU only (oneDNN's "
                                   f"products); device={device!r} needs precision='float32'")
+
+
+def check_int8_sizes(input_size: int, hidden_size: int) -> None:
+    """int8 takes fc1 and spiking layers of at most INT8_MAX_K inputs."""
+    if max(input_size, hidden_size) > INT8_MAX_K:
+        raise ValueError(f"precision='int8' takes layers of at most {INT8_MAX_K} inputs (int32 "
+                         f"accumulation stays exact); this net has input_size={input_size}, "
+                         f"hidden_size={hidden_size}")
 
 
 #: The largest surrogate_slope k.  The backward pass scales a membrane gradient by
@@ -243,6 +260,8 @@ def check_state(state: Any, spiking_size: int, refractory_period: int,
 ERR_INPUT_NONFINITE, ERR_OUTPUT_NONFINITE, ERR_LABEL, ERR_GRAD_NONFINITE, ERR_SIZE = 1, 2, 3, 4, 5
 #: Finite input whose fc1 product overflows float32 (NaN hidden units, which never spike).
 ERR_HIDDEN_NONFINITE = 6
+#: The reduced-precision provider failed a product (it could not allocate, mostly).
+ERR_PROVIDER = 7
 #: A CUDA-only kind: the fused Adam check found the update would not be finite (the CPU
 #: optimizer raises its own, more detailed FloatingPointError).
 ERR_UPDATE_NONFINITE = 16
@@ -256,17 +275,21 @@ ERROR_TEXT = {
     ERR_HIDDEN_NONFINITE: "{name} is too large for these weights: fc1's product overflows "
                           "float32 (the hidden units would be NaN and never spike); scale "
                           "{name} down",
+    ERR_PROVIDER: "the reduced-precision provider (oneDNN) failed: {detail}",
     ERR_UPDATE_NONFINITE: "this Adam step would leave a weight or moment that is not finite "
                           "(check lr, eps and weight_decay)",
 }
 _UNCHANGED = "; the net was left unchanged"
 
 
-def engine_error(code: int, *, training: bool = False, name: str = "x") -> Exception:
+def engine_error(code: int, *, training: bool = False, name: str = "x",
+                 detail: str = "") -> Exception:
     """The exception for an engine's error code.  A failed training step is a
     FloatingPointError (and changed nothing); in inference, overflowing logits are reported
-    like bad input (ValueError)."""
-    text = ERROR_TEXT.get(code, ERROR_TEXT[ERR_SIZE]).format(name=name)
+    like bad input (ValueError); a failed provider is a MemoryError (``detail``: its words)."""
+    text = ERROR_TEXT.get(code, ERROR_TEXT[ERR_SIZE]).format(name=name, detail=detail)
+    if code == ERR_PROVIDER:
+        return MemoryError(text)
     if code in (ERR_GRAD_NONFINITE, ERR_UPDATE_NONFINITE) or (
             training and code == ERR_OUTPUT_NONFINITE):
         return FloatingPointError(text + _UNCHANGED)

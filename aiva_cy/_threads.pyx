@@ -40,7 +40,7 @@ cdef extern from "aiva_threads.h" nogil:
 MAX_THREADS = 1024
 
 cdef bint _main_tried = False    # the float32 BLAS has been looked at
-cdef bint _mkl_tried = False     # MKL (bfloat16's BLAS) has been looked at
+cdef bint _mkl_tried = False     # MKL (opened beside the float32 BLAS) has been looked at
 _controlled = set()              # "openblas" and/or "mkl": whose counts are set here
 _fallback = [os.cpu_count() or 1]   # the budget kept where no library could be controlled
 

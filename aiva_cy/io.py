@@ -102,7 +102,7 @@ def save(source: Union[Snapshot, "AIVANet"], path: PathLike, *,
 def load(cls: Type["AIVANet"], path: PathLike, *, device: str = "cpu",
          precision: Optional[str] = None) -> "AIVANet":
     """Read a checkpoint written by :func:`save`; every error names the path and the problem.
-    ``precision`` ("float32" or "bfloat16") overrides the one saved in the config.
+    ``precision`` (one of AIVANet's precisions) overrides the one saved in the config.
 
     Raises FileNotFoundError for a missing file, aiva_cy.CheckpointError (a ValueError) for anything that is not a
     complete, valid aiva_cy checkpoint of a version this module reads (a directory, FIFO or

@@ -68,17 +68,11 @@ extern "C" __global__ void aiva_softmax_rows(const float *z, int B, int T, float
     for (int t = 0; t < T; ++t) pr[t] *= inv;
 }
 
-// Softmax, cross-entropy from the logits (log-sum-exp), dz = (p - onehot(y)) / B and the
-// argmax check, in one pass per row.  A label out of range is flagged and read as 0, so no
-// thread reads outside the row.
-extern "C" __global__ void aiva_xent_rows(const float *z, const long long *y, int B, int T,
-                                          float inv_batch, float *dz, double *loss_row,
-                                          int *correct_row, int *flags) {
-    int b = blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= B) return;
-    const float *zr = z + (long long)b * T;
-    float *dr = dz + (long long)b * T;
-    long long label = y[b];
+// One row's softmax, cross-entropy from the logits (log-sum-exp, returned), dz = scale (p -
+// onehot(y)) and the argmax check.  A label out of range is flagged and read as 0, so no
+// thread reads outside the row.  Shared by both kernels below: they cannot drift apart.
+__device__ double aiva_xent_row(const float *zr, long long label, int T, float scale,
+                                float *dr, int *correct, int *flags) {
     if (label < 0 || label >= T) { atomicOr(flags, BAD_LABEL); label = 0; }
     float m = zr[0];
     int best = 0;
@@ -92,9 +86,19 @@ extern "C" __global__ void aiva_xent_rows(const float *z, const long long *y, in
     for (int t = 0; t < T; ++t) s += expf(zr[t] - m);
     float inv = 1.0f / s;
     for (int t = 0; t < T; ++t)
-        dr[t] = (expf(zr[t] - m) * inv - (t == label ? 1.0f : 0.0f)) * inv_batch;
-    loss_row[b] = (double)m + log((double)s) - (double)zr[label];
-    correct_row[b] = best == label;
+        dr[t] = (expf(zr[t] - m) * inv - (t == label ? 1.0f : 0.0f)) * scale;
+    *correct = best == label;
+    return (double)m + log((double)s) - (double)zr[label];
+}
+
+// dz = (p - onehot(y)) / B, one thread per row.
+extern "C" __global__ void aiva_xent_rows(const float *z, const long long *y, int B, int T,
+                                          float inv_batch, float *dz, double *loss_row,
+                                          int *correct_row, int *flags) {
+    int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= B) return;
+    loss_row[b] = aiva_xent_row(z + (long long)b * T, y[b], T, inv_batch,
+                                dz + (long long)b * T, correct_row + b, flags);
 }
 
 // The spike/refractory recurrence of a sequence over membranes computed for all its steps at
@@ -126,7 +130,6 @@ extern "C" __global__ void aiva_xent_rows_weighted(const float *z, const long lo
                                                    int *flags) {
     int b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= B) return;
-    const float *zr = z + (long long)b * T;
     float *dr = dz + (long long)b * T;
     float wb = w[b];
     if (wb == 0.0f) {
@@ -135,23 +138,8 @@ extern "C" __global__ void aiva_xent_rows_weighted(const float *z, const long lo
         correct_row[b] = 0;
         return;
     }
-    long long label = y[b];
-    if (label < 0 || label >= T) { atomicOr(flags, BAD_LABEL); label = 0; }
-    float m = zr[0];
-    int best = 0;
-    bool finite = isfinite(zr[0]);
-    for (int t = 1; t < T; ++t) {
-        finite &= isfinite(zr[t]);
-        if (zr[t] > m) { m = zr[t]; best = t; }
-    }
-    if (!finite) atomicOr(flags, BAD_LOGITS);
-    float s = 0.0f;
-    for (int t = 0; t < T; ++t) s += expf(zr[t] - m);
-    float inv = 1.0f / s;
-    for (int t = 0; t < T; ++t)
-        dr[t] = (expf(zr[t] - m) * inv - (t == label ? 1.0f : 0.0f)) * wb;
-    loss_row[b] = (double)wb * (double)B * ((double)m + log((double)s) - (double)zr[label]);
-    correct_row[b] = best == label;
+    double ce = aiva_xent_row(z + (long long)b * T, y[b], T, wb, dr, correct_row + b, flags);
+    loss_row[b] = (double)wb * (double)B * ce;
 }
 
 // Sets `bit` in flags if any |a[i]| is not below `limit` (NaN included).  One atomic per

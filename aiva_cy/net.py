@@ -58,10 +58,16 @@ class AIVANet:
         Seed for the initial weights (LeCun uniform); the same seed gives the same weights.
     device : "cpu" or "cuda"
         Where the weights live and every call runs ("cuda" needs CuPy and a GPU).
-    precision : "float32" or "bfloat16"
+    precision : "float32", "bfloat16", "int8" or "auto"
         "bfloat16" rounds the operands of every matrix product to bfloat16 and accumulates
-        in float32 (MKL's bf16 products: ``pip install "aiva_cy[mkl]"``); everything else,
-        the master weights included, stays float32.  Settable on a live net (CPU only).
+        in float32; "int8" (inference) quantizes the weights per output channel and the
+        activations per row to 8 bits, accumulates exactly in int32 and dequantizes to
+        float32 (training steps of an int8 net run in float32 on the master weights, and
+        the next inference re-quantizes them); "auto" is bfloat16 where this CPU has native
+        bf16 products, else float32 (``blas_info()["precision_auto"]``).  Everything else,
+        the master weights included, stays float32.  The reduced precisions are oneDNN's
+        products, where the CPU has native ones: ``pip install "aiva_cy[precision]"``.
+        Settable on a live net (CPU only).
     tool_names : sequence of str, or None
         The tools' names in output order (``num_tools`` distinct strings), kept in the
         config, checkpoints, pickles and the ONNX metadata.  With names, ``decide(x,
@@ -150,8 +156,9 @@ class AIVANet:
 
     @property
     def precision(self) -> str:
-        """"float32" or "bfloat16" (the matrix products' operands); settable on a live net:
-        the float32 master weights are kept, the bf16 copies made from them."""
+        """"float32", "bfloat16", "int8" or "auto" (the matrix products' operands); settable
+        on a live net: the float32 master weights are kept, the reduced copies made from
+        them."""
         return self._config["precision"]
 
     @precision.setter
@@ -159,8 +166,9 @@ class AIVANet:
         self.set_precision(value)
 
     def set_precision(self, precision: str) -> "AIVANet":
-        """Switch between "float32" and "bfloat16" products; returns the net.  Raises
-        ImportError (naming what to install) where no BLAS has bfloat16 products."""
+        """Switch the products' precision (see the class); returns the net.  Raises
+        ImportError naming what to install where the provider is missing, RuntimeError
+        naming what the CPU lacks where it has no native products of that precision."""
         precision = check_precision(precision)
         # Under the net's lock, like fit: a switch waits for a running fit, and two switches
         # cannot leave the config and the engine disagreeing.
@@ -247,6 +255,14 @@ class AIVANet:
     @overload
     def decide(self, x: _Rows, confidence: float = ..., *, names: Literal[True]
                ) -> Tuple[NDArray[np.str_], NDArray[np.float32], NDArray[np.bool_]]: ...
+    @overload
+    def decide(self, x: ArrayLike, confidence: float = ..., *, names: Literal[False] = ...
+               ) -> Union[Tuple[int, float, bool],
+                          Tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.bool_]]]: ...
+    @overload
+    def decide(self, x: ArrayLike, confidence: float = ..., *, names: Literal[True]
+               ) -> Union[Tuple[str, float, bool],
+                          Tuple[NDArray[np.str_], NDArray[np.float32], NDArray[np.bool_]]]: ...
     @overload
     def decide(self, x: ArrayLike, confidence: float = ..., *, names: bool = ...) -> Any: ...
 
@@ -483,7 +499,7 @@ class AIVANet:
     def load(cls, path: Union[str, os.PathLike], *, device: str = "cpu",
              precision: Optional[str] = None) -> "AIVANet":
         """Read a file written by :meth:`save` (npz or safetensors); ``precision`` overrides
-        the saved one (a bfloat16 checkpoint on a machine without MKL, say)."""
+        the saved one (a bfloat16 checkpoint on a machine without oneDNN, say)."""
         from aiva_cy import io
         return io.load(cls, path, device=device, precision=precision)
 

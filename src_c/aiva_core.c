@@ -65,18 +65,17 @@ static void rm_gemm(const aiva_blas *blas, int trans_a, int trans_b, int M, int 
 /* MKL's CBLAS enum values (mkl_cblas.h). */
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112, PACKED = 151, B_MATRIX = 162 };
 
-/* Row-major C (M, N) = op(A) @ op(B) in bf16 operands, float32 accumulation.  B may be a
- * pack from aiva_pack (then op(B) = w^T, as packed). */
+/* Row-major C (M, N) = op(A) @ op(B) in bf16 operands, float32 accumulation: the
+ * provider's product.  B_packed is its handle of B (which it still needs), or NULL. */
 static void gemm_bf16(const aiva_blas *blas, int trans_a, int trans_b, int M, int N, int K,
                       const aiva_bf16 *A, int lda, const aiva_bf16 *B, int ldb, float *C,
                       int ldc, const void *B_packed)
 {
-    if (B_packed)
-        blas->gemm_bf16_compute(ROW_MAJOR, trans_a ? TRANS : NO_TRANS, PACKED, M, N, K, 1.0f,
-                                A, lda, (const aiva_bf16 *)B_packed, ldb, 0.0f, C, ldc);
-    else
-        blas->gemm_bf16(ROW_MAJOR, trans_a ? TRANS : NO_TRANS, trans_b ? TRANS : NO_TRANS,
-                        M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, ldc);
+    /* It fails only out of memory: NaN then makes the step report non-finite output. */
+    if (blas->lowp_bf16(blas->lowp, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc,
+                        B_packed))
+        for (ptrdiff_t i = 0; i < M; i++)
+            for (ptrdiff_t j = 0; j < N; j++) C[i * ldc + j] = NAN;
 }
 
 /* x @ w^T for an engine-layout weight w (N rows of K), through its float32 pack if there is
@@ -98,20 +97,12 @@ static void forward_product(const aiva_blas *blas, int M, int N, int K, const fl
  * the packs (figures: benchmarks/README.md, "Figures behind design choices"). */
 #define AIVA_PACK_ROWS 256
 
-size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, void *dest)
+size_t aiva_pack(const aiva_blas *blas, int n, int k, const float *w, void *dest)
 {
     const int m = AIVA_PACK_ROWS;
-    if (bf16) {
-        if (!blas->pack_bf16 || !blas->pack_bf16_size || !blas->gemm_bf16_compute) return 0;
-        if (dest)
-            blas->pack_bf16(ROW_MAJOR, B_MATRIX, TRANS, m, n, k, (const aiva_bf16 *)w, k,
-                            (aiva_bf16 *)dest);
-        return blas->pack_bf16_size(B_MATRIX, m, n, k);
-    }
     if (!blas->pack_f32 || !blas->pack_f32_size || !blas->compute_f32) return 0;
     if (dest)
-        blas->pack_f32(ROW_MAJOR, B_MATRIX, TRANS, m, n, k, 1.0f, (const float *)w, k,
-                       (float *)dest);
+        blas->pack_f32(ROW_MAJOR, B_MATRIX, TRANS, m, n, k, 1.0f, w, k, (float *)dest);
     return blas->pack_f32_size(B_MATRIX, m, n, k);
 }
 
@@ -296,6 +287,167 @@ static bf16_scratch bf16_parts(const aiva_net *net, const aiva_workspace *ws)
     return p;
 }
 
+/* ---------------------------------------------------------------------------------------
+ * int8 mode (inference): the products are the provider's exact u8 x s8 -> int32 ones; all
+ * that surrounds them (quantizing the activations, dequantizing) is float32 here.
+ * --------------------------------------------------------------------------------------- */
+
+/* Below this, a vector quantizes to zero: qmax / max would overflow float32 near 7e-37. */
+#define AIVA_Q_TINY 1e-30f
+/* Adding and subtracting 1.5 * 2^23 rounds a float of magnitude < 2^22 to an integer, to
+ * nearest even (the default rounding mode), in a loop the compiler vectorises. */
+#define AIVA_ROUND_MAGIC 12582912.0f
+
+AIVA_VECTOR_PASS
+void aiva_quantize_s8(const float *w, ptrdiff_t n, ptrdiff_t len, ptrdiff_t step,
+                      ptrdiff_t vstride, int8_t *q, float *scale, int32_t *sum)
+{
+    for (ptrdiff_t v = 0; v < n; v++) {
+        const float *wv = w + v * vstride;
+        int8_t *qv = q + v * vstride;
+        float m = 0.0f;
+        for (ptrdiff_t i = 0; i < len; i++) {
+            float a = fabsf(wv[i * step]);
+            m = a > m ? a : m;
+        }
+        const float inv = m >= AIVA_Q_TINY ? 127.0f / m : 0.0f;
+        scale[v] = m >= AIVA_Q_TINY ? m / 127.0f : 0.0f;
+        int32_t total = 0;
+        for (ptrdiff_t i = 0; i < len; i++) {
+            float a = wv[i * step] * inv;
+            a = a > 127.0f ? 127.0f : (a < -127.0f ? -127.0f : a);
+            int r = (int)((a + AIVA_ROUND_MAGIC) - AIVA_ROUND_MAGIC);
+            qv[i * step] = (int8_t)r;
+            total += r;
+        }
+        if (sum) sum[v] = total;
+    }
+}
+
+/* The activations of a step, per row: q = round(a * (qmax / max|row|)) + zero as u8 (the
+ * same rounding as the weights'), scale[r] = max|row| / qmax. */
+AIVA_VECTOR_PASS
+static void quantize_rows_u8(const float *restrict a, ptrdiff_t rows, ptrdiff_t n, int qmax,
+                             int zero, uint8_t *restrict q, float *restrict scale)
+{
+    const float lim = (float)qmax;
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *ar = a + r * n;
+        uint8_t *qr = q + r * n;
+        const float m = max_abs(ar, n);   /* finite here: x was checked, h is a tanh */
+        const float inv = m >= AIVA_Q_TINY ? lim / m : 0.0f;
+        scale[r] = m >= AIVA_Q_TINY ? m / lim : 0.0f;
+        /* x + (magic + zero) rounds x + zero to an integer (zero is even, so ties go the
+         * same way as x's), and that integer is the low bits of the float: no conversion
+         * instruction, a loop of multiplies, adds and byte moves. */
+        const float shift = AIVA_ROUND_MAGIC + (float)zero;
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float x = ar[i] * inv;
+            x = x > lim ? lim : (x < -lim ? -lim : x);
+            x += shift;
+            uint32_t bits;
+            memcpy(&bits, &x, sizeof bits);
+            qr[i] = (uint8_t)(bits & 0xffu);
+        }
+    }
+}
+
+/* out (B, n) = (acc - zero * sum[j]) * (row_scale[b] * col_scale[j]) in float32, from the
+ * provider's int32 products acc.  The zero point's share is exact integer arithmetic: acc
+ * is exactly sum_k (q_k + zero) w_kj.  sum NULL: no zero point. */
+AIVA_VECTOR_PASS
+static void dequantize(const int32_t *restrict acc, ptrdiff_t rows, ptrdiff_t n,
+                       const float *restrict row_scale, const float *restrict col_scale,
+                       const int32_t *restrict sum, int zero, float *restrict out)
+{
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const int32_t *ar = acc + r * n;
+        float *outr = out + r * n;
+        const float s = row_scale[r];
+        if (sum) {
+            for (ptrdiff_t j = 0; j < n; j++)
+                outr[j] = (float)(ar[j] - zero * sum[j]) * (s * col_scale[j]);
+        } else {
+            for (ptrdiff_t j = 0; j < n; j++) outr[j] = (float)ar[j] * (s * col_scale[j]);
+        }
+    }
+}
+
+/* Where the int8 operands of one step live in ws->bf16. */
+typedef struct { float *x_scale, *h_scale; uint8_t *x, *hidden, *spikes; } int8_scratch;
+
+static int8_scratch int8_parts(const aiva_net *net, const aiva_workspace *ws)
+{
+    const ptrdiff_t B = ws->capacity;
+    int8_scratch p;
+    p.x_scale = (float *)(void *)ws->bf16;
+    p.h_scale = p.x_scale + B;
+    p.x = (uint8_t *)(void *)(p.h_scale + B);
+    p.hidden = p.x + B * net->input_size;
+    p.spikes = p.hidden + B * net->hidden_size;
+    return p;
+}
+
+/* The int32 products land in the backward's gradient buffers, idle in inference (same
+ * sizes: 4 bytes per element). */
+static int int8_forward_products(const aiva_blas *blas, const aiva_net *net, const float *x,
+                                 int batch, aiva_workspace *ws, int with_tanh)
+{
+    const int I = net->input_size, H = net->hidden_size, S = net->spiking_size;
+    const int qmax = net->act_qmax, zero = net->act_zero;
+    int32_t *acc_h = (int32_t *)(void *)ws->d_hidden, *acc_v = (int32_t *)(void *)ws->d_membrane;
+    int8_scratch q = int8_parts(net, ws);
+    quantize_rows_u8(x, batch, I, qmax, zero, q.x, q.x_scale);
+    if (blas->lowp_u8s8(blas->lowp, 1, batch, H, I, q.x, I, net->fc1_t_q, I, acc_h, H,
+                        net->fc1_packed))
+        return AIVA_ERR_PROVIDER;
+    dequantize(acc_h, batch, H, q.x_scale, net->fc1_scale, net->fc1_sum, zero, ws->hidden);
+    if (with_tanh) tanh_inplace(ws->hidden, (ptrdiff_t)batch * H);
+    quantize_rows_u8(ws->hidden, batch, H, qmax, zero, q.hidden, q.h_scale);
+    if (blas->lowp_u8s8(blas->lowp, 1, batch, S, H, q.hidden, H, net->spiking_t_q, H, acc_v, S,
+                        net->spiking_packed))
+        return AIVA_ERR_PROVIDER;
+    dequantize(acc_v, batch, S, q.h_scale, net->spiking_scale, net->spiking_sum, zero,
+               ws->membrane);
+    return AIVA_OK;
+}
+
+/* z = spikes @ fc2 on the quantized fc2: the spikes are exactly 0/1 in u8 (no scale, no
+ * zero point).  At batch 1 the sum of the selected rows: small integers, exact in float32
+ * (|sum| <= 127 * spiking < 2^24), so it equals the product's int32. */
+AIVA_VECTOR_PASS
+static void spike_readout_s8(const float *restrict spikes, const int8_t *restrict fc2, int S,
+                             int T, const float *restrict scale, float *restrict z)
+{
+    for (int t = 0; t < T; t++) z[t] = 0.0f;
+    for (int j = 0; j < S; j++) {
+        if (spikes[j] == 0.0f) continue;
+        const int8_t *row = fc2 + (ptrdiff_t)j * T;
+        for (int t = 0; t < T; t++) z[t] += (float)row[t];
+    }
+    for (int t = 0; t < T; t++) z[t] *= scale[t];
+}
+
+static int int8_readout(const aiva_blas *blas, const aiva_net *net, int batch,
+                        aiva_workspace *ws)
+{
+    const int S = net->spiking_size, T = net->num_tools;
+    if (batch == 1) {
+        spike_readout_s8(ws->spikes, net->fc2_q, S, T, net->fc2_scale, ws->logits);
+        return AIVA_OK;
+    }
+    int8_scratch q = int8_parts(net, ws);
+    for (ptrdiff_t i = 0, n = (ptrdiff_t)batch * S; i < n; i++)
+        q.spikes[i] = ws->spikes[i] != 0.0f;
+    int32_t *acc = (int32_t *)(void *)ws->d_logits;
+    if (blas->lowp_u8s8(blas->lowp, 0, batch, T, S, q.spikes, S, net->fc2_q, T, acc, T, NULL))
+        return AIVA_ERR_PROVIDER;
+    /* Row scale 1: the spikes are not scaled.  The x scale slot is free by now. */
+    for (int b = 0; b < batch; b++) q.x_scale[b] = 1.0f;
+    dequantize(acc, batch, T, q.x_scale, net->fc2_scale, NULL, 0, ws->logits);
+    return AIVA_OK;
+}
+
 /* The fc1 and spiking products of a forward step (into ws->hidden before tanh, and
  * ws->membrane), in the net's precision.  Finite x can still overflow fc1's product (x near
  * FLT_MAX): Inf - Inf gives NaN hidden units, whose membrane never reaches the threshold, so
@@ -307,14 +459,14 @@ static void forward_products(const aiva_blas *blas, const aiva_net *net, const f
     float *h = ws->hidden, *v = ws->membrane;
     if (net->bf16) {
         bf16_scratch b = bf16_parts(net, ws);
-        const int use_packs = batch > 1;   /* see AIVA_PACK_ROWS */
+        /* The provider's packs pay at batch 1 too (oneDNN's bf16 fc1 + spiking products
+         * measured 48 against 248 us packed and plain), unlike MKL's float32 ones. */
         aiva_round_bf16(x, (ptrdiff_t)batch * I, b.x);
-        gemm_bf16(blas, 0, 1, batch, H, I, b.x, I, net->fc1_t_bf16, I, h, H,
-                  use_packs ? net->fc1_packed : NULL);
+        gemm_bf16(blas, 0, 1, batch, H, I, b.x, I, net->fc1_t_bf16, I, h, H, net->fc1_packed);
         if (with_tanh) tanh_inplace(h, (ptrdiff_t)batch * H);
         aiva_round_bf16(h, (ptrdiff_t)batch * H, b.hidden);
         gemm_bf16(blas, 0, 1, batch, S, H, b.hidden, H, net->spiking_t_bf16, H, v, S,
-                  use_packs ? net->spiking_packed : NULL);
+                  net->spiking_packed);
     } else {
         forward_product(blas, batch, H, I, x, net->fc1_t, net->fc1_packed, h);
         if (with_tanh) tanh_inplace(h, (ptrdiff_t)batch * H);
@@ -347,15 +499,26 @@ int aiva_forward(const aiva_blas *blas, const aiva_net *net, const float *x, int
 {
     if (batch < 1 || batch > ws->capacity) return AIVA_ERR_SIZE;
     if (!all_finite(x, (ptrdiff_t)batch * net->input_size)) return AIVA_ERR_INPUT_NONFINITE;
-    if (net->bf16 && (!blas->gemm_bf16 || !ws->bf16)) return AIVA_ERR_SIZE;
+    if (net->bf16 && (!blas->lowp_bf16 || !ws->bf16)) return AIVA_ERR_SIZE;
+    if (net->int8 && (!blas->lowp_u8s8 || !ws->bf16)) return AIVA_ERR_SIZE;
 
-    forward_products(blas, net, x, batch, ws, 1);
+    if (net->int8) {
+        int code = int8_forward_products(blas, net, x, batch, ws, 1);
+        if (code != AIVA_OK) return code;
+    } else {
+        forward_products(blas, net, x, batch, ws, 1);
+    }
     if (!all_finite(ws->membrane, (ptrdiff_t)batch * net->spiking_size))
         return AIVA_ERR_HIDDEN_NONFINITE;
     /* Threshold spikes, masked by the refractory countdown. */
     spike_pass(ws->membrane, refractory_left, net->threshold, ws->open, ws->spikes,
                (ptrdiff_t)batch * net->spiking_size);
-    readout(blas, net, batch, ws);
+    if (net->int8) {
+        int code = int8_readout(blas, net, batch, ws);
+        if (code != AIVA_OK) return code;
+    } else {
+        readout(blas, net, batch, ws);
+    }
     if (!softmax_rows(ws->logits, batch, net->num_tools, probs))
         return AIVA_ERR_OUTPUT_NONFINITE;
     return AIVA_OK;
@@ -386,10 +549,16 @@ int aiva_forward_sequence(const aiva_blas *blas, const aiva_net *net, const floa
     const int rows = steps * batch;
     const ptrdiff_t step_neurons = (ptrdiff_t)batch * net->spiking_size;
     if (!all_finite(xs, (ptrdiff_t)rows * net->input_size)) return AIVA_ERR_INPUT_NONFINITE;
-    if (net->bf16 && (!blas->gemm_bf16 || !ws->bf16)) return AIVA_ERR_SIZE;
+    if (net->bf16 && (!blas->lowp_bf16 || !ws->bf16)) return AIVA_ERR_SIZE;
+    if (net->int8 && (!blas->lowp_u8s8 || !ws->bf16)) return AIVA_ERR_SIZE;
 
     /* A step's membrane does not depend on the state: the products run over all rows. */
-    forward_products(blas, net, xs, rows, ws, 1);
+    if (net->int8) {
+        int code = int8_forward_products(blas, net, xs, rows, ws, 1);
+        if (code != AIVA_OK) return code;
+    } else {
+        forward_products(blas, net, xs, rows, ws, 1);
+    }
     if (!all_finite(ws->membrane, (ptrdiff_t)rows * net->spiking_size))
         return AIVA_ERR_HIDDEN_NONFINITE;
     /* Only the threshold and the refractory countdown are sequential. */
@@ -399,7 +568,12 @@ int aiva_forward_sequence(const aiva_blas *blas, const aiva_net *net, const floa
                    ws->spikes + at, step_neurons);
         commit_spikes(net->refractory_period, ws->spikes + at, step_neurons, refractory_left);
     }
-    readout(blas, net, rows, ws);
+    if (net->int8) {
+        int code = int8_readout(blas, net, rows, ws);
+        if (code != AIVA_OK) return code;
+    } else {
+        readout(blas, net, rows, ws);
+    }
     if (!softmax_rows(ws->logits, rows, net->num_tools, probs))
         return AIVA_ERR_OUTPUT_NONFINITE;
     return AIVA_OK;
@@ -418,7 +592,7 @@ int aiva_backward_weighted(const aiva_blas *blas, const aiva_net *net, const flo
     const int I = net->input_size, H = net->hidden_size, S = net->spiking_size,
               T = net->num_tools;
     if (batch < 1 || batch > ws->capacity) return AIVA_ERR_SIZE;
-    if (net->bf16 && (!blas->gemm_bf16 || !ws->bf16)) return AIVA_ERR_SIZE;
+    if (net->bf16 && (!blas->lowp_bf16 || !ws->bf16)) return AIVA_ERR_SIZE;
     /* A row of weight 0 is a step without a target: it may carry any label. */
     double weight_sum = 0.0;
     for (int b = 0; b < batch; b++) {
@@ -511,7 +685,14 @@ void aiva_blas_products(const aiva_blas *blas, const aiva_net *net, const float 
 {
     /* In bf16 mode this includes rounding x and h to bf16: every bf16 step must. */
     if (batch < 1 || batch > ws->capacity) return;
-    if (net->bf16 && (!blas->gemm_bf16 || !ws->bf16)) return;
+    if (net->bf16 && (!blas->lowp_bf16 || !ws->bf16)) return;
+    if (net->int8) {
+        /* With the quantization of x and h and the dequantization: every int8 step does. */
+        if (!blas->lowp_u8s8 || !ws->bf16) return;
+        if (int8_forward_products(blas, net, x, batch, ws, 0) != AIVA_OK) return;
+        int8_readout(blas, net, batch, ws);
+        return;
+    }
     forward_products(blas, net, x, batch, ws, 0);
     const int S = net->spiking_size, T = net->num_tools;
     if (net->bf16) {

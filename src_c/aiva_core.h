@@ -34,31 +34,40 @@ typedef void (*aiva_sgemv64_fn)(const char *trans, const int64_t *m, const int64
                                 const float *x, const int64_t *incx, const float *beta,
                                 float *y, const int64_t *incy);
 /* bfloat16 as its raw bits (the upper half of a float32), and MKL's CBLAS extensions with
- * plain ints for its enums and MKL_INT (LP64): the bf16 products and pre-packed weights. */
+ * plain ints for its enums and MKL_INT (LP64): float32 products on pre-packed weights. */
 typedef uint16_t aiva_bf16;
-typedef void (*aiva_gemm_bf16_fn)(int layout, int transa, int transb, int m, int n, int k,
-                                  float alpha, const aiva_bf16 *a, int lda, const aiva_bf16 *b,
-                                  int ldb, float beta, float *c, int ldc);
 typedef size_t (*aiva_pack_size_fn)(int identifier, int m, int n, int k);
-typedef void (*aiva_pack_bf16_fn)(int layout, int identifier, int trans, int m, int n, int k,
-                                  const aiva_bf16 *src, int ld, aiva_bf16 *dest);
 typedef void (*aiva_pack_f32_fn)(int layout, int identifier, int trans, int m, int n, int k,
                                  float alpha, const float *src, int ld, float *dest);
 typedef void (*aiva_compute_f32_fn)(int layout, int transa, int transb, int m, int n, int k,
                                     const float *a, int lda, const float *b, int ldb, float beta,
                                     float *c, int ldc);
+/* The reduced-precision provider's products (src_c/aiva_onednn.h), row-major: C (M, N) =
+ * op(A) @ op(B) with op(X) = X^T where the flag is set; B_packed is the provider's handle of
+ * a constant B, or NULL.  bf16 operands into float32; u8 activations by s8 weights into an
+ * exact int32.  Each returns 0, or nonzero with C undefined. */
+typedef int (*aiva_lowp_bf16_fn)(void *lowp, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
+                                 ptrdiff_t K, const aiva_bf16 *A, ptrdiff_t lda,
+                                 const aiva_bf16 *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc,
+                                 const void *B_packed);
+typedef int (*aiva_lowp_u8s8_fn)(void *lowp, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                                 const uint8_t *A, ptrdiff_t lda, const int8_t *B,
+                                 ptrdiff_t ldb, int32_t *C, ptrdiff_t ldc,
+                                 const void *B_packed);
 typedef struct {
     aiva_sgemm_fn sgemm;       /* LP64 entry points, or NULL ...       */
     aiva_sgemv_fn sgemv;
     aiva_sgemm64_fn sgemm64;   /* ... when these ILP64 ones are set    */
     aiva_sgemv64_fn sgemv64;
-    /* MKL only (NULL elsewhere): cblas_gemm_bf16bf16f32 and its _compute (same signature,
-     * with a packed operand), and cblas_sgemm's pack / compute. */
-    aiva_gemm_bf16_fn gemm_bf16, gemm_bf16_compute;
-    aiva_pack_size_fn pack_bf16_size, pack_f32_size;
-    aiva_pack_bf16_fn pack_bf16;
+    /* MKL only (NULL elsewhere): cblas_sgemm's pack / compute. */
+    aiva_pack_size_fn pack_f32_size;
     aiva_pack_f32_fn pack_f32;
     aiva_compute_f32_fn compute_f32;
+    /* The reduced-precision provider (NULL elsewhere): bf16 mode needs lowp_bf16, int8 mode
+     * lowp_u8s8. */
+    void *lowp;
+    aiva_lowp_bf16_fn lowp_bf16;
+    aiva_lowp_u8s8_fn lowp_u8s8;
 } aiva_blas;
 
 /* The network.  fc1 and the spiking layer are kept as (out, in) — the transpose of the
@@ -74,12 +83,22 @@ typedef struct {
     const float *spiking_t;  /* (spiking, hidden) */
     const float *fc2;        /* (spiking, tools)  */
     /* bfloat16 mode (products of bf16-rounded operands, float32 accumulation) when
-     * bf16 is 1: the weights rounded to bf16, in the layouts above, and optionally fc1 and
-     * the spiking layer packed for the forward products (aiva_pack).  In float32 mode the
-     * packed pointers, when set, hold float32 packs of fc1_t and spiking_t instead. */
+     * bf16 is 1: the weights rounded to bf16, in the layouts above, and optionally the
+     * provider's handles of fc1_t_bf16 and spiking_t_bf16 (packed by it on first use) for the
+     * forward products.  In float32 mode the packed pointers, when set, hold MKL's float32
+     * packs of fc1_t and spiking_t (aiva_pack). */
     int bf16;
     const aiva_bf16 *fc1_t_bf16, *spiking_t_bf16, *fc2_bf16;
     const void *fc1_packed, *spiking_packed;
+    /* int8 mode (inference only) when int8 is 1: the weights quantized per output channel
+     * (aiva_quantize_s8: rows of fc1_t and spiking_t, columns of fc2), their float32 scales
+     * and the sums of each output's integers; the activations are quantized per row at run
+     * time to q + act_zero (u8) with |q| <= act_qmax.  fc1_packed and spiking_packed then
+     * hold the provider's handles of fc1_t_q and spiking_t_q. */
+    int int8, act_qmax, act_zero;
+    const int8_t *fc1_t_q, *spiking_t_q, *fc2_q;
+    const float *fc1_scale, *spiking_scale, *fc2_scale;
+    const int32_t *fc1_sum, *spiking_sum;
 } aiva_net;
 
 /* Scratch for one step of `batch` rows (batch <= capacity).  Forward fills the first five;
@@ -94,7 +113,9 @@ typedef struct {
     float *d_logits;    /* (B, tools)                                            */
     float *d_membrane;  /* (B, spiking) also holds d_spikes before the surrogate  */
     float *d_hidden;    /* (B, hidden)  gradient at the fc1 pre-activation        */
-    aiva_bf16 *bf16;    /* bf16 mode: B * (input + hidden + spiking + tools) rounded operands */
+    aiva_bf16 *bf16;    /* bf16 mode: B * (input + hidden + spiking + tools) rounded operands;
+                         * int8 mode: 8 * B bytes of row scales, then the u8 activations
+                         * (B * (input + hidden + spiking)): B * (... + 4) halves in all */
 } aiva_workspace;
 
 /* Gradients, in the same layouts as the weights of aiva_net. */
@@ -118,7 +139,8 @@ enum {
     AIVA_ERR_LABEL = 3,             /* a label outside [0, num_tools)             */
     AIVA_ERR_GRAD_NONFINITE = 4,    /* loss or a gradient is NaN/Inf or overflows */
     AIVA_ERR_SIZE = 5,              /* batch < 1 or batch > ws->capacity          */
-    AIVA_ERR_HIDDEN_NONFINITE = 6   /* fc1's product overflowed: x too large      */
+    AIVA_ERR_HIDDEN_NONFINITE = 6,  /* fc1's product overflowed: x too large      */
+    AIVA_ERR_PROVIDER = 7           /* the reduced-precision provider failed      */
 };
 
 /* The refractory ring buffer is stored as a per-neuron countdown: refractory_left[b, j] is
@@ -166,18 +188,24 @@ int aiva_backward_weighted(const aiva_blas *blas, const aiva_net *net, const flo
 int aiva_blas_open(const char *path, const char *prefix, const char *suffix, int ilp64,
                    aiva_blas *out);
 
-/* MKL by path (libmkl_rt): Fortran sgemm_/sgemv_ plus the extensions above, after asking for
+/* MKL by path (libmkl_rt): Fortran sgemm_/sgemv_ plus the float32 packs, after asking for
  * the LP64 interface and, unless threading_layer < 0, that MKL_THREADING_* layer.  Returns 0,
  * or -1 (not MKL, or its interface is already fixed to ILP64) with out untouched. */
 int aiva_mkl_open(const char *path, int threading_layer, aiva_blas *out);
 
-/* Pack an engine-layout weight w (n rows of k: fc1_t or spiking_t) as the B operand of
- * x @ w^T, in bf16 (w is aiva_bf16) or float32.  dest NULL: only return the bytes needed;
- * 0 means this BLAS cannot pack. */
-size_t aiva_pack(const aiva_blas *blas, int bf16, int n, int k, const void *w, void *dest);
+/* Pack an engine-layout float32 weight w (n rows of k: fc1_t or spiking_t) as the B operand
+ * of x @ w^T (MKL).  dest NULL: only return the bytes needed; 0 means this BLAS cannot pack. */
+size_t aiva_pack(const aiva_blas *blas, int n, int k, const float *w, void *dest);
 
 /* dst = src rounded to bfloat16, to nearest even (NaN stays NaN). */
 void aiva_round_bf16(const float *src, ptrdiff_t n, aiva_bf16 *dst);
+
+/* int8 mode: quantize n vectors of len floats (stride between elements step, between
+ * vectors vstride: rows of an (n, len) matrix are step 1, vstride len; columns of a (len, n)
+ * one step n, vstride 1) symmetrically to q = round(w * (127 / max|w|)) in [-127, 127];
+ * scale[i] = max|w| / 127 (0 for an all-zero vector), sum[i] = the sum of its q (or NULL). */
+void aiva_quantize_s8(const float *w, ptrdiff_t n, ptrdiff_t len, ptrdiff_t step,
+                      ptrdiff_t vstride, int8_t *q, float *scale, int32_t *sum);
 
 /* The three products of a forward step and nothing else — the benchmark's floor. */
 void aiva_blas_products(const aiva_blas *blas, const aiva_net *net, const float *x, int batch,

@@ -56,11 +56,7 @@ int aiva_mkl_open(const char *path, int threading_layer, aiva_blas *out)
     memset(&found, 0, sizeof found);
     found.sgemm = (aiva_sgemm_fn)gemm;
     found.sgemv = (aiva_sgemv_fn)gemv;
-    /* Each of these is optional: an MKL too old for bf16 products is still an sgemm. */
-    found.gemm_bf16 = (aiva_gemm_bf16_fn)find_sym(lib, "cblas_gemm_bf16bf16f32");
-    found.gemm_bf16_compute = (aiva_gemm_bf16_fn)find_sym(lib, "cblas_gemm_bf16bf16f32_compute");
-    found.pack_bf16_size = (aiva_pack_size_fn)find_sym(lib, "cblas_gemm_bf16bf16f32_pack_get_size");
-    found.pack_bf16 = (aiva_pack_bf16_fn)find_sym(lib, "cblas_gemm_bf16bf16f32_pack");
+    /* Optional: an MKL without the packs is still an sgemm. */
     found.pack_f32_size = (aiva_pack_size_fn)find_sym(lib, "cblas_sgemm_pack_get_size");
     found.pack_f32 = (aiva_pack_f32_fn)find_sym(lib, "cblas_sgemm_pack");
     found.compute_f32 = (aiva_compute_f32_fn)find_sym(lib, "cblas_sgemm_compute");

@@ -13,6 +13,17 @@ operation returns the exact result of its rounded operands times (1 + d), |d| <=
   and the float32 accumulation has the same gamma_K bound against the exact product of
   the rounded operands.  Rounding a computed float32 value to bf16 moves it by one bf16
   step where a rounding boundary lies within its error (`to_bf16`), else not at all.
+- int8 operands (precision="int8"): the engine quantizes in float32, deterministically —
+  weights per output channel, q = round(w * (127 / max|w|)), activations per row with
+  qmax = 127 (63 without VNNI) — so the reference quantizes the same float32 values the
+  same way and gets the same integers; the u8 x s8 products are exact in int32, and the
+  dequantization (acc - zero * sum) * (s_row * s_col) in float32 rounds three times
+  (3u relative).  A computed activation (h, from tanh) is quantized from a value within
+  its error: where a quantization boundary, or its row's max|h| (the scale), lies within
+  that error, the engine's integer may be one step off the reference's (`to_int8`, the
+  worst case).  The error of the quantization itself is no error here: the reference
+  quantizes too.  How far int8 decisions then are from float32's is measured, not bounded
+  (benchmarks/precision_decisions.py).
 - Elementwise operations: the propagated error (Lipschitz constants of +, *, /, sqrt, tanh,
   exp on the interval the operands can be in) plus one rounding of the result.  tanh and
   exp are approximations (the engine's rational tanh and Cephes exp, CuPy's, NumPy's, ONNX
@@ -342,6 +353,50 @@ class Bounded:
         with _one_thread():
             return self._matmul(other, independent)
 
+    def to_int8(self, qmax):
+        """The engine's per-row quantization of this computed float32 value, dequantized
+        (scale * q): the value is the reference's quantization of its own v.  The engine
+        quantizes a value within err of v with a row max within the row's largest err of
+        the reference's: its integer lies between those of the interval's ends (rounding is
+        monotone), and its scale within the max's error (plus the float32 roundings of
+        qmax / max and max / qmax).  Rows whose error is zero are quantized exactly as the
+        reference does.  Worst case only."""
+        q, s = quantize_rows(self.v, qmax)
+
+        def bound(err):
+            err = np.atleast_2d(err) * (1 + 2.0 ** -40) + TINY
+            v = np.atleast_2d(np.abs(self.v))
+            m = v.max(axis=1, keepdims=True)
+            em = err.max(axis=1, keepdims=True)
+            slack = 1 + 4 * self.u
+            with np.errstate(divide="ignore", invalid="ignore"):
+                inv_lo = np.where(m + em > 0, qmax / (m + em), 0.0) / slack
+                inv_hi = np.where(m - em > 0, qmax / (m - em), np.inf) * slack
+            lo = np.rint(np.clip(np.maximum(v - err, 0.0) * inv_lo, 0, qmax))
+            hi = np.rint(np.clip((v + err) * inv_hi, 0, qmax))
+            qa = np.abs(q)
+            dq = np.maximum(hi - qa, qa - lo)
+            ds = np.maximum((m + em) / qmax * slack - s, s - np.maximum(m - em, 0.0) / qmax / slack)
+            out = ds * (qa + dq) + s * dq
+            return np.where(em > TINY * 2, out, 0.0).reshape(self.v.shape)
+
+        return Bounded((q * s).reshape(self.v.shape), bound(self.e), bound(self.err), 0.0, self.u)
+
+    def int8_matmul(self, w: "Bounded"):
+        """self @ w for a dequantized activation (to_int8, or an exact quantized input) and a
+        dequantized weight (exact): the engine's integer product is exact, its float32
+        dequantization rounds three times (the int32 -> float conversion, s_row * s_col, the
+        product); the activation's error carries through |w|.  Worst case only."""
+        with _one_thread():
+            value = self.v @ w.v
+            aw = np.abs(w.v)
+
+            def bound(err):
+                prop = err @ aw if np.any(err) else 0.0
+                return prop + 3.01 * self.u * (np.abs(value) + prop) + 4 * U64 * np.abs(value) \
+                    + TINY
+            return Bounded(value, bound(self.e), bound(self.err), 0.0, self.u)
+
     def to_bf16(self):
         """The engine's rounding of this computed float32 value to bf16; the value is the
         reference's bf(value).  bf is monotone, so where bf of both ends of the interval
@@ -351,6 +406,28 @@ class Bounded:
             err = err * (1 + 2.0 ** -40) + TINY
             return bf(self.v + err) - bf(self.v - err)
         return Bounded(bf(self.v), step(self.e), step(self.err), 0.0, self.u)
+
+
+def quantize_rows(a, qmax) -> Tuple[np.ndarray, np.ndarray]:
+    """The engine's per-row quantization of float32 values (aiva_core.c, quantize_rows_u8;
+    aiva_quantize_s8 for weights, per output channel, qmax 127): q = round-half-even of
+    clip(a * (qmax / max|a|)) with every step in float32; (q, scale) as float64, scale
+    (rows, 1) = max|a| / qmax (0 for a row under 1e-30)."""
+    a = np.atleast_2d(np.asarray(a, dtype=np.float32))
+    m = np.abs(a).max(axis=1, keepdims=True)
+    tiny = m < np.float32(1e-30)
+    safe = np.where(tiny, np.float32(1), m)
+    inv = np.where(tiny, np.float32(0), np.float32(qmax) / safe).astype(np.float32)
+    scale = np.where(tiny, np.float32(0), safe / np.float32(qmax)).astype(np.float32)
+    q = np.rint(np.clip((a * inv).astype(np.float32), -qmax, qmax))
+    return q.astype(np.float64), scale.astype(np.float64)
+
+
+def quantize_weight(w) -> Tuple[np.ndarray, np.ndarray]:
+    """A state_dict-layout ("x @ W") weight quantized per output channel (its columns), as
+    the engine does: (q, scale (1, out))."""
+    q, s = quantize_rows(np.asarray(w, dtype=np.float32).T, 127)
+    return q.T, s.T
 
 
 def exact(a, u=U32) -> Bounded:
@@ -445,16 +522,22 @@ class BoundedNet:
     with its error bound for the engine, and the ring buffer of the last outputs.
 
     precision="bfloat16" rounds the products' operands to bf16 as the engine does (the
-    oracle of that mode).  u=U64 bounds a float64 computation (PyTorch's float64 peer)."""
+    oracle of that mode); precision="int8" quantizes them as the engine does (inference
+    only; ``qmax``: the activations' 127, or 63 without VNNI).  u=U64 bounds a float64
+    computation (PyTorch's float64 peer)."""
 
     def __init__(self, weights: Mapping[str, np.ndarray], *, threshold: float = 0.5,
                  refractory_period: int = 2, surrogate_slope: float = 25.0,
-                 precision: str = "float32", u: float = U32):
+                 precision: str = "float32", u: float = U32, qmax: int = 127):
         self.u = u
         self.bf16 = precision == "bfloat16"
+        self.int8 = precision == "int8"
+        self.qmax = qmax
         self.w = {k: Bounded.rounded_from(weights[k], u) for k in KEYS}
         if self.bf16:                      # the engine's bf16 copies of its float32 masters
             self.wb = {k: exact(bf(weights[k]), u) for k in KEYS}
+        if self.int8:                      # its int8 copies, dequantized (exact values)
+            self.wb = {k: exact(np.multiply(*quantize_weight(weights[k])), u) for k in KEYS}
         self.threshold = float(threshold)
         self.thr_err = abs(float(np.float32(threshold)) - self.threshold) if u == U32 else 0.0
         self.refractory_period = int(refractory_period)
@@ -487,7 +570,13 @@ class BoundedNet:
         for the readout (and by `push`)."""
         u = self.u
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
-        if self.bf16:
+        if self.int8:
+            xb = exact(np.multiply(*quantize_rows(x, self.qmax)), u)   # of float32 x: exact
+            a = xb.int8_matmul(self.wb["fc1.weight"])
+            h = a.tanh()
+            hb = h.to_int8(self.qmax)
+            v = hb.int8_matmul(self.wb["spiking.weight"])
+        elif self.bf16:
             xb = exact(bf(x), u)
             a = xb @ self.wb["fc1.weight"]
             h = a.tanh()
@@ -526,7 +615,7 @@ class BoundedNet:
 
     @property
     def readout_weights(self) -> Bounded:
-        return self.wb["fc2.weight"] if self.bf16 else self.w["fc2.weight"]
+        return self.wb["fc2.weight"] if (self.bf16 or self.int8) else self.w["fc2.weight"]
 
     def readout(self, out) -> Tuple[Bounded, Bounded]:
         z = exact(np.asarray(out, dtype=np.float64), self.u) @ self.readout_weights
@@ -558,6 +647,7 @@ class BoundedNet:
         advances the ring like the engine's loss_and_grad (`mask`: a given refractory
         mask instead of the ring's)."""
         u = self.u
+        assert not self.int8, "int8 is for inference: its training steps are float32's"
         s = self.forward(x, state=state, mask=mask)
         assert not s.unresolved_rows.any(), "ambiguous spikes: pass the engine's state"
         self.push(s)

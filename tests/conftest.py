@@ -64,3 +64,32 @@ def exact_default_case(steps, batch, seed):
     xs = rng.uniform(-1.0, 1.0, (steps, batch, i))
     xs[..., :2] = rng.choice([-1.0, 1.0], (steps, batch, 2))
     return w, xs, 0.5 + 2.0 ** -11
+
+
+# -- trained nets, shared by the reduced-precision tests (test_bf16, test_int8) ----------------
+# Seeds of the reduced-precision comparisons (AIVA_CY_DIGITS_SEEDS raises it; each seed is a
+# training of ~5 s on 2 cores, shared by the tests through digits_float32_nets).
+DIGITS_SEEDS = tuple(range(int(os.environ.get("AIVA_CY_DIGITS_SEEDS", "3"))))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The README's digits recipe: (X_train, y_train, X_test, y_test), inputs / 4."""
+    from aiva_cy.datasets import load_digits
+    X_train, y_train = load_digits(split="train")
+    X_test, y_test = load_digits(split="test")
+    return X_train / 4, y_train, X_test / 4, y_test
+
+
+def train_digits(digits, seed, precision="float32"):
+    from aiva_cy import AIVANet
+    X_train, y_train, _, _ = digits
+    net = AIVANet(input_size=64, num_tools=10, seed=seed, precision=precision)
+    net.fit(X_train, y_train, epochs=20, batch_size=32, seed=seed, verbose=0)
+    return net
+
+
+@pytest.fixture(scope="session")
+def digits_float32_nets(digits):
+    """float32 nets trained to convergence on digits, one per seed of DIGITS_SEEDS."""
+    return [train_digits(digits, seed) for seed in DIGITS_SEEDS]

@@ -57,7 +57,10 @@ def test_every_provider_matches_numpys_openblas(provider, name):
     ra, rb = json.loads(a.stdout), json.loads(b.stdout)
     assert ra["info"]["provider"] == "numpy" and ra["info"]["ilp64"] is True
     assert rb["info"]["provider"] == name and rb["info"]["ilp64"] is False
-    assert rb["info"]["bf16"] is (provider == "mkl")
+    # Whatever the float32 BLAS, the reduced precisions are oneDNN's (or missing), never it.
+    for name in ("bfloat16", "int8"):
+        entry = rb["info"]["precisions"][name]
+        assert entry.get("library", "oneDNN") == "oneDNN" and "bf16" not in rb["info"]
     # Two float32 engines, each within the bound B of the exact step: within 2B of each
     # other.  The script's data (fixed seeds) keep every membrane clear of its bound.
     net = AIVANet(input_size=32, num_tools=6, hidden_size=48, spiking_size=40, seed=3)

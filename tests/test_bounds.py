@@ -154,6 +154,25 @@ def test_bf16_rounding_of_a_computed_value():
     assert (rounded.err == 0).mean() > 0.9         # exact except near a boundary
 
 
+@pytest.mark.parametrize("qmax", [127, 63])
+def test_int8_quantization_of_a_computed_value(qmax):
+    rng = np.random.default_rng(7)
+    v = np.tanh(rng.standard_normal((400, 300)) * 2)      # rows of h, each with its own max
+    err = np.abs(rng.standard_normal(v.shape)) * 1e-6
+    quantized = bd.Bounded(v, err, err, 0.0).to_int8(qmax)
+    q, s = bd.quantize_rows(v, qmax)
+    assert np.array_equal(quantized.v, q * s)
+    # any value the engine may hold, quantized per row as it does, is within the bound
+    for t in (-1.0, -0.5, 0.5, 1.0):
+        eq, es = bd.quantize_rows((v + t * err * rng.choice([-1, 1], v.shape)).astype(np.float32),
+                                  qmax)
+        assert (np.abs(eq * es - quantized.v) <= quantized.err).all()
+    # a whole step of error only where a boundary lies within err: elsewhere the scale's drift
+    assert (quantized.err < 0.01 * s).mean() > 0.9
+    # an exact input (x) quantizes exactly
+    assert not bd.exact(v).to_int8(qmax).err.any()
+
+
 def test_softmax_perturbation_bound():
     rng = np.random.default_rng(6)
     for scale in (1.0, 10.0, 40.0):

@@ -10,7 +10,8 @@ Marker convention: an HTML comment on the line right above the fence (invisible 
 rendered page) says when a block may not run here.
 
     <!-- docs-test: requires cuda -->              CuPy and a CUDA GPU
-    <!-- docs-test: requires bf16 -->              bfloat16 products (MKL) for aiva_cy
+    <!-- docs-test: requires bf16 -->              native bfloat16 products (oneDNN) for aiva_cy
+    <!-- docs-test: requires int8 -->              int8 products (oneDNN) for aiva_cy
     <!-- docs-test: requires torch onnxruntime -->  these modules importable
     <!-- docs-test: skip REASON -->                never run (say why)
 
@@ -97,11 +98,13 @@ def _skip_reason(marker: Optional[str]) -> Optional[str]:
         if need == "cuda":
             if not _has_cuda():
                 return "needs CuPy and a CUDA GPU"
-        elif need == "bf16":
+        elif need in ("bf16", "int8"):
             import aiva_cy
 
-            if aiva_cy.blas_info().get("bfloat16") is None:
-                return "needs a BLAS with bfloat16 products (pip install 'aiva_cy[mkl]')"
+            key = "bfloat16" if need == "bf16" else "int8"
+            entry = aiva_cy.blas_info()["precisions"][key]
+            if not entry["available"]:
+                return f"needs {key} products: {entry['missing']}"
         elif importlib.util.find_spec(need) is None:
             return f"needs {need}"
     return None

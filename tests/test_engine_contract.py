@@ -115,7 +115,8 @@ BAD_INPUT = [   # SMALL: input_size 24, num_tools 5, spiking_size 30, refractory
      r"refractory state must hold integers in \[0, 2\]"),
     ("set_state", (np.zeros((2, 3)),), ValueError,
      r"refractory state must have shape \(batch >= 1, 30\)"),
-    ("set_precision", ("float16",), ValueError, "precision must be 'float32' or 'bfloat16'"),
+    ("set_precision", ("float16",), ValueError,
+     "precision must be 'float32', 'bfloat16', 'int8' or 'auto', got 'float16'"),
 ]
 
 
@@ -126,6 +127,23 @@ def test_both_engines_refuse_bad_input_in_the_same_words(engines, method, args, 
     for net in engines[:2]:
         with pytest.raises(error, match=pattern):
             getattr(net._engine, method)(*args)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8", "auto"])
+def test_the_cuda_engine_refuses_reduced_precision_in_the_models_words(engines, precision):
+    # The CPU engine runs them (where oneDNN is installed: aiva_cy._blas); the CUDA one runs
+    # float32 only, and says so as aiva_cy._model.check_device_precision words it.
+    gpu = engines[1]
+    with pytest.raises(NotImplementedError) as raised:
+        gpu._engine.set_precision(precision)
+    with pytest.raises(NotImplementedError) as model:
+        _model.check_device_precision(gpu.device, precision)
+    assert str(raised.value) == str(model.value)
+    assert "CPU only" in str(raised.value) and "precision='float32'" in str(raised.value)
+    with pytest.raises(NotImplementedError, match="CPU only"):
+        gpu.set_precision(precision)
+    assert gpu.precision == "float32" and gpu._engine.effective_precision == "float32"
+    assert gpu._engine.quantized() is None
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -149,6 +167,6 @@ def test_the_c_core_holds_the_same_facts():
     c = _core.C_CONSTANTS
     assert c["GRAD_LIMIT"] == _model.GRAD_LIMIT
     for name in ("ERR_INPUT_NONFINITE", "ERR_OUTPUT_NONFINITE", "ERR_LABEL",
-                 "ERR_GRAD_NONFINITE", "ERR_SIZE", "ERR_HIDDEN_NONFINITE"):
+                 "ERR_GRAD_NONFINITE", "ERR_SIZE", "ERR_HIDDEN_NONFINITE", "ERR_PROVIDER"):
         assert c[name] == getattr(_model, name), name
-    assert len({c[k] for k in c if k.startswith("ERR_")}) == 6
+    assert len({c[k] for k in c if k.startswith("ERR_")}) == 7

@@ -213,8 +213,9 @@ def test_backward_bounds_cover_every_gradient_and_adam_uses_them(precision):
     """The bounds the backward pass hands Adam (so its safety proof needs no second read of
     the gradients) are at least the largest |gradient| entry, in both precisions."""
     from aiva_cy._core import blas_info
-    if precision == "bfloat16" and not blas_info().get("bfloat16"):
-        pytest.skip("bfloat16 needs MKL")
+    entry = blas_info()["precisions"][precision]
+    if not entry["available"]:
+        pytest.skip(f"no {precision} products here: {entry['missing']}")
     rng = np.random.default_rng(5)
     for B in (1, 7, 33):
         net = AIVANet(input_size=24, num_tools=5, hidden_size=40, spiking_size=30, seed=B,

@@ -66,11 +66,38 @@ def test_the_benchmark_header_names_the_kernel():
     assert f"BLAS kernel: float32 {info['kernel'] or 'unknown kernel'}" in header
     assert ("WARNING" in header) == bool(
         info.get("kernel_older_than_cpu")
-        or (info.get("bfloat16") or {}).get("kernel_older_than_cpu"))
+        or any(e.get("available") and e.get("kernel_older_than_cpu")
+               for n, e in info["precisions"].items() if n != "float32"))
 
 
 def test_mkl_names_its_code_path():
-    info = aiva_cy.blas_info().get("bfloat16")
-    if not info:
+    from aiva_cy import _blas, _kernel
+    path = _blas._mkl_path()
+    if not path:
         pytest.skip("MKL is not installed")
+    info = _kernel.describe("mkl", path)
     assert info["kernel"] and info["kernel_config"].startswith("MKL ")
+
+
+def test_onednn_names_the_instruction_set_it_runs():
+    from aiva_cy import _lowp
+    info = aiva_cy.blas_info()["precisions"]["int8"]
+    if not info["available"]:
+        pytest.skip(f"oneDNN cannot run int8 here: {info['missing']}")
+    assert info["kernel"] == _lowp.info()["isa"] and info["library"] == "oneDNN"
+    assert info["version"].startswith("3.")
+
+
+def test_native_instructions_agree_with_what_onednn_dispatches_to():
+    # The CPU's flags (or NumPy's probe) against oneDNN's own reading of the CPU: where it
+    # runs uncapped, "native" is the same answer from both.
+    import os
+    from aiva_cy import _kernel
+    if any(os.environ.get(k) for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")):
+        pytest.skip("oneDNN's instruction set is capped here")
+    for precision in ("bfloat16", "int8"):
+        entry = aiva_cy.blas_info()["precisions"][precision]
+        probed = _kernel.has_native(precision)
+        if not entry["available"] or probed is None:
+            continue
+        assert entry["native"] == probed, (precision, entry)

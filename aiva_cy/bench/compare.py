@@ -47,8 +47,9 @@ from aiva_cy.bench import peers
 from aiva_cy.bench.report import (floor_estimates, render_floor_notes, render_footer,
                                   render_header, render_status, render_table, targets_of,
                                   write_chart)
-from aiva_cy.bench.rows import (ALL_ROWS, BF16_PEERS, N_PARAMS, PEER_ORDER, ROW_LABELS,
-                                STARTUP_PEERS, STARTUP_ROWS, TIMED_ROWS, SideBySide, inputs)
+from aiva_cy.bench.rows import (ALL_ROWS, BF16_PEERS, INT8_PEERS, MKL_PEERS, N_PARAMS,
+                                PEER_ORDER, ROW_LABELS, STARTUP_PEERS, STARTUP_ROWS,
+                                TIMED_ROWS, SideBySide, inputs)
 from aiva_cy.bench.startup import measure_startup
 from aiva_cy.bench.timing import (BUSY_BEFORE_LIMIT, Cell, LoadMonitor, RetryBudget, Settings,
                                   cpu_busy, disturbances, limit_threads, loadavg,
@@ -161,10 +162,13 @@ def run(quick: bool = False, *, short: bool = False, threads: Optional[int] = No
         os.environ.setdefault(k, v)
     import aiva_cy
     avail = peers.available_peers()
-    have = {"torch": avail["torch"] and "torch" in peers_wanted,
-            "onnx": avail["onnxruntime"] and "onnx" in peers_wanted,
-            "bf16": (aiva_cy.blas_info().get("bfloat16") is not None
-                     and bool(peers_wanted & set(BF16_PEERS)))}
+    from aiva_cy import _blas
+    precisions = aiva_cy.blas_info()["precisions"]
+    have = {"torch": avail["torch"] and bool(peers_wanted & {"torch", "torch_bf16", "torch_int8"}),
+            "onnx": avail["onnxruntime"] and bool(peers_wanted & {"onnx", "onnx_int8"}),
+            "bf16": precisions["bfloat16"]["available"] and bool(peers_wanted & set(BF16_PEERS)),
+            "int8": precisions["int8"]["available"] and bool(peers_wanted & set(INT8_PEERS)),
+            "mkl": _blas._mkl_path() is not None and bool(peers_wanted & set(MKL_PEERS))}
     if wait_quiet_s > 0:
         wait_quiet(wait_quiet_s, s.noise_limit, log)
     load_before = loadavg()

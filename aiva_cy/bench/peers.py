@@ -11,7 +11,10 @@ plus the scalars ``threshold``, ``surrogate_slope`` and ``refractory_period``.
 * PyTorch eager: :func:`make_torch` -> (``TorchAIVANet``, ``torch.optim.Adam``),
   :func:`torch_train_step`, :func:`torch_predict_proba`, :func:`torch_loss_and_grad`.
 * ONNX Runtime (inference only): :func:`make_onnx_session`, :func:`onnx_predict`, on the
-  graph of aiva_cy's own exporter (``AIVANet.export_onnx``), so there is one ONNX graph.
+  graph of aiva_cy's own exporter (``AIVANet.export_onnx``), so there is one ONNX graph;
+  :func:`make_onnx_int8_session`: the same graph after ONNX Runtime's dynamic int8
+  quantization.
+* PyTorch dynamic int8 (inference only): :func:`make_torch_int8`.
 
 torch, onnx and onnxruntime are imported lazily so that this module (and the
 benchmark that imports it) works where they are missing; :func:`available_peers`
@@ -38,6 +41,9 @@ __all__ = [
     "torch_predict_proba",
     "torch_loss_and_grad",
     "make_onnx_session",
+    "make_onnx_int8_session",
+    "make_torch_int8",
+    "torch_predict_int8",
     "onnx_predict",
     "TorchAIVANet",
 ]
@@ -259,6 +265,14 @@ def torch_predict_proba(model: "torch.nn.Module", x: Any) -> "torch.Tensor":
         return model(_as_tensor(model, x))[1]
 
 
+def torch_predict_int8(model: "torch.nn.Module", x: "torch.Tensor") -> "torch.Tensor":
+    """Probabilities from :func:`make_torch_int8`'s model, without autograd bookkeeping."""
+    import torch
+
+    with torch.inference_mode():
+        return model(x)
+
+
 def torch_loss_and_grad(
     weights: Mapping[str, Any],
     cfg: Mapping[str, Any],
@@ -315,20 +329,78 @@ def make_onnx_session(
     users serve: float32 initializers, input ``x`` (batch, input_size), output ``probs``
     (batch, num_tools).
     """
-    import onnxruntime as ort
-
     from aiva_cy.onnx_export import build_model
 
     w = _check_weights(weights)
     model = build_model(w, threshold=float(threshold))
+    return _onnx_session(model.SerializeToString(), intra_op_threads)
+
+
+def _onnx_session(model_bytes: bytes, intra_op_threads: Optional[int]) -> "onnxruntime.InferenceSession":
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     if intra_op_threads is not None:
         so.intra_op_num_threads = int(intra_op_threads)
     # Spinning pool threads would steal the CPU from the next peer measured.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(
-        model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(model_bytes, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def make_onnx_int8_session(
+    weights: Mapping[str, Any],
+    threshold: float,
+    intra_op_threads: Optional[int] = None,
+) -> "onnxruntime.InferenceSession":
+    """ONNX Runtime's dynamic int8 of the same exported graph (``quantize_dynamic`` with its
+    defaults: int8 weights per tensor, activations quantized to uint8 at run time, so each
+    MatMul becomes a MatMulInteger), for the int8 column."""
+    import os
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from aiva_cy.onnx_export import build_model
+
+    w = _check_weights(weights)
+    model = build_model(w, threshold=float(threshold))
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "int8.onnx")
+        quantize_dynamic(model, out, weight_type=QuantType.QInt8)
+        with open(out, "rb") as f:
+            data = f.read()
+    return _onnx_session(data, intra_op_threads)
+
+
+def make_torch_int8(weights: Mapping[str, Any], threshold: float) -> "torch.nn.Module":
+    """PyTorch's dynamic int8 of one step from an empty state (inference only):
+    ``torch.ao.quantization.quantize_dynamic`` over bias-free ``nn.Linear`` layers holding the
+    same weights (int8 per tensor, activations quantized per call); tanh, the threshold and
+    softmax in float32.  Call it with a float32 batch; it returns the probabilities."""
+    import torch
+
+    w = _check_weights(weights)
+
+    class Step(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layers = []
+            for k in WEIGHT_KEYS:
+                a = torch.from_numpy(w[k])
+                lin = torch.nn.Linear(a.shape[0], a.shape[1], bias=False)
+                with torch.no_grad():
+                    lin.weight.copy_(a.T)
+                layers.append(lin)
+            self.fc1, self.spiking, self.fc2 = layers
+            self.threshold = float(threshold)
+
+        def forward(self, x: "torch.Tensor") -> "torch.Tensor":  # type: ignore[override]
+            h = torch.tanh(self.fc1(x))
+            out = (self.spiking(h) >= self.threshold).to(h.dtype)
+            return torch.softmax(self.fc2(out), dim=-1)
+
+    model = Step().eval()
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def onnx_predict(sess: "onnxruntime.InferenceSession", x: Any) -> np.ndarray:

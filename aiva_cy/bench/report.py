@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from aiva_cy import _kernel
 from aiva_cy.bench.rows import N_PARAMS, PEER_LABELS, PEER_ORDER, ROW_LABELS, TRAIN_MACS
@@ -41,10 +41,11 @@ def targets_of(row: str, cells: Mapping[str, Cell]) -> List[Target]:
         q = inv(peer)
         return Target(text, q, None if q is None else q <= k)
 
-    def bf16_vs(peer: str, k: float, text: str, faster: bool) -> Target:
-        # aiva_cy bf16 against a peer: "faster" = at least k times faster (peer / bf16 >= k),
-        # else bf16 time <= k * peer time.
-        a, c = cells.get("aiva_bf16"), cells.get(peer)
+    def vs(mine: str, peer: str, k: float, text: str, faster: bool = False) -> Target:
+        # One of aiva_cy's reduced-precision columns against a peer (aiva_cy's float32
+        # included): "faster" = at least k times faster (peer / mine >= k), else
+        # mine <= k * peer.
+        a, c = cells.get(mine), cells.get(peer)
         if a is None or c is None or a.value <= 0 or c.value <= 0:
             return Target(text, None, None)
         q = c.value / a.value if faster else a.value / c.value
@@ -52,17 +53,20 @@ def targets_of(row: str, cells: Mapping[str, Cell]) -> List[Target]:
 
     if row == "forward_b1":
         return [at_most("floor", 1.15, "≤ 1.15× floor"), at_most("onnx", 1.0, "≤ ONNX"),
-                bf16_vs("numpy", 3.5, "bf16 ≥ 3.5× numpy", True),
-                bf16_vs("torch", 3.0, "bf16 ≥ 3× torch f32", True)]
+                vs("aiva_int8", "aiva_cy", 0.45, "int8 ≤ 0.45× f32"),
+                vs("aiva_int8", "onnx_int8", 1.0, "int8 ≤ ONNX int8"),
+                vs("aiva_int8", "numpy", 8.0, "int8 ≥ 8× numpy", faster=True),
+                vs("aiva_bf16", "aiva_cy", 0.8, "bf16 ≤ 0.8× f32")]
     if row == "predict_b256":
         return [at_most("onnx", 1.0, "≤ ONNX"),
-                bf16_vs("torch_bf16", 0.75, "bf16 ≤ 0.75× torch bf16", False),
-                bf16_vs("onnx", 0.35, "bf16 ≤ 0.35× ONNX f32", False)]
+                vs("aiva_int8", "onnx_int8", 1.0, "int8 ≤ ONNX int8"),
+                vs("aiva_bf16", "aiva_cy", 0.6, "bf16 ≤ 0.6× f32"),
+                vs("aiva_bf16", "torch_bf16", 0.75, "bf16 ≤ 0.75× torch bf16")]
     if row == "train_b64":
         return [at_most("torch", 0.6, "≤ 0.6× torch")]
     if row == "train_b256":
         return [at_most("torch", 0.85, "≤ 0.85× torch"),
-                bf16_vs("torch_bf16", 0.7, "bf16 ≤ 0.7× torch autocast", False)]
+                vs("aiva_bf16", "torch_bf16", 0.7, "bf16 ≤ 0.7× torch autocast")]
     if row == "startup":
         return [at_most("numpy", 1.0, "≤ numpy")]
     return []
@@ -188,19 +192,26 @@ def render_header(meta: Mapping[str, Any]) -> str:
         f"{_pct(meta.get('cpu_busy_after'))} after; load average (1 min) "
         f"{_num(meta.get('load_before'))} before, {_num(meta.get('load_after'))} after",
     ]
-    for info in (blas, blas.get("bfloat16") or {}):
+    for info in [blas] + [entry for _, entry in _reduced(blas)]:
         warn = _kernel.warning(info) if info else None
         if warn:
             lines.append(warn)
     return "\n".join(lines)
 
 
+def _reduced(blas: Mapping[str, Any]) -> List[Tuple[str, Mapping[str, Any]]]:
+    """(name, blas_info()'s entry) of each reduced precision that runs here."""
+    precisions = blas.get("precisions") or {}
+    return [(name, precisions[name]) for name in ("bfloat16", "int8")
+            if (precisions.get(name) or {}).get("available")]
+
+
 def _kernel_line(blas: Mapping[str, Any]) -> str:
     """The kernels that ran: what the libraries report, not what they were asked for."""
     line = f"BLAS kernel: float32 {_kernel.summary(dict(blas))} ({blas.get('provider', '?')})"
-    bf16 = blas.get("bfloat16")
-    if bf16:
-        line += f"; bfloat16 {_kernel.summary(bf16)} ({bf16.get('provider', '?')})"
+    for name, entry in _reduced(blas):
+        line += (f"; {name} {_kernel.summary(entry)} ({entry.get('library', '?')} "
+                 f"{entry.get('version', '?')})")
     return line + f"; CPU has {blas.get('cpu_level', '?')}"
 
 
@@ -251,7 +262,7 @@ def render_floor_notes(floor: Mapping[str, Any]) -> str:
                      "aiva_cy", "aiva_cy / floor"])
     if floor.get("bf16_gflops") is not None:
         lines.append("")
-        lines.append(f"MKL bf16 rate, from its packed floor at batch 256: "
+        lines.append(f"oneDNN bf16 rate, from its packed floor at batch 256: "
                      f"{floor['bf16_gflops']:.1f} GFLOP/s")
     if floor.get("b1_bf16_gbytes_s") is not None:
         lines.append(f"batch 1 in bf16 moves {floor['b1_bf16_bytes'] / 1e6:.1f} MB of weights: the "
@@ -260,6 +271,19 @@ def render_floor_notes(floor: Mapping[str, Any]) -> str:
     _estimate_table(lines, floor.get("bf16_estimates"),
                     ["work (bf16)", "FLOPs", "bf16 floor = FLOPs / rate", "aiva_cy bf16",
                      "aiva_cy bf16 / floor"])
+    if floor.get("int8_gops") is not None:
+        lines.append("")
+        lines.append(f"oneDNN int8 rate, from its packed floor at batch 256 (with quantizing x "
+                     f"and h): {floor['int8_gops']:.1f} GOP/s")
+    if floor.get("b1_int8_gbytes_s") is not None:
+        lines.append(f"batch 1 in int8 moves {floor['b1_int8_bytes'] / 1e6:.1f} MB of weights: the "
+                     f"int8 floor ({fmt_seconds(floor['b1_int8_seconds'])}) reads them at "
+                     f"{floor['b1_int8_gbytes_s']:.1f} GB/s")
+    distance = floor.get("provider_distance")
+    if distance:
+        lines.append("")
+        lines.append("Reduced precision against the provider's own products (its floor): "
+                     + "; ".join(f"{k} {v:.2f}×" for k, v in distance.items()))
     return "\n".join(lines)
 
 
@@ -293,7 +317,7 @@ def floor_estimates(rows: Mapping[str, Dict[str, Cell]]) -> Dict[str, Any]:
             est[row] = {"flops": flops, "floor_s": flops / rate,
                         "aiva_s": aiva.value if aiva is not None else None}
         out["estimates"] = est
-    # The same for bfloat16: MKL's bf16 rate from its packed floor, and half the bytes.
+    # The same for bfloat16: oneDNN's bf16 rate from its packed floor, and half the bytes.
     c16 = rows.get("predict_b256", {}).get("floor_bf16_packed")
     if c16 is not None:
         rate16 = 2.0 * 256 * N_PARAMS / c16.value
@@ -305,10 +329,28 @@ def floor_estimates(rows: Mapping[str, Dict[str, Cell]]) -> Dict[str, Any]:
             est16[row] = {"flops": flops, "floor_s": flops / rate16,
                           "aiva_s": a16.value if a16 is not None else None}
         out.update(bf16_gflops=rate16 / 1e9, bf16_estimates=est16)
-    b16 = rows.get("forward_b1", {}).get("floor_bf16")
+    b16 = rows.get("forward_b1", {}).get("floor_bf16_packed") or \
+        rows.get("forward_b1", {}).get("floor_bf16")
     if b16 is not None:
         out.update(b1_bf16_bytes=2 * N_PARAMS, b1_bf16_seconds=b16.value,
                    b1_bf16_gbytes_s=2 * N_PARAMS / b16.value / 1e9)
+    c8 = rows.get("predict_b256", {}).get("floor_int8")
+    if c8 is not None:
+        out.update(int8_gops=2.0 * 256 * N_PARAMS / c8.value / 1e9)
+    b8 = rows.get("forward_b1", {}).get("floor_int8")
+    if b8 is not None:
+        out.update(b1_int8_bytes=N_PARAMS, b1_int8_seconds=b8.value,
+                   b1_int8_gbytes_s=N_PARAMS / b8.value / 1e9)
+    # Where a reduced-precision target is missed, this says how far the step is from the
+    # provider's own products (what no code around them could beat).
+    distance: Dict[str, float] = {}
+    for row in ("forward_b1", "predict_b64", "predict_b256"):
+        cells = rows.get(row, {})
+        for mine, fl in (("aiva_int8", "floor_int8"), ("aiva_bf16", "floor_bf16_packed")):
+            if cells.get(mine) is not None and cells.get(fl) is not None and cells[fl].value > 0:
+                distance[f"{PEER_LABELS[mine]} {row}"] = cells[mine].value / cells[fl].value
+    if distance:
+        out["provider_distance"] = distance
     return out
 
 

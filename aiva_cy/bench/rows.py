@@ -26,28 +26,37 @@ TRAIN_MACS: int = N_PARAMS + 2 * 2048 * 1024 + 512 * 2048 + 2 * 1024 * 20
 assert TRAIN_MACS == 8_450_048
 
 #: Columns, in table order. "floor" is aiva_cy's own three BLAS products of one step
-#: (float32, on the BLAS it uses); the MKL floors are the same products on MKL: float32
-#: plain and with pre-packed weights, bf16 operands plain and pre-packed (bf16 floors
-#: include rounding x and h to bf16, which every bf16 step must do).  The bf16 columns
-#: appear where MKL is installed (``pip install "aiva_cy[mkl]"``).
-PEER_ORDER: Tuple[str, ...] = ("numpy", "aiva_cy", "aiva_bf16", "torch", "torch_bf16", "onnx",
-                               "floor", "floor_mkl", "floor_mkl_packed", "floor_bf16",
-                               "floor_bf16_packed")
+#: (float32, on the BLAS it uses); the MKL floors are the same products on MKL, float32
+#: plain and with pre-packed weights (where MKL is installed).  The reduced-precision
+#: columns (aiva_cy bf16 and int8, and their floors: the same products from oneDNN, plain
+#: and pre-packed for bf16, pre-packed for int8 — including the rounding or quantizing of x
+#: and h that every such step does) appear where oneDNN runs them natively
+#: (``pip install "aiva_cy[precision]"``); the PyTorch and ONNX Runtime int8 columns are
+#: their dynamic quantizations of the same model (inference only).
+PEER_ORDER: Tuple[str, ...] = ("numpy", "aiva_cy", "aiva_bf16", "aiva_int8", "torch",
+                               "torch_bf16", "torch_int8", "onnx", "onnx_int8", "floor",
+                               "floor_mkl", "floor_mkl_packed", "floor_bf16",
+                               "floor_bf16_packed", "floor_int8")
 PEER_LABELS: Dict[str, str] = {
     "numpy": "numpy BioNeuron",
     "aiva_cy": "aiva_cy",
     "aiva_bf16": "aiva_cy bf16",
+    "aiva_int8": "aiva_cy int8",
     "torch": "PyTorch eager",
     "torch_bf16": "PyTorch bf16",
+    "torch_int8": "PyTorch int8",
     "onnx": "ONNX Runtime",
+    "onnx_int8": "ONNX Runtime int8",
     "floor": "raw BLAS (floor)",
     "floor_mkl": "MKL f32 floor",
     "floor_mkl_packed": "MKL f32 packed floor",
-    "floor_bf16": "MKL bf16 floor",
-    "floor_bf16_packed": "MKL bf16 packed floor",
+    "floor_bf16": "oneDNN bf16 floor",
+    "floor_bf16_packed": "oneDNN bf16 packed floor",
+    "floor_int8": "oneDNN int8 packed floor",
 }
-BF16_PEERS: Tuple[str, ...] = ("aiva_bf16", "torch_bf16", "floor_mkl", "floor_mkl_packed",
-                               "floor_bf16", "floor_bf16_packed")
+BF16_PEERS: Tuple[str, ...] = ("aiva_bf16", "torch_bf16", "floor_bf16", "floor_bf16_packed")
+MKL_PEERS: Tuple[str, ...] = ("floor_mkl", "floor_mkl_packed")
+INT8_PEERS: Tuple[str, ...] = ("aiva_int8", "torch_int8", "onnx_int8", "floor_int8")
 
 #: Rows, in table order: id -> label. Timed rows first, then the start-up and size rows.
 ROW_LABELS: Dict[str, str] = {
@@ -85,6 +94,7 @@ class SideBySide:
         self.net = net
         sd = net.state_dict()
         self.weights = {k: np.ascontiguousarray(sd[k], dtype=np.float32) for k in peers.WEIGHT_KEYS}
+        self.have = have
         # The BioNeuron keeps the original's float64 weights and its own threshold and
         # wall-clock refractory period (it is measured as AIVA ran it), but with our weights.
         self.bio = bn.BioNeuron(seed=0)
@@ -95,13 +105,19 @@ class SideBySide:
         self.torch_opt: Any = None
         self.onnx_sess: Any = None
         self.net16: Any = None
+        self.net8: Any = None
         self.torch16: Any = None         # bf16 weights, for inference
+        self.torch8: Any = None          # dynamic int8, for inference
+        self.onnx8: Any = None
         self.torch_amp: Any = None       # (float32 model, Adam) trained under autocast
-        if have["bf16"]:
-            from aiva_cy import AIVANet
+        from aiva_cy import AIVANet
 
+        if have.get("bf16"):
             self.net16 = AIVANet(seed=0, precision="bfloat16")
             self.net16.load_state_dict(sd)
+        if have.get("int8"):
+            self.net8 = AIVANet(seed=0, precision="int8")
+            self.net8.load_state_dict(sd)
         if have["torch"]:
             self.torch_model, self.torch_opt = peers.make_torch(
                 self.weights, net.threshold, net.surrogate_slope, net.refractory_period)
@@ -109,9 +125,12 @@ class SideBySide:
                                                net.refractory_period, dtype="bfloat16")
             self.torch_amp = peers.make_torch(self.weights, net.threshold, net.surrogate_slope,
                                               net.refractory_period)
+            self.torch8 = peers.make_torch_int8(self.weights, net.threshold)
         if have["onnx"]:
             self.onnx_sess = peers.make_onnx_session(self.weights, net.threshold,
                                                      intra_op_threads=threads)
+            self.onnx8 = peers.make_onnx_int8_session(self.weights, net.threshold,
+                                                      intra_op_threads=threads)
 
     def weight_bytes(self) -> Dict[str, float]:
         out = {
@@ -158,24 +177,41 @@ class SideBySide:
                 return p
 
             cases["torch_bf16"] = torch_bf16_forward
+            # Stateless (an empty state each call): the mask is no part of its cost.
+            model8, xt8 = self.torch8, torch.from_numpy(x1[None, :])
+            cases["torch_int8"] = lambda: peers.torch_predict_int8(model8, xt8)
         if self.onnx_sess is not None:
-            sess = self.onnx_sess
+            sess, sess8 = self.onnx_sess, self.onnx8
             cases["onnx"] = lambda: peers.onnx_predict(sess, x1)
+            cases["onnx_int8"] = lambda: peers.onnx_predict(sess8, x1)
         floor_x = np.ascontiguousarray(x, dtype=np.float32)
         cases["floor"] = lambda: net._engine.blas_products(floor_x)
         if self.net16 is not None:
             net16 = self.net16
             net16.reset_state()
             cases["aiva_bf16"] = lambda: net16.forward(x1)
-            cases.update(self._mkl_floors(floor_x))
+        if self.net8 is not None:
+            net8 = self.net8
+            net8.reset_state()
+            cases["aiva_int8"] = lambda: net8.forward(x1)
+        cases.update(self._floors(floor_x))
         return cases
 
-    def _mkl_floors(self, x: np.ndarray) -> Dict[str, Callable[[], Any]]:
-        e, e16 = self.net._engine, self.net16._engine
-        return {"floor_mkl": lambda: e.blas_products(x, packed=False, provider="mkl"),
-                "floor_mkl_packed": lambda: e.blas_products(x, packed=True, provider="mkl"),
-                "floor_bf16": lambda: e16.blas_products(x, packed=False),
-                "floor_bf16_packed": lambda: e16.blas_products(x, packed=True)}
+    def _floors(self, x: np.ndarray) -> Dict[str, Callable[[], Any]]:
+        """The MKL float32 floors (where MKL is installed) and the oneDNN ones."""
+        e = self.net._engine
+        out: Dict[str, Callable[[], Any]] = {}
+        if self.have.get("mkl"):
+            out["floor_mkl"] = lambda: e.blas_products(x, packed=False, provider="mkl")
+            out["floor_mkl_packed"] = lambda: e.blas_products(x, packed=True, provider="mkl")
+        if self.net16 is not None:
+            e16 = self.net16._engine
+            out["floor_bf16"] = lambda: e16.blas_products(x, packed=False)
+            out["floor_bf16_packed"] = lambda: e16.blas_products(x, packed=True)
+        if self.net8 is not None:
+            e8 = self.net8._engine
+            out["floor_int8"] = lambda: e8.blas_products(x, packed=True)
+        return out
 
     def predict_cases(self, x: np.ndarray) -> Dict[str, Callable[[], Any]]:
         """One step from an empty state for a batch; the BioNeuron loops over rows."""
@@ -192,14 +228,20 @@ class SideBySide:
             cases["torch"] = lambda: peers.torch_predict_proba(model, xt)
             model16, xt16 = self.torch16, torch.from_numpy(x).to(torch.bfloat16)
             cases["torch_bf16"] = lambda: peers.torch_predict_proba(model16, xt16)
+            model8 = self.torch8
+            cases["torch_int8"] = lambda: peers.torch_predict_int8(model8, xt)
         if self.onnx_sess is not None:
-            sess = self.onnx_sess
+            sess, sess8 = self.onnx_sess, self.onnx8
             cases["onnx"] = lambda: peers.onnx_predict(sess, x)
+            cases["onnx_int8"] = lambda: peers.onnx_predict(sess8, x)
         cases["floor"] = lambda: net._engine.blas_products(x)
         if self.net16 is not None:
             net16 = self.net16
             cases["aiva_bf16"] = lambda: net16.predict_proba(x)
-            cases.update(self._mkl_floors(x))
+        if self.net8 is not None:
+            net8 = self.net8
+            cases["aiva_int8"] = lambda: net8.predict_proba(x)
+        cases.update(self._floors(x))
         return cases
 
     def train_cases(self, x: np.ndarray, y: np.ndarray) -> Dict[str, Callable[[], Any]]:

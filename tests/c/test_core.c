@@ -1,7 +1,8 @@
 /* C-level tests of the core (src_c/aiva_core.c), with no Python and no real BLAS.
  *
  * The products go through a plain reference BLAS handed in the aiva_blas table (column-major
- * Fortran sgemm_/sgemv_ in both integer widths, and MKL's CBLAS bf16 product), so these tests
+ * Fortran sgemm_/sgemv_ in both integer widths, and the reduced-precision provider's bf16
+ * product), so these tests
  * check the core's own logic: the row-major operand swaps, the integer widths, the offsets,
  * the spike/refractory rules, the softmax and the backward pass.  Every result is compared
  * with a float64 reference that carries, element by element, a bound on the error a float32
@@ -119,23 +120,25 @@ static float bf16_to_float(aiva_bf16 h)
     return f;
 }
 
-/* MKL's cblas_gemm_bf16bf16f32, row-major only (all the core asks for). */
-static void ref_gemm_bf16(int layout, int transa, int transb, int m, int n, int k, float alpha,
-                          const aiva_bf16 *a, int lda, const aiva_bf16 *b, int ldb, float beta,
-                          float *c, int ldc)
+/* The reduced-precision provider's bf16 product (aiva_lowp_bf16_fn, row-major): a plain
+ * loop, the stand-in for oneDNN here (tests/test_lowp.py checks oneDNN's own). */
+static int ref_lowp_bf16(void *lowp, int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                         const aiva_bf16 *a, ptrdiff_t lda, const aiva_bf16 *b, ptrdiff_t ldb,
+                         float *c, ptrdiff_t ldc, const void *b_packed)
 {
-    if (layout != 101) { fprintf(stderr, "ref_gemm_bf16: not row-major\n"); abort(); }
+    (void)lowp;
+    (void)b_packed;   /* a handle of b only: b itself is always passed too */
     for (ptrdiff_t i = 0; i < m; i++)
         for (ptrdiff_t j = 0; j < n; j++) {
             float s = 0.0f;
             for (ptrdiff_t p = 0; p < k; p++) {
-                aiva_bf16 av = transa == 112 ? a[p * lda + i] : a[i * lda + p];
-                aiva_bf16 bv = transb == 112 ? b[j * ldb + p] : b[p * ldb + j];
+                aiva_bf16 av = ta ? a[p * lda + i] : a[i * lda + p];
+                aiva_bf16 bv = tb ? b[j * ldb + p] : b[p * ldb + j];
                 s += bf16_to_float(av) * bf16_to_float(bv);
             }
-            float *cij = &c[i * ldc + j];
-            *cij = alpha * s + (beta == 0.0f ? 0.0f : beta * *cij);
+            c[i * ldc + j] = s;
         }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -806,7 +809,7 @@ int main(void)
     aiva_blas lp64, ilp64;
     memset(&lp64, 0, sizeof lp64);
     memset(&ilp64, 0, sizeof ilp64);
-    lp64.sgemm = ref_sgemm; lp64.sgemv = ref_sgemv; lp64.gemm_bf16 = ref_gemm_bf16;
+    lp64.sgemm = ref_sgemm; lp64.sgemv = ref_sgemv; lp64.lowp_bf16 = ref_lowp_bf16;
     ilp64.sgemm64 = ref_sgemm64; ilp64.sgemv64 = ref_sgemv64;
 
     printf("aiva_core C tests (sizeof(long) = %d, sizeof(ptrdiff_t) = %d)\n", (int)sizeof(long),
@@ -816,7 +819,7 @@ int main(void)
     aiva_blas none;
     memset(&none, 0, sizeof none);
     none = lp64;
-    none.gemm_bf16 = NULL;
+    none.lowp_bf16 = NULL;
     test_errors(&none);
     test_sequence_equals_stepping(&lp64, 0);
     test_sequence_equals_stepping(&ilp64, 0);

@@ -1,0 +1,661 @@
+/* aiva_onednn.c — see aiva_onednn.h for the contract. */
+#include "aiva_onednn.h"
+#include "aiva_dnnl_api.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _WIN32
+#include <windows.h>
+#else
+#include <dlfcn.h>
+#include <pthread.h>
+#endif
+
+/* ---------------------------------------------------------------------------------------
+ * Platform: loading, a mutex, and per-thread state.
+ * --------------------------------------------------------------------------------------- */
+#ifdef _WIN32
+static void *open_lib(const char *path) { return (void *)LoadLibraryA(path); }
+static void *find_sym(void *lib, const char *name)
+{
+    return (void *)GetProcAddress((HMODULE)lib, name);
+}
+static void lib_error(char *out, size_t n) { snprintf(out, n, "error %lu", GetLastError()); }
+typedef SRWLOCK lock_t;
+static void lock_init(lock_t *l) { InitializeSRWLock(l); }
+static void lock_take(lock_t *l) { AcquireSRWLockExclusive(l); }
+static void lock_give(lock_t *l) { ReleaseSRWLockExclusive(l); }
+static void lock_fini(lock_t *l) { (void)l; }
+#else
+static void *open_lib(const char *path) { return dlopen(path, RTLD_NOW | RTLD_LOCAL); }
+static void *find_sym(void *lib, const char *name) { return dlsym(lib, name); }
+static void lib_error(char *out, size_t n)
+{
+    const char *e = dlerror();
+    snprintf(out, n, "%s", e ? e : "unknown error");
+}
+typedef pthread_mutex_t lock_t;
+static void lock_init(lock_t *l) { pthread_mutex_init(l, NULL); }
+static void lock_take(lock_t *l) { pthread_mutex_lock(l); }
+static void lock_give(lock_t *l) { pthread_mutex_unlock(l); }
+static void lock_fini(lock_t *l) { pthread_mutex_destroy(l); }
+#endif
+
+/* What each calling thread owns: its stream (a stream may not be shared between threads
+ * running at once), its scratchpad, and its last error. */
+typedef struct {
+    aiva_onednn *dnn;
+    ad_stream_t stream;
+    void *scratch;
+    size_t scratch_size;
+    char error[256];
+} thread_state;
+
+static void thread_state_free(void *p);
+
+#ifdef _WIN32
+static DWORD tls_key = FLS_OUT_OF_INDEXES;
+static INIT_ONCE tls_once = INIT_ONCE_STATIC_INIT;
+static void WINAPI fls_free(void *p) { thread_state_free(p); }
+static BOOL CALLBACK tls_make(PINIT_ONCE o, PVOID a, PVOID *c)
+{
+    (void)o; (void)a; (void)c;
+    tls_key = FlsAlloc(fls_free);
+    return TRUE;
+}
+static int tls_ready(void)
+{
+    InitOnceExecuteOnce(&tls_once, tls_make, NULL, NULL);
+    return tls_key != FLS_OUT_OF_INDEXES;
+}
+static thread_state *tls_get(void) { return (thread_state *)FlsGetValue(tls_key); }
+static void tls_set(thread_state *t) { FlsSetValue(tls_key, t); }
+#else
+static pthread_key_t tls_key;
+static int tls_ok = 0;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+static void tls_make(void) { tls_ok = pthread_key_create(&tls_key, thread_state_free) == 0; }
+static int tls_ready(void)
+{
+    pthread_once(&tls_once, tls_make);
+    return tls_ok;
+}
+static thread_state *tls_get(void) { return (thread_state *)pthread_getspecific(tls_key); }
+static void tls_set(thread_state *t) { pthread_setspecific(tls_key, t); }
+#endif
+
+/* The last error of a thread that has no state (its allocation is what failed). */
+static const char *no_state_error = "out of memory (per-thread state)";
+
+/* ---------------------------------------------------------------------------------------
+ * The provider.
+ * --------------------------------------------------------------------------------------- */
+typedef struct {
+    int kind, ta, tb, packed;
+    ptrdiff_t M, N, K, lda, ldb, ldc;
+} prim_key;
+
+typedef struct {
+    prim_key key;
+    ad_primitive_desc_t pd;
+    ad_primitive_t prim;
+    ad_const_memory_desc_t src_md, wei_md, dst_md, scratch_md;   /* owned by pd */
+    size_t scratch_size;
+    unsigned long last_used;
+    int users;       /* products running with it now: it is not evicted while > 0 */
+    int valid;
+} prim_entry;
+
+/* Distinct shapes in use at once are few (three products of a step, a few batch sizes, the
+ * backward's eight); a caller that sweeps the batch size evicts the oldest. */
+#define CACHE_MAX 96
+#define MAX_PACKS 4
+
+struct aiva_onednn {
+    void *lib;
+    ad_api f;
+    ad_engine_t engine;
+    ad_primitive_attr_t attr;    /* user scratchpad */
+    int isa, major, minor, patch;
+    void (*omp_set_num_threads)(int);
+    int threads;
+    int (*follow)(void);
+    lock_t lock;
+    prim_entry cache[CACHE_MAX];
+    unsigned long clock;
+    long created;
+};
+
+struct aiva_onednn_weight {
+    aiva_onednn *dnn;
+    int kind, tb;
+    ptrdiff_t N, K, ldb;
+    lock_t lock;
+    int n_packs;
+    struct {
+        ad_memory_desc_t md;
+        void *raw, *data;     /* raw: the allocation; data: 64-byte aligned inside it */
+        size_t size;
+    } packs[MAX_PACKS];
+};
+
+static void set_error(const char *fmt, const char *what, int status)
+{
+    thread_state *t = tls_ready() ? tls_get() : NULL;
+    if (t) snprintf(t->error, sizeof t->error, fmt, what, status);
+}
+
+const char *aiva_onednn_error(void)
+{
+    thread_state *t = tls_ready() ? tls_get() : NULL;
+    return t ? t->error : no_state_error;
+}
+
+static void thread_state_free(void *p)
+{
+    thread_state *t = (thread_state *)p;
+    if (!t) return;
+    if (t->stream) t->dnn->f.stream_destroy(t->stream);
+    free(t->scratch);
+    free(t);
+}
+
+/* The calling thread's state, made on its first product. */
+static thread_state *thread_get(aiva_onednn *dnn)
+{
+    if (!tls_ready()) return NULL;
+    thread_state *t = tls_get();
+    if (t) return t;
+    t = (thread_state *)calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->dnn = dnn;
+    if (dnn->f.stream_create(&t->stream, dnn->engine, AD_STREAM_DEFAULT_FLAGS) != AD_SUCCESS) {
+        free(t);
+        return NULL;
+    }
+    tls_set(t);
+    return t;
+}
+
+static void *scratch_for(thread_state *t, size_t size)
+{
+    if (size <= t->scratch_size) return t->scratch;
+    void *p = malloc(size);
+    if (!p) return NULL;
+    free(t->scratch);
+    t->scratch = p;
+    t->scratch_size = size;
+    return p;
+}
+
+#define LOAD(field, name)                                                                 \
+    do {                                                                                  \
+        *(void **)(&dnn->f.field) = find_sym(lib, name);                                  \
+        if (!dnn->f.field) {                                                              \
+            snprintf(err, err_size, "%s has no %s (not oneDNN 3.x?)", path, name);       \
+            free(dnn);                                                                    \
+            return NULL;                                                                  \
+        }                                                                                 \
+    } while (0)
+
+aiva_onednn *aiva_onednn_open(const char *path, char *err, size_t err_size)
+{
+    void *lib = open_lib(path);
+    if (!lib) {
+        char why[512];
+        lib_error(why, sizeof why);
+        snprintf(err, err_size, "cannot open %s: %s", path, why);
+        return NULL;
+    }
+    aiva_onednn *dnn = (aiva_onednn *)calloc(1, sizeof *dnn);
+    if (!dnn) {
+        snprintf(err, err_size, "out of memory");
+        return NULL;
+    }
+    dnn->lib = lib;
+    LOAD(version, "dnnl_version");
+    const ad_version_t *v = dnn->f.version();
+    dnn->major = v->major;
+    dnn->minor = v->minor;
+    dnn->patch = v->patch;
+    /* oneDNN 2.x's memory descriptors were structs passed by value: a different ABI. */
+    if (dnn->major != 3) {
+        snprintf(err, err_size, "%s is oneDNN %d.%d.%d; aiva_cy needs oneDNN 3.x", path,
+                 dnn->major, dnn->minor, dnn->patch);
+        free(dnn);
+        return NULL;
+    }
+    LOAD(engine_create, "dnnl_engine_create");
+    LOAD(stream_create, "dnnl_stream_create");
+    LOAD(stream_wait, "dnnl_stream_wait");
+    LOAD(stream_destroy, "dnnl_stream_destroy");
+    LOAD(md_create_with_strides, "dnnl_memory_desc_create_with_strides");
+    LOAD(md_create_with_tag, "dnnl_memory_desc_create_with_tag");
+    LOAD(md_clone, "dnnl_memory_desc_clone");
+    LOAD(md_destroy, "dnnl_memory_desc_destroy");
+    LOAD(md_equal, "dnnl_memory_desc_equal");
+    LOAD(md_get_size, "dnnl_memory_desc_get_size");
+    LOAD(memory_create, "dnnl_memory_create");
+    LOAD(memory_destroy, "dnnl_memory_destroy");
+    LOAD(attr_create, "dnnl_primitive_attr_create");
+    LOAD(attr_destroy, "dnnl_primitive_attr_destroy");
+    LOAD(attr_set_scratchpad_mode, "dnnl_primitive_attr_set_scratchpad_mode");
+    LOAD(matmul_pd_create, "dnnl_matmul_primitive_desc_create");
+    LOAD(reorder_pd_create, "dnnl_reorder_primitive_desc_create");
+    LOAD(pd_query, "dnnl_primitive_desc_query");
+    LOAD(pd_query_md, "dnnl_primitive_desc_query_md");
+    LOAD(pd_destroy, "dnnl_primitive_desc_destroy");
+    LOAD(primitive_create, "dnnl_primitive_create");
+    LOAD(primitive_execute, "dnnl_primitive_execute");
+    LOAD(primitive_destroy, "dnnl_primitive_destroy");
+    LOAD(get_effective_cpu_isa, "dnnl_get_effective_cpu_isa");
+    /* The OpenMP runtime libdnnl links (GNU OpenMP for onednn-cpu-gomp), found through the
+     * library's own dependencies; absent in TBB or threadpool builds. */
+    *(void **)(&dnn->omp_set_num_threads) = find_sym(lib, "omp_set_num_threads");
+    if (dnn->f.engine_create(&dnn->engine, AD_ENGINE_CPU, 0) != AD_SUCCESS) {
+        snprintf(err, err_size, "%s: cannot create a CPU engine", path);
+        free(dnn);
+        return NULL;
+    }
+    /* User scratchpad: with the library's (shared) one a primitive may only run in the
+     * thread that created it; with ours, any thread, each with its own buffer. */
+    if (dnn->f.attr_create(&dnn->attr) != AD_SUCCESS
+        || dnn->f.attr_set_scratchpad_mode(dnn->attr, AD_SCRATCHPAD_MODE_USER) != AD_SUCCESS) {
+        snprintf(err, err_size, "%s: cannot set the scratchpad mode", path);
+        free(dnn);
+        return NULL;
+    }
+    dnn->isa = dnn->f.get_effective_cpu_isa();
+    lock_init(&dnn->lock);
+    if (!tls_ready()) {
+        snprintf(err, err_size, "cannot allocate thread-local storage");
+        lock_fini(&dnn->lock);
+        free(dnn);
+        return NULL;
+    }
+    return dnn;
+}
+
+void aiva_onednn_version(const aiva_onednn *dnn, int *major, int *minor, int *patch)
+{
+    *major = dnn->major;
+    *minor = dnn->minor;
+    *patch = dnn->patch;
+}
+
+int aiva_onednn_isa(const aiva_onednn *dnn) { return dnn->isa; }
+
+int aiva_onednn_native_bf16(const aiva_onednn *dnn)
+{
+    return (dnn->isa & (AIVA_ONEDNN_ISA_AVX512_BF16_BIT | AIVA_ONEDNN_ISA_AMX_BIT)) != 0;
+}
+
+int aiva_onednn_native_vnni(const aiva_onednn *dnn)
+{
+    return (dnn->isa & (AIVA_ONEDNN_ISA_AVX512_VNNI_BIT | AIVA_ONEDNN_ISA_AVX2_VNNI_BIT
+                        | AIVA_ONEDNN_ISA_AMX_BIT)) != 0;
+}
+
+void aiva_onednn_set_threads(aiva_onednn *dnn, int threads, int (*follow)(void))
+{
+    lock_take(&dnn->lock);
+    dnn->threads = threads;
+    dnn->follow = follow;
+    lock_give(&dnn->lock);
+}
+
+int aiva_onednn_threads(const aiva_onednn *dnn)
+{
+    if (!dnn->omp_set_num_threads) return 0;
+    int n = dnn->follow ? dnn->follow() : dnn->threads;
+    return n > 0 ? n : 0;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Primitives, by shape.
+ * --------------------------------------------------------------------------------------- */
+static int key_equal(const prim_key *a, const prim_key *b)
+{
+    return a->kind == b->kind && a->ta == b->ta && a->tb == b->tb && a->packed == b->packed
+           && a->M == b->M && a->N == b->N && a->K == b->K && a->lda == b->lda
+           && a->ldb == b->ldb && a->ldc == b->ldc;
+}
+
+/* A 2-D descriptor of rows x cols, row-major with row stride ld, or its transpose stored
+ * (cols x rows, row stride ld) when trans. */
+static ad_status_t md_2d(aiva_onednn *dnn, ad_memory_desc_t *md, ptrdiff_t rows,
+                           ptrdiff_t cols, int dt, int trans, ptrdiff_t ld)
+{
+    ad_dims_t dims = {0}, strides = {0};
+    dims[0] = rows;
+    dims[1] = cols;
+    strides[0] = trans ? 1 : ld;
+    strides[1] = trans ? ld : 1;
+    return dnn->f.md_create_with_strides(md, 2, dims, dt, strides);
+}
+
+static void entry_destroy(aiva_onednn *dnn, prim_entry *e)
+{
+    if (e->prim) dnn->f.primitive_destroy(e->prim);
+    if (e->pd) dnn->f.pd_destroy(e->pd);
+    memset(e, 0, sizeof *e);
+}
+
+static ad_status_t entry_make(aiva_onednn *dnn, const prim_key *k, prim_entry *e)
+{
+    const int src_dt = k->kind == AIVA_ONEDNN_BF16 ? AD_BF16 : AD_U8;
+    const int wei_dt = k->kind == AIVA_ONEDNN_BF16 ? AD_BF16 : AD_S8;
+    const int dst_dt = k->kind == AIVA_ONEDNN_BF16 ? AD_F32 : AD_S32;
+    ad_memory_desc_t src = NULL, wei = NULL, dst = NULL;
+    ad_status_t s = md_2d(dnn, &src, k->M, k->K, src_dt, k->ta, k->lda);
+    if (s == AD_SUCCESS) {
+        if (k->packed) {
+            ad_dims_t dims = {0};
+            dims[0] = k->K;
+            dims[1] = k->N;
+            s = dnn->f.md_create_with_tag(&wei, 2, dims, wei_dt, AD_FORMAT_TAG_ANY);
+        } else {
+            s = md_2d(dnn, &wei, k->K, k->N, wei_dt, k->tb, k->ldb);
+        }
+    }
+    if (s == AD_SUCCESS) s = md_2d(dnn, &dst, k->M, k->N, dst_dt, 0, k->ldc);
+    memset(e, 0, sizeof *e);
+    if (s == AD_SUCCESS)
+        s = dnn->f.matmul_pd_create(&e->pd, dnn->engine, src, wei, NULL, dst, dnn->attr);
+    if (src) dnn->f.md_destroy(src);
+    if (wei) dnn->f.md_destroy(wei);
+    if (dst) dnn->f.md_destroy(dst);
+    if (s != AD_SUCCESS) {
+        e->pd = NULL;
+        return s;
+    }
+    s = dnn->f.primitive_create(&e->prim, e->pd);
+    if (s != AD_SUCCESS) {
+        e->prim = NULL;
+        entry_destroy(dnn, e);
+        return s;
+    }
+    e->key = *k;
+    e->src_md = dnn->f.pd_query_md(e->pd, AD_QUERY_SRC_MD, 0);
+    e->wei_md = dnn->f.pd_query_md(e->pd, AD_QUERY_WEIGHTS_MD, 0);
+    e->dst_md = dnn->f.pd_query_md(e->pd, AD_QUERY_DST_MD, 0);
+    e->scratch_md = dnn->f.pd_query_md(e->pd, AD_QUERY_SCRATCHPAD_MD, 0);
+    e->scratch_size = e->scratch_md ? dnn->f.md_get_size(e->scratch_md) : 0;
+    e->valid = 1;
+    return AD_SUCCESS;
+}
+
+/* The cached primitive for k, made if missing, with its user count raised: release it with
+ * entry_release.  Creation runs outside the lock (it JIT-compiles, ~0.1-1 ms), so two
+ * threads may both make one for a new shape; the second keeps its own for that call. */
+static prim_entry *entry_acquire(aiva_onednn *dnn, const prim_key *k, prim_entry *own,
+                                 ad_status_t *status)
+{
+    lock_take(&dnn->lock);
+    for (int i = 0; i < CACHE_MAX; i++) {
+        prim_entry *e = &dnn->cache[i];
+        if (e->valid && key_equal(&e->key, k)) {
+            e->users++;
+            e->last_used = ++dnn->clock;
+            lock_give(&dnn->lock);
+            return e;
+        }
+    }
+    lock_give(&dnn->lock);
+    prim_entry made;
+    *status = entry_make(dnn, k, &made);
+    if (*status != AD_SUCCESS) return NULL;
+    lock_take(&dnn->lock);
+    dnn->created++;
+    prim_entry *slot = NULL;
+    for (int i = 0; i < CACHE_MAX; i++) {
+        prim_entry *e = &dnn->cache[i];
+        if (e->valid && key_equal(&e->key, k)) {   /* another thread was first */
+            slot = NULL;
+            break;
+        }
+        if (!e->valid) {
+            if (!slot || slot->valid) slot = e;
+        } else if (e->users == 0 && (!slot || (slot->valid && e->last_used < slot->last_used))) {
+            slot = e;
+        }
+    }
+    if (slot) {
+        if (slot->valid) entry_destroy(dnn, slot);
+        *slot = made;
+        slot->users = 1;
+        slot->last_used = ++dnn->clock;
+        lock_give(&dnn->lock);
+        return slot;
+    }
+    lock_give(&dnn->lock);
+    /* No free slot (or a twin): this call runs on its own primitive and destroys it. */
+    *own = made;
+    own->users = -1;
+    return own;
+}
+
+static void entry_release(aiva_onednn *dnn, prim_entry *e)
+{
+    if (e->users < 0) {
+        entry_destroy(dnn, e);
+        return;
+    }
+    lock_take(&dnn->lock);
+    e->users--;
+    lock_give(&dnn->lock);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Packed weights.
+ * --------------------------------------------------------------------------------------- */
+aiva_onednn_weight *aiva_onednn_weight_new(aiva_onednn *dnn, int kind, int tb, ptrdiff_t N,
+                                           ptrdiff_t K, ptrdiff_t ldb)
+{
+    aiva_onednn_weight *w = (aiva_onednn_weight *)calloc(1, sizeof *w);
+    if (!w) return NULL;
+    w->dnn = dnn;
+    w->kind = kind;
+    w->tb = tb;
+    w->N = N;
+    w->K = K;
+    w->ldb = ldb;
+    lock_init(&w->lock);
+    return w;
+}
+
+void aiva_onednn_weight_free(aiva_onednn_weight *w)
+{
+    if (!w) return;
+    for (int i = 0; i < w->n_packs; i++) {
+        w->dnn->f.md_destroy(w->packs[i].md);
+        free(w->packs[i].raw);
+    }
+    lock_fini(&w->lock);
+    free(w);
+}
+
+int aiva_onednn_weight_packs(aiva_onednn_weight *w, size_t *bytes)
+{
+    lock_take(&w->lock);
+    size_t total = 0;
+    for (int i = 0; i < w->n_packs; i++) total += w->packs[i].size;
+    int n = w->n_packs;
+    lock_give(&w->lock);
+    if (bytes) *bytes = total;
+    return n;
+}
+
+/* Reorder B (plain, as the weight describes it) into layout md on the calling thread. */
+static ad_status_t reorder_into(aiva_onednn *dnn, thread_state *t, const aiva_onednn_weight *w,
+                                  const void *B, ad_const_memory_desc_t md, void *dest)
+{
+    const int dt = w->kind == AIVA_ONEDNN_BF16 ? AD_BF16 : AD_S8;
+    ad_memory_desc_t plain = NULL;
+    ad_primitive_desc_t pd = NULL;
+    ad_primitive_t prim = NULL;
+    ad_memory_t from = NULL, to = NULL;
+    ad_status_t s = md_2d(dnn, &plain, w->K, w->N, dt, w->tb, w->ldb);
+    if (s == AD_SUCCESS) s = dnn->f.reorder_pd_create(&pd, plain, dnn->engine, md, dnn->engine, NULL);
+    if (s == AD_SUCCESS) s = dnn->f.primitive_create(&prim, pd);
+    if (s == AD_SUCCESS) s = dnn->f.memory_create(&from, plain, dnn->engine, (void *)B);
+    if (s == AD_SUCCESS) s = dnn->f.memory_create(&to, md, dnn->engine, dest);
+    if (s == AD_SUCCESS) {
+        ad_exec_arg_t args[2] = {{AD_ARG_FROM, from}, {AD_ARG_TO, to}};
+        s = dnn->f.primitive_execute(prim, t->stream, 2, args);
+        if (s == AD_SUCCESS) s = dnn->f.stream_wait(t->stream);
+    }
+    if (from) dnn->f.memory_destroy(from);
+    if (to) dnn->f.memory_destroy(to);
+    if (prim) dnn->f.primitive_destroy(prim);
+    if (pd) dnn->f.pd_destroy(pd);
+    if (plain) dnn->f.md_destroy(plain);
+    return s;
+}
+
+/* The pack of w in layout md, made from B the first time; NULL with *status set if it
+ * cannot be made (then the caller runs on the plain B). */
+static const void *pack_for(aiva_onednn *dnn, thread_state *t, aiva_onednn_weight *w,
+                            const void *B, ad_const_memory_desc_t md, ad_status_t *status)
+{
+    const void *found = NULL;
+    lock_take(&w->lock);
+    for (int i = 0; i < w->n_packs && !found; i++)
+        if (dnn->f.md_equal(w->packs[i].md, md)) found = w->packs[i].data;
+    if (!found && w->n_packs < MAX_PACKS) {
+        /* Packing under the weight's lock: a second thread needing the same pack waits for
+         * it instead of making a twin. */
+        size_t size = dnn->f.md_get_size(md);
+        void *raw = malloc(size + 64);
+        ad_memory_desc_t kept = NULL;
+        if (raw && dnn->f.md_clone(&kept, md) == AD_SUCCESS) {
+            void *data = (void *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+            *status = reorder_into(dnn, t, w, B, md, data);
+            if (*status == AD_SUCCESS) {
+                int i = w->n_packs++;
+                w->packs[i].md = kept;
+                w->packs[i].raw = raw;
+                w->packs[i].data = data;
+                w->packs[i].size = size;
+                found = data;
+                raw = NULL;
+                kept = NULL;
+            }
+        } else {
+            *status = 1;   /* dnnl_out_of_memory */
+        }
+        free(raw);
+        if (kept) dnn->f.md_destroy(kept);
+    }
+    lock_give(&w->lock);
+    return found;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * The products.
+ * --------------------------------------------------------------------------------------- */
+static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
+                ptrdiff_t K, const void *A, ptrdiff_t lda, const void *B, ptrdiff_t ldb,
+                void *C, ptrdiff_t ldc, const void *B_packed)
+{
+    aiva_onednn_weight *w = (aiva_onednn_weight *)B_packed;
+    thread_state *t = thread_get(dnn);
+    if (!t) return -1;
+    if (M < 1 || N < 1 || K < 1) {
+        set_error("%s: empty product (%d)", "aiva_onednn", 0);
+        return -1;
+    }
+    if (w && (w->kind != kind || w->tb != tb || w->N != N || w->K != K || w->ldb != ldb)) {
+        set_error("%s: the packed weight does not describe B (%d)", "aiva_onednn", 0);
+        return -1;
+    }
+    prim_key k = {kind, ta, tb, w != NULL, M, N, K, lda, ldb, ldc};
+    if (w) k.ldb = 0;    /* format "any": the plain layout of B does not enter the primitive */
+    if (k.packed) k.tb = 0;
+    prim_entry own;
+    ad_status_t s = AD_SUCCESS;
+    prim_entry *e = entry_acquire(dnn, &k, &own, &s);
+    if (!e) {
+        set_error("%s: cannot create the matmul primitive (status %d)", "oneDNN", s);
+        return s ? s : -1;
+    }
+    const void *weights = B;
+    if (w) {
+        weights = pack_for(dnn, t, w, B, e->wei_md, &s);
+        if (!weights) {
+            /* No pack (out of memory, or more layouts than MAX_PACKS): run on plain B. */
+            entry_release(dnn, e);
+            return gemm(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, NULL);
+        }
+    }
+    void *scratch = scratch_for(t, e->scratch_size);
+    ad_memory_t src = NULL, wei = NULL, dst = NULL, pad = NULL;
+    if (e->scratch_size && !scratch) s = 1;
+    if (s == AD_SUCCESS) s = dnn->f.memory_create(&src, e->src_md, dnn->engine, (void *)A);
+    if (s == AD_SUCCESS) s = dnn->f.memory_create(&wei, e->wei_md, dnn->engine, (void *)weights);
+    if (s == AD_SUCCESS) s = dnn->f.memory_create(&dst, e->dst_md, dnn->engine, C);
+    if (s == AD_SUCCESS && e->scratch_size)
+        s = dnn->f.memory_create(&pad, e->scratch_md, dnn->engine, scratch);
+    if (s == AD_SUCCESS) {
+        ad_exec_arg_t args[4] = {{AD_ARG_SRC, src}, {AD_ARG_WEIGHTS, wei},
+                                   {AD_ARG_DST, dst}, {AD_ARG_SCRATCHPAD, pad}};
+        int n = aiva_onednn_threads(dnn);
+        if (n > 0) dnn->omp_set_num_threads(n);
+        s = dnn->f.primitive_execute(e->prim, t->stream, pad ? 4 : 3, args);
+        if (s == AD_SUCCESS) s = dnn->f.stream_wait(t->stream);
+    }
+    if (src) dnn->f.memory_destroy(src);
+    if (wei) dnn->f.memory_destroy(wei);
+    if (dst) dnn->f.memory_destroy(dst);
+    if (pad) dnn->f.memory_destroy(pad);
+    entry_release(dnn, e);
+    if (s != AD_SUCCESS) {
+        set_error("%s: the matmul failed (status %d)", "oneDNN", s);
+        return s;
+    }
+    return 0;
+}
+
+int aiva_onednn_gemm_bf16(void *dnn, int ta, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                          const uint16_t *A, ptrdiff_t lda, const uint16_t *B, ptrdiff_t ldb,
+                          float *C, ptrdiff_t ldc, const void *B_packed)
+{
+    return gemm((aiva_onednn *)dnn, AIVA_ONEDNN_BF16, ta, tb, M, N, K, A, lda, B, ldb, C, ldc,
+                B_packed);
+}
+
+int aiva_onednn_gemm_u8s8(void *dnn, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                          const uint8_t *A, ptrdiff_t lda, const int8_t *B, ptrdiff_t ldb,
+                          int32_t *C, ptrdiff_t ldc, const void *B_packed)
+{
+    return gemm((aiva_onednn *)dnn, AIVA_ONEDNN_U8S8, 0, tb, M, N, K, A, lda, B, ldb, C, ldc,
+                B_packed);
+}
+
+int aiva_onednn_impl(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
+                     ptrdiff_t K, int packed, char *out, size_t out_size)
+{
+    prim_key k = {kind, ta, packed ? 0 : tb, packed != 0, M, N, K,
+                  ta ? M : K, packed ? 0 : (tb ? K : N), N};
+    prim_entry own;
+    ad_status_t s = AD_SUCCESS;
+    prim_entry *e = entry_acquire(dnn, &k, &own, &s);
+    if (!e) return s ? s : -1;
+    const char *name = NULL;
+    s = dnn->f.pd_query(e->pd, AD_QUERY_IMPL_INFO_STR, 0, (void *)&name);
+    snprintf(out, out_size, "%s", (s == AD_SUCCESS && name) ? name : "?");
+    entry_release(dnn, e);
+    return s;
+}
+
+void aiva_onednn_cache_stats(aiva_onednn *dnn, int *entries, long *created)
+{
+    lock_take(&dnn->lock);
+    int n = 0;
+    for (int i = 0; i < CACHE_MAX; i++) n += dnn->cache[i].valid;
+    *entries = n;
+    *created = dnn->created;
+    lock_give(&dnn->lock);
+}
