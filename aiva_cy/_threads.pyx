@@ -3,11 +3,14 @@
 :func:`threads`, and the budget concurrent engine calls share (src_c/aiva_threads.c).
 
 The engine calls :func:`threads_enter` and :func:`threads_leave` around each call's
-products.  While ``n`` calls are in flight, OpenBLAS runs ``max(1, budget // n)`` threads:
-the OpenBLAS builds in NumPy's and SciPy's wheels and in scipy-openblas32 are pthreads
-builds with one process-wide count (their ``openblas_set_num_threads_local`` sets that same
-count), so the budget is shared out rather than set per thread.  MKL gets the share as the
-calling thread's own count (``mkl_set_num_threads_local``).
+products.  While calls overlap, each runs on at least ``m = min(min_per_call, budget)``
+threads (``min_per_call`` 2 unless set), so at most ``budget // m`` calls are in flight;
+later callers sleep (without the GIL) in arrival order until a place frees.  While ``n``
+calls are in flight or waiting, OpenBLAS runs ``budget // min(n, budget // m)`` threads,
+``n`` held at its peak until the calls have been apart for 50 ms: the OpenBLAS builds in NumPy's and SciPy's wheels and in scipy-openblas32
+are pthreads builds with one process-wide count (their ``openblas_set_num_threads_local``
+sets that same count), so the budget is shared out rather than set per thread.  MKL gets
+the share as the calling thread's own count (``mkl_set_num_threads_local``).
 
 The libraries are found from the BLAS loader's record (``_blas_info``, ``_mkl_info``) on
 first use, not at import: this module is imported by the engine module before its loader
@@ -26,6 +29,9 @@ cdef extern from "aiva_threads.h" nogil:
     int aiva_threads_get()
     int aiva_threads_blas(int kind)
     int aiva_threads_in_flight()
+    int aiva_threads_waiting()
+    double aiva_threads_hold(double seconds)
+    int aiva_threads_min_per_call(int n)
     int aiva_threads_enter(int mkl)
     void aiva_threads_leave(int mkl)
 
@@ -70,7 +76,8 @@ cdef int _attach(bint mkl) except -1:
 
 
 cdef int threads_enter(bint mkl) noexcept nogil:
-    """Count one more call in flight; returns its share of the budget."""
+    """Wait for a place among the calls in flight; returns the call's share of the budget.
+    Call it without the GIL: it may sleep until another call leaves."""
     if not _main_tried or (mkl and not _mkl_tried):
         with gil:
             try:
@@ -89,14 +96,22 @@ def _ensure_attached():
         _attach(False)
 
 
-def set_num_threads(n):
+def set_num_threads(n, min_per_call=None):
     """Set how many threads aiva_cy's BLAS products may use in all, shared by the calls in
     flight (see :func:`num_threads`).  ``n`` is an int in [1, 1024].
+
+    ``min_per_call`` (an int in [1, 1024], or None to keep it; 2 unless set): the fewest
+    threads a call runs on while calls overlap.  At most ``n // min(min_per_call, n)``
+    calls run their products at once; later callers wait, asleep and without the GIL, in
+    arrival order.  1 lets ``n`` overlapping calls run side by side on one thread each
+    (worth it where products are too small to gain from a second thread).
 
     It sets the BLAS library's own count now: on Linux that is the OpenBLAS inside NumPy's
     wheel, so NumPy's matrix products follow it too, as they do ``threadpoolctl``'s
     limits.  Process-wide, not per thread."""
     n = int_arg("n", n, 1, MAX_THREADS)
+    if min_per_call is not None:
+        aiva_threads_min_per_call(int_arg("min_per_call", min_per_call, 1, MAX_THREADS))
     _ensure_attached()
     if not _controlled:
         _fallback[0] = n
@@ -109,8 +124,8 @@ def num_threads():
     :func:`set_num_threads`, or a count set in the library since (``threadpoolctl``, or
     NumPy's user), or the library's own default (``OPENBLAS_NUM_THREADS``, else the cores).
 
-    A call that runs alone gets all of them; while ``n`` calls overlap, each gets
-    ``max(1, num_threads() // n)``."""
+    A call that runs alone gets all of them; while calls overlap, they share them out (see
+    :func:`set_num_threads`)."""
     _ensure_attached()
     if not _controlled:
         return _fallback[0]
@@ -118,21 +133,24 @@ def num_threads():
 
 
 class threads:
-    """``with aiva_cy.threads(n): ...``: :func:`set_num_threads` for the block, and back to
-    the count before on the way out.  Process-wide, like ``threadpoolctl``'s
-    ``threadpool_limits``: other threads' calls during the block get ``n`` too."""
+    """``with aiva_cy.threads(n): ...``: :func:`set_num_threads` for the block (with its
+    ``min_per_call`` where given), and back to the settings before on the way out.
+    Process-wide, like ``threadpoolctl``'s ``threadpool_limits``: other threads' calls
+    during the block get ``n`` too."""
 
-    def __init__(self, n):
+    def __init__(self, n, min_per_call=None):
         self.n = int_arg("n", n, 1, MAX_THREADS)
+        self.min_per_call = (None if min_per_call is None else
+                             int_arg("min_per_call", min_per_call, 1, MAX_THREADS))
         self._before = None
 
     def __enter__(self):
-        self._before = num_threads()
-        set_num_threads(self.n)
+        self._before = (num_threads(), _min_per_call())
+        set_num_threads(self.n, self.min_per_call)
         return self
 
     def __exit__(self, *exc_info):
-        set_num_threads(self._before)
+        set_num_threads(*self._before)
         return False
 
 
@@ -145,10 +163,16 @@ def _controlled_libraries():
 
 
 def _enter(bint mkl=False):
-    """What an engine call does on entry; returns its share.  Pair with _leave."""
+    """What an engine call does on entry; returns its share.  Pair with _leave, on the same
+    thread.  Waits, without the GIL, while the budget's places are taken."""
+    cdef int share
     if mkl:
         _attach(True)
-    return threads_enter(mkl)
+    else:
+        _ensure_attached()
+    with nogil:
+        share = threads_enter(mkl)
+    return share
 
 
 def _leave(bint mkl=False):
@@ -156,7 +180,25 @@ def _leave(bint mkl=False):
 
 
 def _in_flight():
+    """Calls admitted (running their products)."""
     return aiva_threads_in_flight()
+
+
+def _min_per_call():
+    """The fewest threads an overlapping call runs on (set_num_threads's min_per_call)."""
+    return aiva_threads_min_per_call(0)
+
+
+def _waiting():
+    """Calls waiting for a place."""
+    return aiva_threads_waiting()
+
+
+def _hold(seconds=None):
+    """How long a burst of overlapping calls keeps its shares after it ends (seconds);
+    with ``seconds``, set it and return the value before (0: the share follows the calls
+    in flight at each entry, which makes shares predictable in tests)."""
+    return aiva_threads_hold(-1.0 if seconds is None else float(seconds))
 
 
 def _blas_threads(str kind="openblas"):

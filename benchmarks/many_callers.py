@@ -58,6 +58,36 @@ def blas_kernel() -> str:
     return text
 
 
+def floors(net: Any, reps: int = 7) -> Dict[str, float]:
+    """What bounds the rows: the products alone (the engine's BLAS calls, no softmax or
+    Python), best of ``reps`` blocks.  Batch 1 is three matrix-vector products that read
+    every weight once a row (memory bound: GB/s of weights); a batch of 64 is matrix
+    products that read them once for 64 rows (compute bound: GFLOP/s); and predict_proba
+    on 64-row batches is the Batcher's ceiling in rows per second."""
+    eng = net._engine
+    params = sum(int(np.prod(s)) for s in (net.state_dict()[k].shape for k in
+                                              ("fc1.weight", "spiking.weight", "fc2.weight")))
+    rng = np.random.default_rng(1)
+    x1 = rng.standard_normal((1, net.input_size)).astype(np.float32)
+    x64 = rng.standard_normal((64, net.input_size)).astype(np.float32)
+
+    def best(fn: Callable[[], Any], k: int) -> float:
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn()
+            ts.append((time.perf_counter() - t0) / k)
+        return min(ts)
+
+    t1 = best(lambda: eng.blas_products(x1), 100)
+    t64 = best(lambda: eng.blas_products(x64), 10)
+    p64 = best(lambda: net.predict_proba(x64), 10)
+    return {"weight_mb": params * 4 / 1e6, "gemv_us": t1 * 1e6, "gemv_gbs": params * 4 / t1 / 1e9,
+            "gemm64_ms": t64 * 1e3, "gemm64_gflops": 2 * 64 * params / t64 / 1e9,
+            "predict64_rows_s": 64 / p64}
+
+
 def _timed(fn: Callable[[Any], Any], x: Any, lat: List[float]) -> None:
     t0 = time.perf_counter()
     fn(x)
@@ -205,6 +235,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     busy = cpu_busy(0.5)
     if busy is not None:
         print(f"CPU busy before the run (other processes): {busy:.0%}")
+    f = floors(aiva_cy.AIVANet(seed=0), reps=2 if args.quick else 7)
+    print(f"floors (best of blocks): batch-1 products {f['gemv_us']:.0f} us, "
+          f"{f['weight_mb']:.1f} MB of float32 weights at {f['gemv_gbs']:.0f} GB/s; 64-row "
+          f"products {f['gemm64_ms']:.2f} ms, {f['gemm64_gflops']:.0f} GFLOP/s; predict_proba "
+          f"on 64-row batches {f['predict64_rows_s']:,.0f} rows/s (the Batcher's ceiling)")
     if args.quick:
         out = run(rows_serial=64, rows_crowd=128, rows_tasks=1024, rounds=1, pause_s=0.0)
     else:

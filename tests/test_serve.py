@@ -128,7 +128,7 @@ class GatedNet:
 
 
 def _queued(b: Batcher) -> int:
-    with b._state.cond:
+    with b._state.mutex:
         return len(b._state.queue)
 
 
@@ -296,6 +296,91 @@ def test_rows_are_merged_up_to_max_batch(net: AIVANet, rows: np.ndarray) -> None
     assert max(gated.sizes) == 8          # the 20 queued rows went in batches of at most 8
     assert len(gated.sizes) == 1 + 3      # 8 + 8 + 4
     assert_close_to_reference(net, rows[:21], np.stack([out[i] for i in range(21)]))
+
+
+def test_callers_back_from_a_batch_join_the_rows_that_queued_during_it(
+        net: AIVANet, rows: np.ndarray) -> None:
+    # Row 0 runs alone (nobody else waits) and holds the worker while 10 rows queue.  Its
+    # caller comes straight back with another row: the next batch waits for it (the last
+    # batch's rows plus those that queued meanwhile), rather than running the 10 at once
+    # and the returning row after them, alone.  max_delay bounds the wait if the caller
+    # came back before the worker had counted the queue.
+    gated = GatedNet(net)
+    b = Batcher(gated, max_batch=64, max_delay=0.5)
+    out: Dict[int, np.ndarray] = {}
+
+    def first() -> None:
+        out[0] = b.predict_proba(rows[0])
+        out[11] = b.predict_proba(rows[11])
+
+    ts = [threading.Thread(target=first)]
+    ts += [threading.Thread(target=lambda i=i: out.__setitem__(i, b.predict_proba(rows[i])))
+           for i in range(1, 11)]
+    ts[0].start()
+    gated.entered.wait()
+    for t in ts[1:]:
+        t.start()
+    _wait_for(lambda: _queued(b) == 10, "10 rows queued")
+    gated.gate.set()
+    for t in ts:
+        t.join()
+    b.close()
+    assert gated.sizes == [1, 11]
+    assert_close_to_reference(net, rows[:12], np.stack([out[i] for i in range(12)]))
+
+
+def test_an_interrupted_caller_does_not_strand_the_callers_after_it(
+        net: AIVANet, rows: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Blocking callers are woken down a chain, each waking the next.  One interrupted while
+    # it waits (KeyboardInterrupt) still waits out its batch and wakes the next, then
+    # raises.
+    import aiva_cy.serve._batcher as batcher_module
+
+    class Interrupting:
+        """A lock whose wait for the answer is interrupted once."""
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.calls = 0
+
+        def acquire(self, *args):
+            self.calls += 1
+            if self.calls == 2:   # the first acquire takes it; the second is the wait
+                raise KeyboardInterrupt
+            return self.lock.acquire(*args)
+
+        def release(self) -> None:
+            self.lock.release()
+
+    interrupted = threading.Event()
+    real = batcher_module._allocate_lock
+    monkeypatch.setattr(batcher_module, "_allocate_lock",
+                        lambda: Interrupting() if threading.current_thread().name == "victim"
+                        else real())
+    gated = GatedNet(net)
+    b = Batcher(gated, max_batch=64, max_delay=0.0)
+    out: Dict[int, np.ndarray] = {}
+
+    def call(i: int) -> None:
+        try:
+            out[i] = b.predict_proba(rows[i])
+        except KeyboardInterrupt:
+            interrupted.set()
+
+    ts = [threading.Thread(target=call, args=(i,), name="victim" if i == 2 else f"caller{i}",
+                           daemon=True) for i in range(6)]
+    ts[0].start()
+    gated.entered.wait()
+    for k, t in enumerate(ts[1:], 1):   # queued in order: the victim second in its batch
+        t.start()
+        _wait_for(lambda k=k: _queued(b) == k, f"{k} rows queued")
+    gated.gate.set()
+    for t in ts:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in ts), "a caller after the interrupted one was stranded"
+    b.close()
+    assert interrupted.is_set() and sorted(out) == [0, 1, 3, 4, 5]
+    assert gated.sizes == [1, 5]
 
 
 # -- bad input ---------------------------------------------------------------------------------

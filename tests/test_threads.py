@@ -201,21 +201,222 @@ def test_threads_context_manager_restores_the_count(budget):
     np.testing.assert_allclose(p1, p2, atol=1e-6, rtol=0)
 
 
+class _Holder:
+    """A thread that enters the budget (as an engine call does), reports its share, and
+    leaves when told: the tests hold places without timing anything."""
+
+    def __init__(self, mkl=False):
+        self.share = None
+        self.admitted = threading.Event()
+        self.release = threading.Event()
+        self.mkl_count = None
+        self.thread = threading.Thread(target=self._run, args=(mkl,), daemon=True)
+        self.thread.start()
+
+    def _run(self, mkl):
+        self.share = _threads._enter(mkl)
+        if mkl:
+            self.mkl_count = _threads._blas_threads("mkl")
+        self.admitted.set()
+        self.release.wait()
+        _threads._leave(mkl)
+
+    def done(self):
+        self.release.set()
+        self.thread.join()
+
+
+def _until(condition, what):
+    """Wait for another thread's progress; fails (never hangs) after a minute."""
+    for _ in range(60000):
+        if condition():
+            return
+        threading.Event().wait(0.001)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+@pytest.fixture
+def settings(budget):
+    """The budget, min_per_call and hold, left as the test found them; hold 0 makes each
+    share follow the calls in flight at its entry."""
+    mpc = _threads._min_per_call()
+    hold = _threads._hold(0.0)
+    yield budget
+    _threads._hold(hold)
+    aiva_cy.set_num_threads(budget, min_per_call=mpc)
+
+
 @needs_openblas
-def test_calls_in_flight_share_the_budget(budget):
-    aiva_cy.set_num_threads(4)
-    shares = []
-    for _ in range(5):                       # five calls enter...
-        shares.append(_threads._enter())
-        assert _threads._blas_threads() == shares[-1]
-    assert shares == [4, 2, 1, 1, 1]         # max(1, 4 // in_flight)
-    assert _threads._in_flight() == 5
-    seen = []
-    for _ in range(5):                       # ...and leave
+def test_nested_enters_on_one_thread_are_one_call(settings):
+    aiva_cy.set_num_threads(4, min_per_call=1)
+    assert [_threads._enter() for _ in range(3)] == [4, 4, 4]
+    assert _threads._in_flight() == 1 and _threads._waiting() == 0
+    for _ in range(3):
         _threads._leave()
-        seen.append(_threads._blas_threads())
-    assert seen == [1, 1, 2, 4, 4]           # 4 // the calls still in flight (4, 3, 2, 1, 0)
-    assert _threads._in_flight() == 0 and aiva_cy.num_threads() == 4
+    assert _threads._in_flight() == 0 and _threads._blas_threads() == 4
+
+
+@needs_openblas
+def test_calls_in_flight_share_the_budget_and_later_ones_wait(settings):
+    aiva_cy.set_num_threads(4, min_per_call=1)
+    holders = []
+    for expected, in_flight in ((4, 1), (2, 2), (1, 3), (1, 4)):   # 4 // in_flight
+        h = _Holder()
+        h.admitted.wait()
+        holders.append(h)
+        assert h.share == expected and _threads._in_flight() == in_flight
+        assert _threads._blas_threads() == expected
+    late = [_Holder(), _Holder()]   # no place left: 4 calls of 1 thread are the budget
+    _until(lambda: _threads._waiting() == 2, "two waiting callers")
+    assert _threads._in_flight() == 4 and not any(h.admitted.is_set() for h in late)
+    holders[0].done()                # a place frees: the first to wait gets it
+    late[0].admitted.wait()
+    assert late[0].share == 1 and not late[1].admitted.is_set()
+    assert _threads._in_flight() == 4 and _threads._waiting() == 1
+    holders[1].done()
+    late[1].admitted.wait()
+    assert _threads._waiting() == 0
+    for h in holders[2:] + late:
+        h.done()
+    assert _threads._in_flight() == 0
+    assert _threads._blas_threads() == 4 == aiva_cy.num_threads()   # idle: the whole budget
+
+
+@needs_openblas
+def test_min_per_call_caps_the_calls_in_flight(settings):
+    aiva_cy.set_num_threads(4)                 # min_per_call 2 (the default): 2 places
+    assert _threads._min_per_call() == 2
+    a = _Holder()
+    a.admitted.wait()
+    b = _Holder()
+    b.admitted.wait()
+    assert (a.share, b.share) == (4, 2)
+    c = _Holder()
+    _until(lambda: _threads._waiting() == 1, "a waiting caller")
+    assert _threads._in_flight() == 2
+    aiva_cy.set_num_threads(4, min_per_call=1)  # room for 4: the waiter is let in
+    c.admitted.wait()
+    assert c.share == 1 and _threads._in_flight() == 3
+    for h in (a, b, c):
+        h.done()
+    with aiva_cy.threads(2, min_per_call=2):   # 2 threads, 2 a call: one call at a time
+        assert _threads._min_per_call() == 2 and aiva_cy.num_threads() == 2
+        a = _Holder()
+        a.admitted.wait()
+        b = _Holder()
+        _until(lambda: _threads._waiting() == 1, "a waiting caller")
+        assert a.share == 2
+        a.done()
+        b.admitted.wait()
+        assert b.share == 2
+        b.done()
+    assert _threads._min_per_call() == 1 and aiva_cy.num_threads() == 4
+
+
+def test_min_per_call_checks_its_argument():
+    for bad in (0, -1, 1025):
+        with pytest.raises(ValueError, match=r"min_per_call must be in \[1, 1024\]"):
+            aiva_cy.set_num_threads(2, min_per_call=bad)
+        with pytest.raises(ValueError, match=r"min_per_call must be in \[1, 1024\]"):
+            aiva_cy.threads(2, min_per_call=bad)
+    with pytest.raises(TypeError, match="min_per_call must be an int"):
+        aiva_cy.set_num_threads(2, min_per_call=1.5)
+
+
+@needs_openblas
+def test_a_burst_keeps_its_share_for_the_hold_then_a_lone_call_gets_all(settings):
+    aiva_cy.set_num_threads(4, min_per_call=1)
+    _threads._hold(3600.0)                     # a burst is remembered
+    a = _Holder()
+    a.admitted.wait()
+    b = _Holder()
+    b.admitted.wait()
+    a.done()
+    b.done()
+    assert _threads._blas_threads() == 4       # idle: the library's count is the budget
+    assert _threads._enter() == 2              # alone, but within the hold of a burst of 2
+    _threads._leave()
+    _threads._hold(0.0)                        # the hold over
+    assert _threads._enter() == 4
+    _threads._leave()
+
+
+@needs_openblas
+def test_a_thread_holding_a_place_can_call_the_engine_again(settings):
+    # An engine call from a thread that is already inside one (here: the test's _enter)
+    # is the same call: it must not wait for a place that only it could free.
+    aiva_cy.set_num_threads(2, min_per_call=2)   # one place
+    net = AIVANet(seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 512))
+    expected = net.predict_proba(x)
+    assert _threads._enter() == 2
+    np.testing.assert_allclose(net.predict_proba(x), expected, atol=1e-5, rtol=0)
+    assert _threads._in_flight() == 1
+    _threads._leave()
+    assert _threads._in_flight() == 0
+
+
+def test_a_failing_call_gives_its_place_back(settings):
+    aiva_cy.set_num_threads(2, min_per_call=2)
+    net = AIVANet(input_size=16, num_tools=4, hidden_size=64, spiking_size=32, seed=1)
+    bad = np.ones((3, 16))
+    bad[1, 2] = np.nan
+    for call in (net.predict_proba, net.forward, lambda x: net.train_step(x, [0, 1, 2])):
+        with pytest.raises(ValueError):
+            call(bad)
+        assert _threads._in_flight() == 0 and _threads._waiting() == 0
+    errors = []
+
+    def worker():
+        try:
+            for _ in range(10):
+                net.predict_proba(np.ones((2, 16)))
+        except Exception as exc:  # pragma: no cover
+            errors.append(exc)
+
+    ts = [threading.Thread(target=worker) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors and _threads._in_flight() == 0
+
+
+def test_fit_holding_the_net_lock_and_predicting_threads_all_finish(settings):
+    # fit holds the net's lock across its steps and takes a place for each; predict calls
+    # take places without the lock; forward waits for the lock.  One place (2 threads,
+    # 2 a call) makes every one of them queue for it.
+    aiva_cy.set_num_threads(2, min_per_call=2)
+    net = AIVANet(input_size=16, num_tools=4, hidden_size=64, spiking_size=32, seed=1)
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((64, 16)).astype(np.float32)
+    y = rng.integers(0, 4, 64)
+    errors, seen_in_callback = [], []
+
+    def guarded(fn):
+        def run():
+            try:
+                fn()
+            except Exception as exc:  # pragma: no cover
+                errors.append(exc)
+        return run
+
+    def callback(epoch, logs):   # runs inside fit, lock held: predict must still go
+        seen_in_callback.append(net.predict_proba(X[:2]))
+
+    jobs = [guarded(lambda: net.fit(X, y, epochs=3, batch_size=8, verbose=0,
+                                    callbacks=[callback]))]
+    jobs += [guarded(lambda: [net.predict_proba(X[i:i + 1]) for i in range(40)])
+             for _ in range(6)]
+    jobs += [guarded(lambda: [net.forward(X[:4]) for _ in range(5)])]
+    ts = [threading.Thread(target=j, daemon=True) for j in jobs]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=600)   # a deadlock fails here instead of hanging the suite
+    assert not any(t.is_alive() for t in ts), "a caller never finished: deadlock"
+    assert not errors and len(seen_in_callback) == 3
+    assert _threads._in_flight() == 0 and _threads._waiting() == 0
 
 
 @needs_openblas
@@ -256,6 +457,17 @@ def test_a_threadpoolctl_limit_holds_for_aiva_cy_calls_too(budget):
         assert _threads._blas_threads() == 1       # not raised back by the call's leave
         AIVANet(seed=0).predict_proba(np.ones(512))
         assert _threads._blas_threads() == 1
+        # A limit of 1 is the budget: one call at a time, on one thread.
+        a = _Holder()
+        a.admitted.wait()
+        b = _Holder()
+        _until(lambda: _threads._waiting() == 1, "a waiting caller")
+        assert a.share == 1 and _threads._in_flight() == 1
+        a.done()
+        b.admitted.wait()
+        assert b.share == 1
+        b.done()
+        assert _threads._blas_threads() == 1
     assert aiva_cy.num_threads() == 2 and _threads._blas_threads() == 2
 
 
@@ -268,15 +480,22 @@ def test_reduced_precision_calls_share_the_float32_budget(budget):
     if not (_OPENBLAS and entry["threads_follow_blas"]):
         pytest.skip("oneDNN follows an OpenBLAS thread count only")
     from aiva_cy import _lowp
-    aiva_cy.set_num_threads(2)
-    assert _lowp.info()["threads"] == 2
-    a = _threads._enter()
-    b = _threads._enter()
-    assert (a, b) == (2, 1)
-    assert _lowp.info()["threads"] == 1           # what a product started now would use
-    _threads._leave()
-    _threads._leave()
-    assert _lowp.info()["threads"] == 2
+    aiva_cy.set_num_threads(2, min_per_call=1)     # two calls at once, one thread each
+    hold = _threads._hold(0.0)
+    try:
+        assert _lowp.info()["threads"] == 2
+        a = _Holder()
+        a.admitted.wait()
+        b = _Holder()
+        b.admitted.wait()
+        assert (a.share, b.share) == (2, 1)
+        assert _lowp.info()["threads"] == 1       # what a product started now would use
+        a.done()
+        b.done()
+        assert _lowp.info()["threads"] == 2
+    finally:
+        _threads._hold(hold)
+        aiva_cy.set_num_threads(2, min_per_call=2)
     from conftest import safe_inputs
     net = AIVANet(input_size=64, num_tools=10, hidden_size=96, spiking_size=80, seed=0,
                   precision="bfloat16")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The C core's own tests (tests/c/test_core.c), built with every warning as an error:
+# The C core's own tests (tests/c/test_core.c, and tests/c/test_threads.c for the BLAS
+# thread budget), built with every warning as an error:
 #   native  gcc and clang (where installed), the flags of setup.py plus -Wall -Wextra
 #           -Wconversion -Wshadow -Werror;
 #   win64   cross-compiled with mingw-w64 (LLP64: long is 32 bits, as under MSVC) and run
@@ -23,6 +24,7 @@ trap cleanup EXIT
 WARN="-std=c99 -Wall -Wextra -Wconversion -Wshadow -Werror"
 OPT="-O3 -fno-math-errno -fno-trapping-math"
 SRC="tests/c/test_core.c src_c/aiva_core.c src_c/aiva_adam.c src_c/blas_open.c"
+THREADS_SRC="tests/c/test_threads.c src_c/aiva_threads.c"
 INC="-Isrc_c -Iaiva_cy"
 ran=0 skipped=0
 
@@ -40,6 +42,8 @@ native() {
         "$cc" $WARN $OPT $INC $SRC -ldl -lm -o "$out/test_$cc"
         "$cc" $WARN $OPT $INC -c src_c/aiva_onednn.c -o "$out/onednn_$cc.o"
         "$out/test_$cc"
+        "$cc" $WARN $OPT $INC $THREADS_SRC -ldl -lpthread -o "$out/test_threads_$cc"
+        "$out/test_threads_$cc"
         ran=$((ran + 1))
     done
 }
@@ -51,9 +55,11 @@ win64() {
     if ! command -v wine >/dev/null; then missing wine "wine wine64"; return 0; fi
     echo "--- win64 (mingw-w64, LLP64) under wine"
     x86_64-w64-mingw32-gcc $WARN $OPT $INC $SRC -o "$out/test_core.exe"
+    x86_64-w64-mingw32-gcc $WARN $OPT $INC $THREADS_SRC -o "$out/test_threads.exe"
     x86_64-w64-mingw32-gcc $WARN $OPT $INC -c src_c/aiva_onednn.c -o "$out/onednn.o"
     # A private wine prefix: nothing of the user's, and nothing left behind.
     WINEPREFIX="$out/wine" WINEDEBUG=-all wine "$out/test_core.exe"
+    WINEPREFIX="$out/wine" WINEDEBUG=-all wine "$out/test_threads.exe"
     ran=$((ran + 1))
 }
 
