@@ -93,7 +93,7 @@ static const char *no_state_error = "out of memory (per-thread state)";
  * The provider.
  * --------------------------------------------------------------------------------------- */
 #ifndef AIVA_ONEDNN_SERIAL_ROWS
-#define AIVA_ONEDNN_SERIAL_ROWS 4
+#define AIVA_ONEDNN_SERIAL_ROWS 32
 #endif
 
 typedef struct {
