@@ -86,6 +86,18 @@ def check_tool_names(value: Any, name: str = "tool_names") -> Optional[Tuple[str
     return names
 
 
+def decision_names(tool_names: Optional[Tuple[str, ...]], names: Any
+                   ) -> Optional[Tuple[str, ...]]:
+    """The tool_names a ``decide(..., names=names)`` call answers with, or None for indices:
+    the one check of ``names`` behind the net's, the Batcher's and the deployment's decide."""
+    if not isinstance(names, (bool, np.bool_)):
+        raise TypeError(f"names must be True or False, got {names!r}")
+    if names and tool_names is None:
+        raise ValueError("decide(names=True) needs the net's tool_names: build it with "
+                         "AIVANet(..., tool_names=[...]) or set net.tool_names")
+    return tool_names if names else None
+
+
 def check_device_precision(device: str, precision: str) -> None:
     """The reduced-precision products are oneDNN's, on the CPU: any other device runs
     float32 only."""

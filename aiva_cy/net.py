@@ -27,6 +27,7 @@ from aiva_cy._checks import tool_indices
 from aiva_cy._core import Engine
 from aiva_cy._model import (PARAM_NAMES, Snapshot, batch_mismatch, check_config,
                             check_device_precision, check_precision, check_state, check_tool_names,
+                            decision_names,
                             init_weights,
                             num_parameters, param_shapes, sizes)
 
@@ -277,17 +278,12 @@ class AIVANet:
         level = _float_arg("confidence", confidence, 0.0)
         if level > 1.0:
             raise ValueError(f"confidence must be in [0, 1], got {confidence!r}")
-        if not isinstance(names, (bool, np.bool_)):
-            raise TypeError(f"names must be True or False, got {names!r}")
-        tool_names = self._config["tool_names"]
-        if names and tool_names is None:
-            raise ValueError("decide(names=True) needs the net's tool_names: build it with "
-                             "AIVANet(..., tool_names=[...]) or set net.tool_names")
+        tool_names = decision_names(self._config["tool_names"], names)
         arr, one = self._engine.as_x(x)
         probs = self._engine.predict(arr)
         tool = probs.argmax(axis=1)
         top = probs.max(axis=1)
-        if names:
+        if tool_names is not None:
             host = tool.get() if _is_cupy(tool) else tool
             named = np.asarray(tool_names)[host]
             if one:

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from aiva_cy._checks import as_float32, float_arg, int_arg, numeric_array
+from aiva_cy._model import decision_names
 
 _allocate_lock = threading.Lock
 
@@ -245,16 +246,8 @@ def _decision(probs: np.ndarray, level: float, names: Any = None) -> Tuple[Any, 
 
 
 def _names_for(net: Any, names: Any) -> Any:
-    """The net's tool_names where ``names`` asks for them (checked like ``net.decide``)."""
-    if not isinstance(names, (bool, np.bool_)):
-        raise TypeError(f"names must be True or False, got {names!r}")
-    if not names:
-        return None
-    tool_names = getattr(net, "tool_names", None)
-    if tool_names is None:
-        raise ValueError("decide(names=True) needs the net's tool_names: build it with "
-                         "AIVANet(..., tool_names=[...]) or set net.tool_names")
-    return tool_names
+    """The net's tool_names where ``names`` asks for them, checked as ``net.decide`` does."""
+    return decision_names(getattr(net, "tool_names", None), names)
 
 
 class Batcher:
