@@ -1,5 +1,5 @@
-"""Build the four extension modules: the BLAS loader, the BLAS thread budget, the engine
-(Cython over the C core) and Adam."""
+"""Build the five extension modules: the BLAS loader, the BLAS thread budget, the engine
+(Cython over the C core), the reduced-precision provider (oneDNN) and Adam."""
 import os
 import sys
 
@@ -31,55 +31,36 @@ cold_flags = ["/O1"] if sys.platform == "win32" else ["-Os" if f == "-O3" else f
 # aiva_cy/ is on the include path for aiva_adam_update.h, the one definition of Adam's update
 # that the CUDA engine also compiles (it ships as package data, beside kernels.cu).
 INCLUDE = [SRC_C, "aiva_cy"]
+
+
+def module(name, c_source, depends, flags, libraries):
+    """aiva_cy.<name>: its .pyx over one C source of src_c; POSIX libraries only."""
+    return Extension(f"aiva_cy.{name}", sources=[f"aiva_cy/{name}.pyx", f"src_c/{c_source}"],
+                     include_dirs=INCLUDE, depends=depends, extra_compile_args=flags,
+                     libraries=[] if sys.platform == "win32" else libraries)
+
+
 extensions = [
     # The BLAS loader and table: _core cimports the table from it.
-    Extension(
-        "aiva_cy._blas",
-        sources=["aiva_cy/_blas.pyx", "src_c/blas_open.c"],
-        include_dirs=INCLUDE,
-        depends=["src_c/aiva_core.h", "aiva_cy/_blas.pxd"],
-        extra_compile_args=cold_flags,
-        libraries=[] if sys.platform == "win32" else ["dl"],
-    ),
-    Extension(
-        "aiva_cy._core",
-        sources=["aiva_cy/_core.pyx", "src_c/aiva_core.c"],
-        include_dirs=INCLUDE,
-        depends=["src_c/aiva_core.h", "src_c/aiva_common.h", "aiva_cy/_core.pxd",
-                 "aiva_cy/_blas.pxd", "aiva_cy/_adam.pxd", "aiva_cy/_threads.pxd",
-                 "aiva_cy/_lowp.pxd"],
-        extra_compile_args=c_flags,
-        libraries=[] if sys.platform == "win32" else ["m"],
-    ),
-    Extension(
-        # The BLAS thread budget shared by concurrent calls (its own module: the engine
-        # cimports it, so its state is one copy whatever module the BLAS loader lives in).
-        "aiva_cy._threads",
-        sources=["aiva_cy/_threads.pyx", "src_c/aiva_threads.c"],
-        include_dirs=INCLUDE,
-        depends=["src_c/aiva_threads.h", "aiva_cy/_threads.pxd"],
-        extra_compile_args=cold_flags,
-        libraries=[] if sys.platform == "win32" else ["dl", "pthread"],
-    ),
+    module("_blas", "blas_open.c", ["src_c/aiva_core.h", "aiva_cy/_blas.pxd"],
+           cold_flags, ["dl"]),
+    module("_core", "aiva_core.c",
+           ["src_c/aiva_core.h", "src_c/aiva_common.h", "aiva_cy/_core.pxd", "aiva_cy/_blas.pxd",
+            "aiva_cy/_adam.pxd", "aiva_cy/_threads.pxd", "aiva_cy/_lowp.pxd"],
+           c_flags, ["m"]),
+    # The BLAS thread budget shared by concurrent calls (its own module: the engine cimports
+    # it, so its state is one copy whatever module the BLAS loader lives in).
+    module("_threads", "aiva_threads.c", ["src_c/aiva_threads.h", "aiva_cy/_threads.pxd"],
+           cold_flags, ["dl", "pthread"]),
     # The reduced-precision provider: oneDNN, opened by path on first use (never linked).
-    Extension(
-        "aiva_cy._lowp",
-        sources=["aiva_cy/_lowp.pyx", "src_c/aiva_onednn.c"],
-        include_dirs=INCLUDE,
-        depends=["src_c/aiva_onednn.h", "src_c/aiva_dnnl_api.h", "src_c/aiva_core.h",
-                 "aiva_cy/_lowp.pxd"],
-        extra_compile_args=cold_flags,
-        libraries=[] if sys.platform == "win32" else ["dl", "pthread"],
-    ),
-    Extension(
-        "aiva_cy._adam",
-        sources=["aiva_cy/_adam.pyx", "src_c/aiva_adam.c"],
-        include_dirs=INCLUDE,
-        depends=["aiva_cy/_adam.pxd", "src_c/aiva_adam.h", "src_c/aiva_common.h",
-                 "aiva_cy/aiva_adam_update.h"],
-        extra_compile_args=c_flags,
-        libraries=[] if sys.platform == "win32" else ["m"],
-    ),
+    module("_lowp", "aiva_onednn.c",
+           ["src_c/aiva_onednn.h", "src_c/aiva_dnnl_api.h", "src_c/aiva_core.h",
+            "aiva_cy/_lowp.pxd"],
+           cold_flags, ["dl", "pthread"]),
+    module("_adam", "aiva_adam.c",
+           ["aiva_cy/_adam.pxd", "src_c/aiva_adam.h", "src_c/aiva_common.h",
+            "aiva_cy/aiva_adam_update.h"],
+           c_flags, ["m"]),
 ]
 
 setup(
