@@ -90,6 +90,16 @@ typedef struct {
     ad_status_t (*primitive_destroy)(ad_primitive_t);
     ad_cpu_isa_t (*get_effective_cpu_isa)(void);
     const ad_version_t *(*version)(void);
+    /* The BLAS-like products (row-major; C = alpha (op(A) - ao)(op(B) - bo) + beta C + co). */
+    ad_status_t (*gemm_u8s8s32)(char, char, char, ad_dim_t, ad_dim_t, ad_dim_t, float,
+                                const uint8_t *, ad_dim_t, uint8_t, const int8_t *, ad_dim_t,
+                                int8_t, float, int32_t *, ad_dim_t, const int32_t *);
+    /* Exported by libdnnl (DNNL_API in src/cpu/gemm/gemm.hpp) but declared in no public
+     * header, so it is looked up optionally and not in tests/c/onednn_abi.c; its bfloat16_t
+     * is a struct of one uint16_t, passed by pointer. */
+    ad_status_t (*gemm_bf16bf16f32)(char, char, ad_dim_t, ad_dim_t, ad_dim_t, float,
+                                    const uint16_t *, ad_dim_t, const uint16_t *, ad_dim_t,
+                                    float, float *, ad_dim_t);
 } ad_api;
 
 #endif

@@ -1,4 +1,5 @@
 /* aiva_onednn.c — see aiva_onednn.h for the contract. */
+#define _POSIX_C_SOURCE 200809L   /* clock_gettime under -std=c99 */
 #include "aiva_onednn.h"
 #include "aiva_dnnl_api.h"
 
@@ -256,6 +257,8 @@ aiva_onednn *aiva_onednn_open(const char *path, char *err, size_t err_size)
     LOAD(primitive_execute, "dnnl_primitive_execute");
     LOAD(primitive_destroy, "dnnl_primitive_destroy");
     LOAD(get_effective_cpu_isa, "dnnl_get_effective_cpu_isa");
+    LOAD(gemm_u8s8s32, "dnnl_gemm_u8s8s32");
+    *(void **)(&dnn->f.gemm_bf16bf16f32) = find_sym(lib, "dnnl_gemm_bf16bf16f32");
     /* The OpenMP runtime libdnnl links (GNU OpenMP for onednn-cpu-gomp), found through the
      * library's own dependencies; absent in TBB or threadpool builds. */
     *(void **)(&dnn->omp_set_num_threads) = find_sym(lib, "omp_set_num_threads");
@@ -329,11 +332,11 @@ static int key_equal(const prim_key *a, const prim_key *b)
 }
 
 /* The OpenMP threads a product of M rows runs on, set on the calling thread before its
- * primitive is made (oneDNN reads the count then) and before it runs; 0: leave it.  A few
- * rows run on the calling thread alone: their products are bound by reading the weights,
- * which one core does nearly as fast as two, while waking GNU OpenMP's sleeping workers
- * (OMP_WAIT_POLICY=PASSIVE, see _lowp.pyx) costs more than it saves (benchmarks/README.md,
- * "Figures behind design choices"). */
+ * primitive is made (oneDNN reads the count then) and before it runs; 0: leave it.  Up to
+ * AIVA_ONEDNN_SERIAL_ROWS rows run on the calling thread alone: waking GNU OpenMP's sleeping
+ * workers (OMP_WAIT_POLICY=PASSIVE, see _lowp.pyx) once per product costs more than the
+ * second core saves there (benchmarks/README.md, "Figures behind design choices").  One row
+ * never gets here: gemm_direct shares it with our own helpers, which need no wake-up. */
 static int threads_for(aiva_onednn *dnn, ptrdiff_t M)
 {
     int n = aiva_onednn_threads(dnn);
@@ -575,6 +578,235 @@ static const void *pack_for(aiva_onednn *dnn, thread_state *t, aiva_onednn_weigh
 /* ---------------------------------------------------------------------------------------
  * The products.
  * --------------------------------------------------------------------------------------- */
+/* One-row products run through oneDNN's BLAS-like functions (dnnl_gemm_u8s8s32,
+ * dnnl_gemm_bf16bf16f32) on plain B instead of a matmul primitive: there they are a gemv
+ * kernel that streams the weights (2,048 x 1,024 on one thread: int8 29.5 us against the
+ * primitive's 30.4, and 11.3 against 16.1 at 512 x 2,048).  From 2 rows up the primitive on
+ * the packed weight is faster (benchmarks/README.md, "Figures behind design choices"). */
+static int runs_direct(const aiva_onednn *dnn, int kind, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                       ptrdiff_t lda, ptrdiff_t ldb, ptrdiff_t ldc)
+{
+    if (M != 1) return 0;
+    if (kind == AIVA_ONEDNN_BF16 && !dnn->f.gemm_bf16bf16f32) return 0;
+    /* The functions take 64-bit sizes but compute in int. */
+    const ptrdiff_t lim = 0x7fffffff;
+    return N <= lim && K <= lim && lda <= lim && ldb <= lim && ldc <= lim;
+}
+
+/* Columns j0 .. j0 + n of C = op(A) @ op(B), on the calling thread's OpenMP budget. */
+static ad_status_t direct_columns(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M,
+                                  ptrdiff_t j0, ptrdiff_t n, ptrdiff_t K, const void *A,
+                                  ptrdiff_t lda, const void *B, ptrdiff_t ldb, void *C,
+                                  ptrdiff_t ldc)
+{
+    /* Column j of op(B) is row j of B with tb, else column j. */
+    const ptrdiff_t b_off = tb ? j0 * ldb : j0;
+    if (kind == AIVA_ONEDNN_BF16)
+        return dnn->f.gemm_bf16bf16f32(ta ? 'T' : 'N', tb ? 'T' : 'N', M, n, K, 1.0f,
+                                       (const uint16_t *)A, lda, (const uint16_t *)B + b_off,
+                                       ldb, 0.0f, (float *)C + j0, ldc);
+    const int32_t no_offset = 0;
+    return dnn->f.gemm_u8s8s32(ta ? 'T' : 'N', tb ? 'T' : 'N', 'F', M, n, K, 1.0f,
+                               (const uint8_t *)A, lda, 0, (const int8_t *)B + b_off, ldb, 0,
+                               0.0f, (int32_t *)C + j0, ldc, &no_offset);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Helper threads for one-row products.
+ *
+ * A one-row product reads the whole weight once, and one core streams it at about half the
+ * rate two do; but waking a sleeping OpenMP worker (OMP_WAIT_POLICY=PASSIVE, see _lowp.pyx)
+ * costs 16-25 us here, as much as the second core saves, and libgomp's spinning workers
+ * fight OpenBLAS's.  So these products split their columns into parts that the calling
+ * thread and our own helpers claim one at a time: a helper that is awake takes parts, one
+ * that is still waking finds them taken, and the caller never waits for a helper that has
+ * not started one.  A helper spins (yielding) for AIVA_HELPER_SPIN_NS after each product,
+ * long enough to stay awake between the products of one forward step and between calls in a
+ * loop, then sleeps.  POSIX only; elsewhere the caller runs every part.
+ * --------------------------------------------------------------------------------------- */
+#ifndef AIVA_HELPER_SPIN_NS
+#define AIVA_HELPER_SPIN_NS 200000L
+#endif
+#define HELPERS_MAX 7
+
+#ifndef _WIN32
+#include <sched.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct {
+    /* The product in flight: written by the owner before it publishes the generation. */
+    aiva_onednn *dnn;
+    int kind, ta, tb, parts;
+    ptrdiff_t M, N, K, lda, ldb, ldc, cols_per_part;
+    const void *A, *B;
+    void *C;
+    /* (generation << 32) | next part to claim; a claim is a compare-and-swap, so a helper
+     * that read an old generation cannot take a part of a newer product. */
+    uint64_t claim;                  /* these three: GCC/clang __atomic builtins only */
+    int done, failed;
+    char owned;                      /* one product at a time; other callers run alone */
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    int sleeping, helpers;
+    pid_t pid;                       /* a forked child has no helpers: start again */
+} helper_pool;
+
+static helper_pool pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+static long elapsed_ns(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long)(t.tv_sec - t0->tv_sec) * 1000000000L + (t.tv_nsec - t0->tv_nsec);
+}
+
+/* Claim and run parts of generation gen until none is left. */
+static void run_parts(uint32_t gen)
+{
+    uint64_t v = __atomic_load_n(&pool.claim, __ATOMIC_ACQUIRE);
+    for (;;) {
+        if ((uint32_t)(v >> 32) != gen || (int)(uint32_t)v >= pool.parts) return;
+        if (!__atomic_compare_exchange_n(&pool.claim, &v, v + 1, 1, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+            continue;
+        const ptrdiff_t part = (ptrdiff_t)(uint32_t)v;
+        const ptrdiff_t j0 = part * pool.cols_per_part;
+        ptrdiff_t n = pool.N - j0;
+        if (n > pool.cols_per_part) n = pool.cols_per_part;
+        if (direct_columns(pool.dnn, pool.kind, pool.ta, pool.tb, pool.M, j0, n, pool.K, pool.A,
+                           pool.lda, pool.B, pool.ldb, pool.C, pool.ldc) != AD_SUCCESS)
+            __atomic_store_n(&pool.failed, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&pool.done, 1, __ATOMIC_RELEASE);
+        v = __atomic_load_n(&pool.claim, __ATOMIC_ACQUIRE);
+    }
+}
+
+static void *helper_main(void *arg)
+{
+    aiva_onednn *dnn = (aiva_onednn *)arg;
+    if (dnn->omp_set_num_threads) dnn->omp_set_num_threads(1);   /* parts run inline */
+    uint32_t seen = (uint32_t)(__atomic_load_n(&pool.claim, __ATOMIC_ACQUIRE) >> 32);
+    for (;;) {
+        struct timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        uint32_t gen = seen;
+        for (unsigned i = 1;; i++) {
+            gen = (uint32_t)(__atomic_load_n(&pool.claim, __ATOMIC_ACQUIRE) >> 32);
+            if (gen != seen) break;
+            if ((i & 63) == 0) {
+                if (elapsed_ns(&t0) > AIVA_HELPER_SPIN_NS) break;
+                sched_yield();   /* share the core with whatever else is runnable */
+            }
+        }
+        if (gen == seen) {
+            pthread_mutex_lock(&pool.lock);
+            pool.sleeping++;
+            while ((gen = (uint32_t)(__atomic_load_n(&pool.claim, __ATOMIC_ACQUIRE) >> 32)) == seen)
+                pthread_cond_wait(&pool.wake, &pool.lock);
+            pool.sleeping--;
+            pthread_mutex_unlock(&pool.lock);
+        }
+        seen = gen;
+        run_parts(gen);
+    }
+    return NULL;
+}
+
+/* Start helpers until there are want of them (at most HELPERS_MAX); returns how many run. */
+static int helpers_ensure(aiva_onednn *dnn, int want)
+{
+    if (want > HELPERS_MAX) want = HELPERS_MAX;
+    if (pool.pid != getpid()) {   /* first use, or a forked child: the threads are gone */
+        pthread_mutex_init(&pool.lock, NULL);
+        pthread_cond_init(&pool.wake, NULL);
+        pool.sleeping = 0;
+        pool.helpers = 0;
+        pool.pid = getpid();
+    }
+    while (pool.helpers < want) {
+        pthread_attr_t attr;
+        pthread_t th;
+        if (pthread_attr_init(&attr) != 0) break;
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int ok = pthread_create(&th, &attr, helper_main, dnn) == 0;
+        pthread_attr_destroy(&attr);
+        if (!ok) break;
+        pool.helpers++;
+    }
+    return pool.helpers;
+}
+
+/* The product on the calling thread and the helpers; 1 if it ran (status in *s), 0 if the
+ * pool is in use by another caller or has no helper. */
+static int gemm_shared(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
+                       ptrdiff_t K, const void *A, ptrdiff_t lda, const void *B, ptrdiff_t ldb,
+                       void *C, ptrdiff_t ldc, int threads, ad_status_t *s)
+{
+    if (__atomic_test_and_set(&pool.owned, __ATOMIC_ACQUIRE)) return 0;
+    if (helpers_ensure(dnn, threads - 1) < 1) {
+        __atomic_clear(&pool.owned, __ATOMIC_RELEASE);
+        return 0;
+    }
+    /* Two parts per thread, of whole 64-byte lines of C, so that a late helper still finds
+     * one and no two parts share a cache line. */
+    ptrdiff_t parts = 2 * (ptrdiff_t)(pool.helpers + 1);
+    ptrdiff_t per = (N + parts - 1) / parts;
+    per = (per + 15) / 16 * 16;
+    pool.dnn = dnn;
+    pool.kind = kind;
+    pool.ta = ta;
+    pool.tb = tb;
+    pool.M = M;
+    pool.N = N;
+    pool.K = K;
+    pool.A = A;
+    pool.lda = lda;
+    pool.B = B;
+    pool.ldb = ldb;
+    pool.C = C;
+    pool.ldc = ldc;
+    pool.cols_per_part = per;
+    pool.parts = (int)((N + per - 1) / per);
+    __atomic_store_n(&pool.done, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&pool.failed, 0, __ATOMIC_RELAXED);
+    const uint32_t gen = (uint32_t)(__atomic_load_n(&pool.claim, __ATOMIC_RELAXED) >> 32) + 1;
+    /* Publishes the fields above (the helpers' claims acquire it). */
+    __atomic_store_n(&pool.claim, (uint64_t)gen << 32, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&pool.lock);
+    if (pool.sleeping) pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    run_parts(gen);
+    /* Every part is claimed; wait for those a helper is still running. */
+    while (__atomic_load_n(&pool.done, __ATOMIC_ACQUIRE) < pool.parts) sched_yield();
+    *s = __atomic_load_n(&pool.failed, __ATOMIC_RELAXED) ? -1 : AD_SUCCESS;
+    __atomic_clear(&pool.owned, __ATOMIC_RELEASE);
+    return 1;
+}
+#endif
+
+static int gemm_direct(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
+                       ptrdiff_t K, const void *A, ptrdiff_t lda, const void *B, ptrdiff_t ldb,
+                       void *C, ptrdiff_t ldc)
+{
+    const int threads = aiva_onednn_threads(dnn);
+    /* The parts run inline on each thread: no OpenMP worker is woken. */
+    if (threads > 0) dnn->omp_set_num_threads(1);
+    ad_status_t s = AD_SUCCESS;
+#ifndef _WIN32
+    if (threads > 1 && N >= 256
+        && gemm_shared(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, threads, &s)) {
+        /* ran */
+    } else
+#endif
+        s = direct_columns(dnn, kind, ta, tb, M, 0, N, K, A, lda, B, ldb, C, ldc);
+    if (s != AD_SUCCESS) {
+        set_error("%s: the gemm failed (status %d)", "oneDNN", s);
+        return s;
+    }
+    return 0;
+}
+
 static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
                 ptrdiff_t K, const void *A, ptrdiff_t lda, const void *B, ptrdiff_t ldb,
                 void *C, ptrdiff_t ldc, const void *B_packed)
@@ -586,6 +818,8 @@ static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff
         set_error("%s: empty product (%d)", "aiva_onednn", 0);
         return -1;
     }
+    if (runs_direct(dnn, kind, M, N, K, lda, ldb, ldc))
+        return gemm_direct(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
     if (w && (w->kind != kind || w->tb != tb || w->N != N || w->K != K || w->ldb != ldb)) {
         set_error("%s: the packed weight does not describe B (%d)", "aiva_onednn", 0);
         return -1;
@@ -655,6 +889,11 @@ int aiva_onednn_gemm_u8s8(void *dnn, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t
 int aiva_onednn_impl(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
                      ptrdiff_t K, int packed, char *out, size_t out_size)
 {
+    if (runs_direct(dnn, kind, M, N, K, ta ? M : K, tb ? K : N, N)) {
+        snprintf(out, out_size, "%s", kind == AIVA_ONEDNN_BF16 ? "gemm:dnnl_gemm_bf16bf16f32"
+                                                                : "gemm:dnnl_gemm_u8s8s32");
+        return 0;
+    }
     prim_key k = {kind, ta, packed ? 0 : tb, packed != 0, M, N, K,
                   ta ? M : K, packed ? 0 : (tb ? K : N), N, threads_for(dnn, M)};
     prim_entry own;

@@ -11,6 +11,10 @@
  * primitive prefers (memory format "any"), and later products with that layout reuse the
  * pack.  A weight that changes needs a new aiva_onednn_weight (the caller's generation).
  *
+ * A product of one row is instead oneDNN's BLAS-like gemv (dnnl_gemm_u8s8s32,
+ * dnnl_gemm_bf16bf16f32) on the plain B, its columns shared between the calling thread and
+ * helper threads of ours that spin briefly between products (POSIX; see aiva_onednn.c).
+ *
  * All matrices are row-major.  The products are safe to call from many threads at once:
  * each thread gets its own oneDNN stream and scratchpad (user scratchpad mode), and the
  * caches are locked.

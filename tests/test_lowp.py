@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -82,7 +83,10 @@ def test_bf16_packed_weight_matches_plain_and_packs_once(M):
         assert np.all(np.abs(got - ref) <= bound)
         assert np.all(np.abs(plain - ref) <= bound)
     n, nbytes = packed.packs()
-    assert 1 <= n <= 2 and nbytes >= N * K * 2
+    if M == 1:      # one row runs oneDNN's gemv on the plain weight: nothing is packed
+        assert (n, nbytes) == (0, 0)
+    else:
+        assert 1 <= n <= 2 and nbytes >= N * K * 2
 
 
 @needs_bf16
@@ -152,6 +156,74 @@ def test_products_from_many_threads_at_once():
         t.join()
     assert not errors, errors[0]
     assert packed.packs()[0] >= 1
+
+
+@needs_onednn
+@pytest.mark.parametrize("N", [20, 255, 256, 1000, 1024, 2048, 4099])
+@pytest.mark.parametrize("tb", [0, 1])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_one_row_products_split_over_helper_threads(N, tb, threads):
+    # One row runs as a gemv whose columns the caller and the helper threads share (N >= 256
+    # and more than one thread): every split, uneven ones included, gives the exact product,
+    # and bf16 stays within its bound.
+    rng = np.random.default_rng(N + tb)
+    K = 300
+    top = 255 if INFO["vnni"] else 127
+    a = rng.integers(0, top + 1, (1, K)).astype(np.uint8)
+    b = rng.integers(-127, 128, (N, K) if tb else (K, N)).astype(np.int8)
+    _lowp.set_threads(threads)
+    try:
+        for _ in range(3):
+            got = _lowp.gemm_u8s8(a, b, tb=bool(tb))
+            np.testing.assert_array_equal(got, a.astype(np.int64) @ op(b.astype(np.int64), tb))
+        if INFO["bf16"]:
+            ab = bf16_bits(rng.standard_normal((1, K)))
+            bb = bf16_bits(rng.standard_normal((N, K) if tb else (K, N)))
+            A, B = bf16_value(ab), op(bf16_value(bb), tb)
+            got = _lowp.gemm_bf16(ab, bb, tb=bool(tb)).astype(np.float64)
+            assert np.all(np.abs(got - A @ B) <= gamma(K) * (np.abs(A) @ np.abs(B)))
+    finally:
+        _lowp.set_threads(0)
+
+
+@needs_onednn
+def test_one_row_products_from_many_threads_and_after_fork():
+    # Several callers at once: one shares the helpers, the others run alone; all exact.  A
+    # forked child has no helper threads and starts its own.
+    rng = np.random.default_rng(5)
+    b = rng.integers(-127, 128, (2048, 512)).astype(np.int8)
+    rows = [rng.integers(0, 128, (1, 512)).astype(np.uint8) for _ in range(5)]
+    want = [r.astype(np.int64) @ b.T.astype(np.int64) for r in rows]
+    _lowp.set_threads(2)
+    errors = []
+
+    def work(i):
+        try:
+            for r in range(40):
+                k = (i + r) % len(rows)
+                np.testing.assert_array_equal(_lowp.gemm_u8s8(rows[k], b, tb=True), want[k])
+        except Exception as exc:   # reported below, in the main thread
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
+        if hasattr(os, "fork"):
+            with warnings.catch_warnings():     # 3.12+ warns of fork in a threaded process
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:     # the child: exact, or a nonzero exit
+                ok = all(np.array_equal(_lowp.gemm_u8s8(r, b, tb=True), w)
+                         for r, w in zip(rows, want))
+                os._exit(0 if ok else 1)
+            _, status = os.waitpid(pid, 0)
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        _lowp.set_threads(0)
 
 
 @needs_onednn

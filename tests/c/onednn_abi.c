@@ -116,6 +116,7 @@ SIG(primitive_execute, dnnl_primitive_execute);
 SIG(primitive_destroy, dnnl_primitive_destroy);
 SIG(get_effective_cpu_isa, dnnl_get_effective_cpu_isa);
 SIG(version, dnnl_version);
+SIG(gemm_u8s8s32, dnnl_gemm_u8s8s32);
 
 int main(void)
 {
