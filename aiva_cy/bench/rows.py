@@ -61,6 +61,7 @@ INT8_PEERS: Tuple[str, ...] = ("aiva_int8", "torch_int8", "onnx_int8", "floor_in
 #: Rows, in table order: id -> label. Timed rows first, then the start-up and size rows.
 ROW_LABELS: Dict[str, str] = {
     "forward_b1": "forward, batch 1",
+    "predict_b8": "predict_proba, batch 8",
     "predict_b64": "predict_proba, batch 64",
     "predict_b256": "predict_proba, batch 256",
     "train_b64": "train_step, batch 64",
@@ -70,7 +71,7 @@ ROW_LABELS: Dict[str, str] = {
     "memory": "memory: peak RSS growth over `import numpy`",
     "weights": "bytes of weights",
 }
-TIMED_ROWS: Tuple[str, ...] = ("forward_b1", "predict_b64", "predict_b256", "train_b64", "train_b256")
+TIMED_ROWS: Tuple[str, ...] = ("forward_b1", "predict_b8", "predict_b64", "predict_b256", "train_b64", "train_b256")
 STARTUP_ROWS: Tuple[str, ...] = ("startup", "startup_process", "memory")
 ALL_ROWS: Tuple[str, ...] = tuple(ROW_LABELS)
 
