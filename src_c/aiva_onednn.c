@@ -578,19 +578,22 @@ static const void *pack_for(aiva_onednn *dnn, thread_state *t, aiva_onednn_weigh
 /* ---------------------------------------------------------------------------------------
  * The products.
  * --------------------------------------------------------------------------------------- */
-/* One-row products run through oneDNN's BLAS-like functions (dnnl_gemm_u8s8s32,
- * dnnl_gemm_bf16bf16f32) on plain B instead of a matmul primitive: there they are a gemv
- * kernel that streams the weights (2,048 x 1,024 on one thread: int8 29.5 us against the
- * primitive's 30.4, and 11.3 against 16.1 at 512 x 2,048).  From 2 rows up the primitive on
- * the packed weight is faster (benchmarks/README.md, "Figures behind design choices"). */
+/* Products of one row, or of more than AIVA_ONEDNN_SERIAL_ROWS, run through oneDNN's
+ * BLAS-like functions (dnnl_gemm_u8s8s32, dnnl_gemm_bf16bf16f32) on plain B instead of a
+ * matmul primitive, on threads of our own (below).  One row there is a gemv kernel that
+ * streams the weights, and many rows a blocked kernel that beats the primitive by half on
+ * one thread (2,048 x 1,024, int8: 1 row 29.5 us against 30.4; 128 rows 587 against the
+ * primitive's 1,143 at 256 rows on two threads).  From 2 to 32 rows the primitive on the
+ * packed weight is faster (8 rows: 50 against 113 us).  Measured on AMD EPYC Zen 5, oneDNN
+ * 3.2 (benchmarks/README.md, "Figures behind design choices"). */
 static int runs_direct(const aiva_onednn *dnn, int kind, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                        ptrdiff_t lda, ptrdiff_t ldb, ptrdiff_t ldc)
 {
-    if (M != 1) return 0;
+    if (M > 1 && M <= AIVA_ONEDNN_SERIAL_ROWS) return 0;
     if (kind == AIVA_ONEDNN_BF16 && !dnn->f.gemm_bf16bf16f32) return 0;
     /* The functions take 64-bit sizes but compute in int. */
     const ptrdiff_t lim = 0x7fffffff;
-    return N <= lim && K <= lim && lda <= lim && ldb <= lim && ldc <= lim;
+    return M <= lim && N <= lim && K <= lim && lda <= lim && ldb <= lim && ldc <= lim;
 }
 
 /* Columns j0 .. j0 + n of C = op(A) @ op(B), on the calling thread's OpenMP budget. */
@@ -612,22 +615,24 @@ static ad_status_t direct_columns(aiva_onednn *dnn, int kind, int ta, int tb, pt
 }
 
 /* ---------------------------------------------------------------------------------------
- * Helper threads for one-row products.
+ * Helper threads for the direct products.
  *
  * A one-row product reads the whole weight once, and one core streams it at about half the
  * rate two do; but waking a sleeping OpenMP worker (OMP_WAIT_POLICY=PASSIVE, see _lowp.pyx)
- * costs 16-25 us here, as much as the second core saves, and libgomp's spinning workers
- * fight OpenBLAS's.  So these products split their columns into parts that the calling
- * thread and our own helpers claim one at a time: a helper that is awake takes parts, one
- * that is still waking finds them taken, and the caller never waits for a helper that has
- * not started one.  A helper spins (yielding) for AIVA_HELPER_SPIN_NS after each product,
+ * costs 16-25 us here, as much as the second core saves, oneDNN's gemm opens several
+ * parallel regions per call (each a wake-up), and libgomp's spinning workers fight
+ * OpenBLAS's.  So these products split into blocks of columns that the calling thread and
+ * our own helpers claim one at a time, each run on one OpenMP thread (columns, not rows:
+ * each part packs its share of the large B and all of the small A; split by rows, every
+ * part packed all of B, and 64 rows on two threads took 225 us against 185): a helper that is awake takes parts, one that is still waking finds
+ * them taken, and the caller never waits for a helper that has not started one.  A helper spins (yielding) for AIVA_HELPER_SPIN_NS after each product,
  * long enough to stay awake between the products of one forward step and between calls in a
  * loop, then sleeps.  POSIX only; elsewhere the caller runs every part.
  * --------------------------------------------------------------------------------------- */
 #ifndef AIVA_HELPER_SPIN_NS
 #define AIVA_HELPER_SPIN_NS 200000L
 #endif
-#define HELPERS_MAX 7
+#define HELPERS_MAX 31
 
 #ifndef _WIN32
 #include <sched.h>
@@ -649,6 +654,7 @@ typedef struct {
     pthread_mutex_t lock;
     pthread_cond_t wake;
     int sleeping, helpers;
+    int active;                      /* helpers 0 .. active - 1 take part (the budget) */
     pid_t pid;                       /* a forked child has no helpers: start again */
 } helper_pool;
 
@@ -670,10 +676,8 @@ static void run_parts(uint32_t gen)
         if (!__atomic_compare_exchange_n(&pool.claim, &v, v + 1, 1, __ATOMIC_ACQ_REL,
                                          __ATOMIC_ACQUIRE))
             continue;
-        const ptrdiff_t part = (ptrdiff_t)(uint32_t)v;
-        const ptrdiff_t j0 = part * pool.cols_per_part;
-        ptrdiff_t n = pool.N - j0;
-        if (n > pool.cols_per_part) n = pool.cols_per_part;
+        const ptrdiff_t j0 = (ptrdiff_t)(uint32_t)v * pool.cols_per_part;
+        const ptrdiff_t n = pool.N - j0 < pool.cols_per_part ? pool.N - j0 : pool.cols_per_part;
         if (direct_columns(pool.dnn, pool.kind, pool.ta, pool.tb, pool.M, j0, n, pool.K, pool.A,
                            pool.lda, pool.B, pool.ldb, pool.C, pool.ldc) != AD_SUCCESS)
             __atomic_store_n(&pool.failed, 1, __ATOMIC_RELAXED);
@@ -684,7 +688,8 @@ static void run_parts(uint32_t gen)
 
 static void *helper_main(void *arg)
 {
-    aiva_onednn *dnn = (aiva_onednn *)arg;
+    const int index = (int)(intptr_t)arg;
+    aiva_onednn *dnn = pool.dnn;
     if (dnn->omp_set_num_threads) dnn->omp_set_num_threads(1);   /* parts run inline */
     uint32_t seen = (uint32_t)(__atomic_load_n(&pool.claim, __ATOMIC_ACQUIRE) >> 32);
     for (;;) {
@@ -708,7 +713,7 @@ static void *helper_main(void *arg)
             pthread_mutex_unlock(&pool.lock);
         }
         seen = gen;
-        run_parts(gen);
+        if (index < __atomic_load_n(&pool.active, __ATOMIC_RELAXED)) run_parts(gen);
     }
     return NULL;
 }
@@ -729,7 +734,8 @@ static int helpers_ensure(aiva_onednn *dnn, int want)
         pthread_t th;
         if (pthread_attr_init(&attr) != 0) break;
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int ok = pthread_create(&th, &attr, helper_main, dnn) == 0;
+        pool.dnn = dnn;
+        int ok = pthread_create(&th, &attr, helper_main, (void *)(intptr_t)pool.helpers) == 0;
         pthread_attr_destroy(&attr);
         if (!ok) break;
         pool.helpers++;
@@ -748,9 +754,12 @@ static int gemm_shared(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, 
         __atomic_clear(&pool.owned, __ATOMIC_RELEASE);
         return 0;
     }
-    /* Two parts per thread, of whole 64-byte lines of C, so that a late helper still finds
-     * one and no two parts share a cache line. */
-    ptrdiff_t parts = 2 * (ptrdiff_t)(pool.helpers + 1);
+    /* Blocks of whole 64-byte lines of C, so that no two parts share a cache line.  One row:
+     * two blocks per thread, so that a helper still waking finds one; many rows: one per
+     * thread, since each part packs all of A again. */
+    const int use = threads < pool.helpers + 1 ? threads : pool.helpers + 1;
+    __atomic_store_n(&pool.active, use - 1, __ATOMIC_RELAXED);
+    ptrdiff_t parts = (M == 1 ? 2 : 1) * (ptrdiff_t)use;
     ptrdiff_t per = (N + parts - 1) / parts;
     per = (per + 15) / 16 * 16;
     pool.dnn = dnn;

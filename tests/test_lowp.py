@@ -83,10 +83,10 @@ def test_bf16_packed_weight_matches_plain_and_packs_once(M):
         assert np.all(np.abs(got - ref) <= bound)
         assert np.all(np.abs(plain - ref) <= bound)
     n, nbytes = packed.packs()
-    if M == 1:      # one row runs oneDNN's gemv on the plain weight: nothing is packed
-        assert (n, nbytes) == (0, 0)
-    else:
+    if 2 <= M <= 32:     # the matmul primitive's rows: it runs on the packed weight
         assert 1 <= n <= 2 and nbytes >= N * K * 2
+    else:                # oneDNN's gemm on the plain weight: nothing is packed
+        assert (n, nbytes) == (0, 0)
 
 
 @needs_bf16
@@ -159,17 +159,19 @@ def test_products_from_many_threads_at_once():
 
 
 @needs_onednn
-@pytest.mark.parametrize("N", [20, 255, 256, 1000, 1024, 2048, 4099])
+@pytest.mark.parametrize("M", [1, 33, 100])
+@pytest.mark.parametrize("N", [20, 255, 256, 1000, 2049])
 @pytest.mark.parametrize("tb", [0, 1])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_one_row_products_split_over_helper_threads(N, tb, threads):
-    # One row runs as a gemv whose columns the caller and the helper threads share (N >= 256
-    # and more than one thread): every split, uneven ones included, gives the exact product,
-    # and bf16 stays within its bound.
-    rng = np.random.default_rng(N + tb)
+def test_gemm_rows_split_over_helper_threads(M, N, tb, threads):
+    # One row, or more than 32, runs as oneDNN's gemm with its columns shared between the
+    # caller and the helper threads (N >= 256 and more than one thread): every split, uneven
+    # ones included, gives the exact product, and bf16 (also with A transposed, as the
+    # backward has it) stays within its bound.
+    rng = np.random.default_rng(M + N + tb)
     K = 300
     top = 255 if INFO["vnni"] else 127
-    a = rng.integers(0, top + 1, (1, K)).astype(np.uint8)
+    a = rng.integers(0, top + 1, (M, K)).astype(np.uint8)
     b = rng.integers(-127, 128, (N, K) if tb else (K, N)).astype(np.int8)
     _lowp.set_threads(threads)
     try:
@@ -177,22 +179,23 @@ def test_one_row_products_split_over_helper_threads(N, tb, threads):
             got = _lowp.gemm_u8s8(a, b, tb=bool(tb))
             np.testing.assert_array_equal(got, a.astype(np.int64) @ op(b.astype(np.int64), tb))
         if INFO["bf16"]:
-            ab = bf16_bits(rng.standard_normal((1, K)))
-            bb = bf16_bits(rng.standard_normal((N, K) if tb else (K, N)))
-            A, B = bf16_value(ab), op(bf16_value(bb), tb)
-            got = _lowp.gemm_bf16(ab, bb, tb=bool(tb)).astype(np.float64)
-            assert np.all(np.abs(got - A @ B) <= gamma(K) * (np.abs(A) @ np.abs(B)))
+            for ta in (0, 1):
+                ab = bf16_bits(rng.standard_normal((K, M) if ta else (M, K)))
+                bb = bf16_bits(rng.standard_normal((N, K) if tb else (K, N)))
+                A, B = op(bf16_value(ab), ta), op(bf16_value(bb), tb)
+                got = _lowp.gemm_bf16(ab, bb, ta=bool(ta), tb=bool(tb)).astype(np.float64)
+                assert np.all(np.abs(got - A @ B) <= gamma(K) * (np.abs(A) @ np.abs(B)))
     finally:
         _lowp.set_threads(0)
 
 
 @needs_onednn
-def test_one_row_products_from_many_threads_and_after_fork():
+def test_gemm_rows_from_many_threads_and_after_fork():
     # Several callers at once: one shares the helpers, the others run alone; all exact.  A
     # forked child has no helper threads and starts its own.
     rng = np.random.default_rng(5)
     b = rng.integers(-127, 128, (2048, 512)).astype(np.int8)
-    rows = [rng.integers(0, 128, (1, 512)).astype(np.uint8) for _ in range(5)]
+    rows = [rng.integers(0, 128, (m, 512)).astype(np.uint8) for m in (1, 1, 40, 1, 70)]
     want = [r.astype(np.int64) @ b.T.astype(np.int64) for r in rows]
     _lowp.set_threads(2)
     errors = []
@@ -228,17 +231,25 @@ def test_one_row_products_from_many_threads_and_after_fork():
 
 @needs_onednn
 def test_cache_is_bounded_and_reuses_primitives():
-    b = np.ones((40, 8), np.int8)
+    # Primitives serve 2-32 rows (one row, and more than 32, run oneDNN's gemm instead).
     entries0, created0 = _lowp.cache_stats()
-    for M in range(1, 131):     # more shapes than the cache holds
+    shapes = [(M, N) for N in (8, 9, 10, 11) for M in range(2, 33)]   # more than it holds
+    for M, N in shapes:
         a = np.full((M, 40), 2, np.uint8)
-        np.testing.assert_array_equal(_lowp.gemm_u8s8(a, b), np.full((M, 8), 80))
+        np.testing.assert_array_equal(_lowp.gemm_u8s8(a, np.ones((40, N), np.int8)),
+                                      np.full((M, N), 80))
     entries, created = _lowp.cache_stats()
-    assert entries <= 96 and created - created0 >= 130 - 96
+    assert entries <= 96 and created - created0 >= len(shapes) - 96
     _, before = _lowp.cache_stats()
-    np.testing.assert_array_equal(_lowp.gemm_u8s8(np.full((130, 40), 1, np.uint8), b),
-                                  np.full((130, 8), 40))
+    np.testing.assert_array_equal(_lowp.gemm_u8s8(np.full((32, 40), 1, np.uint8),
+                                                  np.ones((40, 11), np.int8)),
+                                  np.full((32, 11), 40))
     assert _lowp.cache_stats()[1] == before          # a cached shape makes no new primitive
+    for M in (1, 33, 130):                           # the gemm rows make none
+        np.testing.assert_array_equal(_lowp.gemm_u8s8(np.full((M, 40), 1, np.uint8),
+                                                      np.ones((40, 8), np.int8)),
+                                      np.full((M, 8), 40))
+    assert _lowp.cache_stats()[1] == before
 
 
 @needs_onednn
