@@ -46,6 +46,24 @@ def op(a, t):
     return a.T if t else a
 
 
+def in_threads(work, n=6):
+    """Run work(i) in n threads at once; re-raise the first failure here."""
+    errors = []
+
+    def guarded(i):
+        try:
+            work(i)
+        except Exception as exc:   # reported below, in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
 SHAPES = [(1, 2048, 512), (7, 1024, 2048), (33, 20, 1024), (1, 1, 1), (5, 3, 17), (64, 96, 80)]
 
 
@@ -138,23 +156,14 @@ def test_products_from_many_threads_at_once():
     b = rng.integers(-127, 128, (2048, 512)).astype(np.int8)
     packed = _lowp.PackedWeight("int8", 1, 2048, 512, 512)
     want = [x.astype(np.int64) @ b.T.astype(np.int64) for x in a]
-    errors = []
 
     def work(i):
-        try:
-            for r in range(15):
-                k = (i + r) % len(a)
-                np.testing.assert_array_equal(_lowp.gemm_u8s8(a[k], b, tb=True, packed=packed),
-                                              want[k])
-        except Exception as exc:   # reported below, in the main thread
-            errors.append(exc)
+        for r in range(15):
+            k = (i + r) % len(a)
+            np.testing.assert_array_equal(_lowp.gemm_u8s8(a[k], b, tb=True, packed=packed),
+                                          want[k])
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    in_threads(work)
     assert packed.packs()[0] >= 1
 
 
@@ -198,23 +207,14 @@ def test_gemm_rows_from_many_threads_and_after_fork():
     rows = [rng.integers(0, 128, (m, 512)).astype(np.uint8) for m in (1, 1, 40, 1, 70)]
     want = [r.astype(np.int64) @ b.T.astype(np.int64) for r in rows]
     _lowp.set_threads(2)
-    errors = []
 
     def work(i):
-        try:
-            for r in range(40):
-                k = (i + r) % len(rows)
-                np.testing.assert_array_equal(_lowp.gemm_u8s8(rows[k], b, tb=True), want[k])
-        except Exception as exc:   # reported below, in the main thread
-            errors.append(exc)
+        for r in range(40):
+            k = (i + r) % len(rows)
+            np.testing.assert_array_equal(_lowp.gemm_u8s8(rows[k], b, tb=True), want[k])
 
     try:
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors[0]
+        in_threads(work)
         if hasattr(os, "fork"):
             with warnings.catch_warnings():     # 3.12+ warns of fork in a threaded process
                 warnings.simplefilter("ignore", DeprecationWarning)
