@@ -262,7 +262,7 @@ def render_floor_notes(floor: Mapping[str, Any]) -> str:
                      "aiva_cy", "aiva_cy / floor"])
     if floor.get("bf16_gflops") is not None:
         lines.append("")
-        lines.append(f"oneDNN bf16 rate, from its packed floor at batch 256: "
+        lines.append(f"oneDNN bf16 rate, from its floor (the products as the engine runs them) at batch 256: "
                      f"{floor['bf16_gflops']:.1f} GFLOP/s")
     if floor.get("b1_bf16_gbytes_s") is not None:
         lines.append(f"batch 1 in bf16 moves {floor['b1_bf16_bytes'] / 1e6:.1f} MB of weights: the "
@@ -273,7 +273,7 @@ def render_floor_notes(floor: Mapping[str, Any]) -> str:
                      "aiva_cy bf16 / floor"])
     if floor.get("int8_gops") is not None:
         lines.append("")
-        lines.append(f"oneDNN int8 rate, from its packed floor at batch 256 (with quantizing x "
+        lines.append(f"oneDNN int8 rate, from its floor at batch 256 (with quantizing x "
                      f"and h): {floor['int8_gops']:.1f} GOP/s")
     if floor.get("b1_int8_gbytes_s") is not None:
         lines.append(f"batch 1 in int8 moves {floor['b1_int8_bytes'] / 1e6:.1f} MB of weights: the "
@@ -317,7 +317,8 @@ def floor_estimates(rows: Mapping[str, Dict[str, Cell]]) -> Dict[str, Any]:
             est[row] = {"flops": flops, "floor_s": flops / rate,
                         "aiva_s": aiva.value if aiva is not None else None}
         out["estimates"] = est
-    # The same for bfloat16: oneDNN's bf16 rate from its packed floor, and half the bytes.
+    # The same for bfloat16: oneDNN's bf16 rate from its floor as the engine runs it (packed
+    # where the engine packs), and half the bytes.
     c16 = rows.get("predict_b256", {}).get("floor_bf16_packed")
     if c16 is not None:
         rate16 = 2.0 * 256 * N_PARAMS / c16.value

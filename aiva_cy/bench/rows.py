@@ -50,9 +50,9 @@ PEER_LABELS: Dict[str, str] = {
     "floor": "raw BLAS (floor)",
     "floor_mkl": "MKL f32 floor",
     "floor_mkl_packed": "MKL f32 packed floor",
-    "floor_bf16": "oneDNN bf16 floor",
-    "floor_bf16_packed": "oneDNN bf16 packed floor",
-    "floor_int8": "oneDNN int8 packed floor",
+    "floor_bf16": "oneDNN bf16 floor, never packed",
+    "floor_bf16_packed": "oneDNN bf16 floor",
+    "floor_int8": "oneDNN int8 floor",
 }
 BF16_PEERS: Tuple[str, ...] = ("aiva_bf16", "torch_bf16", "floor_bf16", "floor_bf16_packed")
 MKL_PEERS: Tuple[str, ...] = ("floor_mkl", "floor_mkl_packed")
