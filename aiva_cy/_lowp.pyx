@@ -22,6 +22,7 @@ cdef extern from "aiva_onednn.h" nogil:
     aiva_onednn *aiva_onednn_open(const char *path, char *err, size_t err_size)
     void aiva_onednn_version(const aiva_onednn *dnn, int *major, int *minor, int *patch)
     int aiva_onednn_isa(const aiva_onednn *dnn)
+    enum: AIVA_ONEDNN_ISA_AMX_BIT
     int aiva_onednn_native_bf16(const aiva_onednn *dnn)
     int aiva_onednn_native_vnni(const aiva_onednn *dnn)
     void aiva_onednn_set_threads(aiva_onednn *dnn, int threads, int (*follow)() noexcept nogil)
@@ -197,6 +198,7 @@ cdef aiva_onednn *_open(object blas_path=None) except NULL:
                      isa=ISA_NAMES.get(isa, hex(isa)),
                      bf16=bool(aiva_onednn_native_bf16(dnn)),
                      vnni=bool(aiva_onednn_native_vnni(dnn)),
+                     amx=bool(isa & AIVA_ONEDNN_ISA_AMX_BIT),
                      int8=(isa & 0x7) == 0x7,
                      threads_follow_blas=bool(follow),
                      omp_wait_policy=("passive (set by aiva_cy)" if policy else
@@ -217,7 +219,8 @@ def open_provider(blas_path=None):
 def info():
     """What the provider runs here: provider, path, version, isa (oneDNN's name for the
     instructions it dispatches to), bf16 (native bfloat16 products: AVX512-BF16 or AMX),
-    vnni, int8 (int8 products faster than float32: AVX2 and up), threads."""
+    vnni, amx (then many-row products stay on oneDNN's matmul primitive, which has AMX
+    kernels), int8 (int8 products faster than float32: AVX2 and up), threads."""
     _open()
     out = dict(_info)
     out["threads"] = aiva_onednn_threads(_dnn)

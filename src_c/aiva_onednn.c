@@ -585,11 +585,14 @@ static const void *pack_for(aiva_onednn *dnn, thread_state *t, aiva_onednn_weigh
  * one thread (2,048 x 1,024, int8: 1 row 29.5 us against 30.4; 128 rows 587 against the
  * primitive's 1,143 at 256 rows on two threads).  From 2 to 32 rows the primitive on the
  * packed weight is faster (8 rows: 50 against 113 us).  Measured on AMD EPYC Zen 5, oneDNN
- * 3.2 (benchmarks/README.md, "Figures behind design choices"). */
+ * 3.2 (benchmarks/README.md, "Figures behind design choices").  Where the CPU has AMX, only
+ * one row goes here: oneDNN's gemm functions have AVX-512 kernels only, while its matmul
+ * primitive runs many rows on the AMX tiles (one row is bound by reading the weights). */
 static int runs_direct(const aiva_onednn *dnn, int kind, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                        ptrdiff_t lda, ptrdiff_t ldb, ptrdiff_t ldc)
 {
-    if (M > 1 && M <= AIVA_ONEDNN_SERIAL_ROWS) return 0;
+    if (M > 1 && (M <= AIVA_ONEDNN_SERIAL_ROWS || (dnn->isa & AIVA_ONEDNN_ISA_AMX_BIT)))
+        return 0;
     if (kind == AIVA_ONEDNN_BF16 && !dnn->f.gemm_bf16bf16f32) return 0;
     /* The functions take 64-bit sizes but compute in int. */
     const ptrdiff_t lim = 0x7fffffff;

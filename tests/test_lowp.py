@@ -46,6 +46,12 @@ def op(a, t):
     return a.T if t else a
 
 
+def runs_gemm(kind, M, N, K, tb=True):
+    """Whether oneDNN's gemm function (not a matmul primitive) serves this product: one row,
+    and more than 32 rows where the CPU has no AMX."""
+    return _lowp.impl(kind, M, N, K, tb=tb).startswith("gemm:")
+
+
 def in_threads(work, n=6):
     """Run work(i) in n threads at once; re-raise the first failure here."""
     errors = []
@@ -101,9 +107,9 @@ def test_bf16_packed_weight_matches_plain_and_packs_once(M):
         assert np.all(np.abs(got - ref) <= bound)
         assert np.all(np.abs(plain - ref) <= bound)
     n, nbytes = packed.packs()
-    if 2 <= M <= 32:     # the matmul primitive's rows: it runs on the packed weight
-        assert 1 <= n <= 2 and nbytes >= N * K * 2
-    else:                # oneDNN's gemm on the plain weight: nothing is packed
+    if any(not runs_gemm("bf16", rows, N, K) for rows in (M, 1)):
+        assert 1 <= n <= 2 and nbytes >= N * K * 2     # the matmul primitive packs it once
+    else:                # oneDNN's gemm runs on the plain weight: nothing is packed
         assert (n, nbytes) == (0, 0)
 
 
@@ -231,7 +237,7 @@ def test_gemm_rows_from_many_threads_and_after_fork():
 
 @needs_onednn
 def test_cache_is_bounded_and_reuses_primitives():
-    # Primitives serve 2-32 rows (one row, and more than 32, run oneDNN's gemm instead).
+    # Primitives serve 2-32 rows (one row, and more than 32 without AMX, run oneDNN's gemm).
     entries0, created0 = _lowp.cache_stats()
     shapes = [(M, N) for N in (8, 9, 10, 11) for M in range(2, 33)]   # more than it holds
     for M, N in shapes:
@@ -246,6 +252,8 @@ def test_cache_is_bounded_and_reuses_primitives():
                                   np.full((32, 11), 40))
     assert _lowp.cache_stats()[1] == before          # a cached shape makes no new primitive
     for M in (1, 33, 130):                           # the gemm rows make none
+        if not runs_gemm("int8", M, 8, 40, tb=False):
+            continue
         np.testing.assert_array_equal(_lowp.gemm_u8s8(np.full((M, 40), 1, np.uint8),
                                                       np.ones((40, 8), np.int8)),
                                       np.full((M, 8), 40))
@@ -256,6 +264,12 @@ def test_cache_is_bounded_and_reuses_primitives():
 def test_engine_shapes_run_optimized_kernels():
     # A reference implementation ("ref:") would be correct but many times slower: the shapes
     # of a default-size step (forward at batch 1 and 256, and bf16's backward) must not get it.
+    # Which products run oneDNN's gemm functions and which its matmul primitive: one row
+    # always the gemm (a gemv), 2-32 rows the primitive, more the gemm unless there is AMX
+    # (the gemm functions have no AMX kernels).
+    assert runs_gemm("int8", 1, 2048, 512) and runs_gemm("int8", 1, 1024, 2048)
+    assert not runs_gemm("int8", 8, 1024, 2048) and not runs_gemm("int8", 32, 1024, 2048)
+    assert runs_gemm("int8", 256, 1024, 2048) == (not INFO["amx"])
     shapes = [(1, 2048, 512, 0, 1), (256, 2048, 512, 0, 1), (256, 1024, 2048, 0, 1),
               (256, 20, 1024, 0, 0)]
     for M, N, K, ta, tb in shapes:
