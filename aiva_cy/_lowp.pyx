@@ -33,7 +33,8 @@ cdef extern from "aiva_onednn.h" nogil:
                               const void *B_packed)
     int aiva_onednn_gemm_u8s8(void *dnn, int tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                               const uint8_t *A, Py_ssize_t lda, const int8_t *B,
-                              Py_ssize_t ldb, int32_t *C, Py_ssize_t ldc, const void *B_packed)
+                              Py_ssize_t ldb, int32_t *C, Py_ssize_t ldc, const void *B_packed,
+                              void *epi, void *epi_ctx)
     aiva_onednn_weight *aiva_onednn_weight_new(aiva_onednn *dnn, int kind, int tb,
                                                Py_ssize_t N, Py_ssize_t K, Py_ssize_t ldb)
     void aiva_onednn_weight_free(aiva_onednn_weight *w)
@@ -52,7 +53,7 @@ cdef extern from "aiva_core.h" nogil:
         const uint16_t *, Py_ssize_t, float *, Py_ssize_t, const void *)
     ctypedef int (*lowp_u8s8_fn "aiva_lowp_u8s8_fn")(
         void *, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, const uint8_t *, Py_ssize_t,
-        const int8_t *, Py_ssize_t, int32_t *, Py_ssize_t, const void *)
+        const int8_t *, Py_ssize_t, int32_t *, Py_ssize_t, const void *, void *, void *)
     ctypedef struct lowp_slots "aiva_blas":
         void *lowp
         lowp_bf16_fn lowp_bf16
@@ -338,9 +339,18 @@ def gemm_bf16(const uint16_t[:, :] a, const uint16_t[:, :] b, bint ta=False,
     return out
 
 
+cdef void _count_block(void *ctx, Py_ssize_t j0, Py_ssize_t n) noexcept nogil:
+    # Test epilogue: each column's count, once per block that covers it.
+    cdef int32_t *counts = <int32_t *>ctx
+    cdef Py_ssize_t j
+    for j in range(j0, j0 + n):
+        counts[j] += 1
+
+
 def gemm_u8s8(const uint8_t[:, :] a, const int8_t[:, :] b, bint tb=False,
-              PackedWeight packed=None):
-    """a (u8, M x K) @ op(b) (s8) into int32, exactly: the provider's product, for tests."""
+              PackedWeight packed=None, bint count_blocks=False):
+    """a (u8, M x K) @ op(b) (s8) into int32, exactly: the provider's product, for tests.
+    count_blocks: also return how many epilogue blocks covered each column (once each)."""
     cdef Py_ssize_t M = a.shape[0], K = a.shape[1]
     cdef Py_ssize_t N = b.shape[0] if tb else b.shape[1]
     _check_b(b, tb, N, K)
@@ -353,12 +363,15 @@ def gemm_u8s8(const uint8_t[:, :] a, const int8_t[:, :] b, bint tb=False,
     cdef const void *hp = weight_handle(packed)
     cdef aiva_onednn *dnn = _open()
     cdef int status
+    counts = np.zeros(N, np.int32)
+    cdef int32_t[::1] cnt = counts
+    cdef void *epi = <void *>_count_block if count_blocks else NULL
     with nogil:
         status = aiva_onednn_gemm_u8s8(dnn, tb, M, N, K, &a[0, 0], lda, &b[0, 0], ldb,
-                                       &c[0, 0], N, hp)
+                                       &c[0, 0], N, hp, epi, &cnt[0])
     if status != 0:
         raise RuntimeError(aiva_onednn_error().decode("utf-8", "replace"))
-    return out
+    return (out, counts) if count_blocks else out
 
 
 def impl(str kind, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint ta=False, bint tb=True,

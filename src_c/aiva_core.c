@@ -361,25 +361,49 @@ static void quantize_rows_u8(const float *restrict a, ptrdiff_t rows, ptrdiff_t 
     }
 }
 
-/* out (B, n) = (acc - zero * sum[j]) * (row_scale[b] * col_scale[j]) in float32, from the
- * provider's int32 products acc.  The zero point's share is exact integer arithmetic: acc
- * is exactly sum_k (q_k + zero) w_kj.  sum NULL: no zero point. */
+/* Columns j0 .. j0 + n of out (B, ld) = (acc - zero * sum[j]) * (row_scale[b] *
+ * col_scale[j]) in float32, from the provider's int32 products acc (B, ld).  The zero
+ * point's share is exact integer arithmetic: acc is exactly sum_k (q_k + zero) w_kj.  sum
+ * NULL: no zero point. */
 AIVA_VECTOR_PASS
-static void dequantize(const int32_t *restrict acc, ptrdiff_t rows, ptrdiff_t n,
-                       const float *restrict row_scale, const float *restrict col_scale,
-                       const int32_t *restrict sum, int zero, float *restrict out)
+static void dequantize_columns(const int32_t *restrict acc, ptrdiff_t rows, ptrdiff_t ld,
+                               ptrdiff_t j0, ptrdiff_t n, const float *restrict row_scale,
+                               const float *restrict col_scale, const int32_t *restrict sum,
+                               int zero, float *restrict out)
 {
     for (ptrdiff_t r = 0; r < rows; r++) {
-        const int32_t *ar = acc + r * n;
-        float *outr = out + r * n;
+        const int32_t *ar = acc + r * ld + j0;
+        float *outr = out + r * ld + j0;
+        const float *cs = col_scale + j0;
         const float s = row_scale[r];
         if (sum) {
+            const int32_t *sj = sum + j0;
             for (ptrdiff_t j = 0; j < n; j++)
-                outr[j] = (float)(ar[j] - zero * sum[j]) * (s * col_scale[j]);
+                outr[j] = (float)(ar[j] - zero * sj[j]) * (s * cs[j]);
         } else {
-            for (ptrdiff_t j = 0; j < n; j++) outr[j] = (float)ar[j] * (s * col_scale[j]);
+            for (ptrdiff_t j = 0; j < n; j++) outr[j] = (float)ar[j] * (s * cs[j]);
         }
     }
+}
+
+/* A product's dequantization (and fc1's tanh), as the provider's epilogue: each block of
+ * columns is finished by the thread that computed it, while it is in that core's cache. */
+typedef struct {
+    const int32_t *acc;
+    ptrdiff_t rows, ld;
+    const float *row_scale, *col_scale;
+    const int32_t *sum;
+    int zero, with_tanh;
+    float *out;
+} int8_finish;
+
+static void int8_finish_columns(void *ctx, ptrdiff_t j0, ptrdiff_t n)
+{
+    const int8_finish *f = (const int8_finish *)ctx;
+    dequantize_columns(f->acc, f->rows, f->ld, j0, n, f->row_scale, f->col_scale, f->sum,
+                       f->zero, f->out);
+    if (f->with_tanh)
+        for (ptrdiff_t r = 0; r < f->rows; r++) tanh_inplace(f->out + r * f->ld + j0, n);
 }
 
 /* Where the int8 operands of one step live in ws->bf16. */
@@ -407,17 +431,17 @@ static int int8_forward_products(const aiva_blas *blas, const aiva_net *net, con
     int32_t *acc_h = (int32_t *)(void *)ws->d_hidden, *acc_v = (int32_t *)(void *)ws->d_membrane;
     int8_scratch q = int8_parts(net, ws);
     quantize_rows_u8(x, batch, I, qmax, zero, q.x, q.x_scale);
+    int8_finish fc1 = {acc_h, batch, H, q.x_scale, net->fc1_scale, net->fc1_sum, zero,
+                       with_tanh, ws->hidden};
     if (blas->lowp_u8s8(blas->lowp, 1, batch, H, I, q.x, I, net->fc1_t_q, I, acc_h, H,
-                        net->fc1_packed))
+                        net->fc1_packed, int8_finish_columns, &fc1))
         return AIVA_ERR_PROVIDER;
-    dequantize(acc_h, batch, H, q.x_scale, net->fc1_scale, net->fc1_sum, zero, ws->hidden);
-    if (with_tanh) tanh_inplace(ws->hidden, (ptrdiff_t)batch * H);
     quantize_rows_u8(ws->hidden, batch, H, qmax, zero, q.hidden, q.h_scale);
+    int8_finish spiking = {acc_v, batch, S, q.h_scale, net->spiking_scale, net->spiking_sum,
+                           zero, 0, ws->membrane};
     if (blas->lowp_u8s8(blas->lowp, 1, batch, S, H, q.hidden, H, net->spiking_t_q, H, acc_v, S,
-                        net->spiking_packed))
+                        net->spiking_packed, int8_finish_columns, &spiking))
         return AIVA_ERR_PROVIDER;
-    dequantize(acc_v, batch, S, q.h_scale, net->spiking_scale, net->spiking_sum, zero,
-               ws->membrane);
     return AIVA_OK;
 }
 
@@ -449,11 +473,12 @@ static int int8_readout(const aiva_blas *blas, const aiva_net *net, int batch,
     for (ptrdiff_t i = 0, n = (ptrdiff_t)batch * S; i < n; i++)
         q.spikes[i] = ws->spikes[i] != 0.0f;
     int32_t *acc = (int32_t *)(void *)ws->d_logits;
-    if (blas->lowp_u8s8(blas->lowp, 0, batch, T, S, q.spikes, S, net->fc2_q, T, acc, T, NULL))
-        return AIVA_ERR_PROVIDER;
     /* Row scale 1: the spikes are not scaled.  The x scale slot is free by now. */
     for (int b = 0; b < batch; b++) q.x_scale[b] = 1.0f;
-    dequantize(acc, batch, T, q.x_scale, net->fc2_scale, NULL, 0, ws->logits);
+    int8_finish fc2 = {acc, batch, T, q.x_scale, net->fc2_scale, NULL, 0, 0, ws->logits};
+    if (blas->lowp_u8s8(blas->lowp, 0, batch, T, S, q.spikes, S, net->fc2_q, T, acc, T, NULL,
+                        int8_finish_columns, &fc2))
+        return AIVA_ERR_PROVIDER;
     return AIVA_OK;
 }
 

@@ -50,10 +50,14 @@ typedef int (*aiva_lowp_bf16_fn)(void *lowp, int ta, int tb, ptrdiff_t M, ptrdif
                                  ptrdiff_t K, const aiva_bf16 *A, ptrdiff_t lda,
                                  const aiva_bf16 *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc,
                                  const void *B_packed);
+/* u8s8's epilogue (or NULL) runs on each finished block of C's columns j0 .. j0 + n, all
+ * rows, in the thread that computed it (the provider may split C over threads). */
+typedef void (*aiva_lowp_epilogue_fn)(void *ctx, ptrdiff_t j0, ptrdiff_t n);
 typedef int (*aiva_lowp_u8s8_fn)(void *lowp, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                                  const uint8_t *A, ptrdiff_t lda, const int8_t *B,
                                  ptrdiff_t ldb, int32_t *C, ptrdiff_t ldc,
-                                 const void *B_packed);
+                                 const void *B_packed, aiva_lowp_epilogue_fn epi,
+                                 void *epi_ctx);
 typedef struct {
     aiva_sgemm_fn sgemm;       /* LP64 entry points, or NULL ...       */
     aiva_sgemv_fn sgemv;

@@ -649,6 +649,8 @@ typedef struct {
     ptrdiff_t M, N, K, lda, ldb, ldc, cols_per_part;
     const void *A, *B;
     void *C;
+    aiva_onednn_epilogue epi;
+    void *epi_ctx;
     /* (generation << 32) | next part to claim; a claim is a compare-and-swap, so a helper
      * that read an old generation cannot take a part of a newer product. */
     uint64_t claim;                  /* these three: GCC/clang __atomic builtins only */
@@ -684,6 +686,8 @@ static void run_parts(uint32_t gen)
         if (direct_columns(pool.dnn, pool.kind, pool.ta, pool.tb, pool.M, j0, n, pool.K, pool.A,
                            pool.lda, pool.B, pool.ldb, pool.C, pool.ldc) != AD_SUCCESS)
             __atomic_store_n(&pool.failed, 1, __ATOMIC_RELAXED);
+        else if (pool.epi)
+            pool.epi(pool.epi_ctx, j0, n);   /* on the block this thread just wrote */
         __atomic_fetch_add(&pool.done, 1, __ATOMIC_RELEASE);
         v = __atomic_load_n(&pool.claim, __ATOMIC_ACQUIRE);
     }
@@ -750,7 +754,8 @@ static int helpers_ensure(aiva_onednn *dnn, int want)
  * pool is in use by another caller or has no helper. */
 static int gemm_shared(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
                        ptrdiff_t K, const void *A, ptrdiff_t lda, const void *B, ptrdiff_t ldb,
-                       void *C, ptrdiff_t ldc, int threads, ad_status_t *s)
+                       void *C, ptrdiff_t ldc, aiva_onednn_epilogue epi, void *epi_ctx,
+                       int threads, ad_status_t *s)
 {
     if (__atomic_test_and_set(&pool.owned, __ATOMIC_ACQUIRE)) return 0;
     if (helpers_ensure(dnn, threads - 1) < 1) {
@@ -778,6 +783,8 @@ static int gemm_shared(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, 
     pool.ldb = ldb;
     pool.C = C;
     pool.ldc = ldc;
+    pool.epi = epi;
+    pool.epi_ctx = epi_ctx;
     pool.cols_per_part = per;
     pool.parts = (int)((N + per - 1) / per);
     __atomic_store_n(&pool.done, 0, __ATOMIC_RELAXED);
@@ -799,7 +806,7 @@ static int gemm_shared(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, 
 
 static int gemm_direct(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
                        ptrdiff_t K, const void *A, ptrdiff_t lda, const void *B, ptrdiff_t ldb,
-                       void *C, ptrdiff_t ldc)
+                       void *C, ptrdiff_t ldc, aiva_onednn_epilogue epi, void *epi_ctx)
 {
     const int threads = aiva_onednn_threads(dnn);
     /* The parts run inline on each thread: no OpenMP worker is woken. */
@@ -807,11 +814,16 @@ static int gemm_direct(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, 
     ad_status_t s = AD_SUCCESS;
 #ifndef _WIN32
     if (threads > 1 && N >= 256
-        && gemm_shared(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, threads, &s)) {
-        /* ran */
-    } else
+        && gemm_shared(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, epi, epi_ctx, threads,
+                       &s)) {
+        /* ran, epilogue included */
+    } else {
 #endif
         s = direct_columns(dnn, kind, ta, tb, M, 0, N, K, A, lda, B, ldb, C, ldc);
+        if (s == AD_SUCCESS && epi) epi(epi_ctx, 0, N);
+#ifndef _WIN32
+    }
+#endif
     if (s != AD_SUCCESS) {
         set_error("%s: the gemm failed (status %d)", "oneDNN", s);
         return s;
@@ -821,7 +833,8 @@ static int gemm_direct(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, 
 
 static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
                 ptrdiff_t K, const void *A, ptrdiff_t lda, const void *B, ptrdiff_t ldb,
-                void *C, ptrdiff_t ldc, const void *B_packed)
+                void *C, ptrdiff_t ldc, const void *B_packed, aiva_onednn_epilogue epi,
+                void *epi_ctx)
 {
     aiva_onednn_weight *w = (aiva_onednn_weight *)B_packed;
     thread_state *t = thread_get(dnn);
@@ -831,7 +844,7 @@ static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff
         return -1;
     }
     if (runs_direct(dnn, kind, M, N, K, lda, ldb, ldc))
-        return gemm_direct(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+        return gemm_direct(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, epi, epi_ctx);
     if (w && (w->kind != kind || w->tb != tb || w->N != N || w->K != K || w->ldb != ldb)) {
         set_error("%s: the packed weight does not describe B (%d)", "aiva_onednn", 0);
         return -1;
@@ -852,7 +865,7 @@ static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff
         if (!weights) {
             /* No pack (out of memory, or more layouts than MAX_PACKS): run on plain B. */
             entry_release(dnn, e);
-            return gemm(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, NULL);
+            return gemm(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, NULL, epi, epi_ctx);
         }
     }
     void *scratch = scratch_for(t, e->scratch_size);
@@ -879,6 +892,7 @@ static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff
         set_error("%s: the matmul failed (status %d)", "oneDNN", s);
         return s;
     }
+    if (epi) epi(epi_ctx, 0, N);
     return 0;
 }
 
@@ -887,15 +901,16 @@ int aiva_onednn_gemm_bf16(void *dnn, int ta, int tb, ptrdiff_t M, ptrdiff_t N, p
                           float *C, ptrdiff_t ldc, const void *B_packed)
 {
     return gemm((aiva_onednn *)dnn, AIVA_ONEDNN_BF16, ta, tb, M, N, K, A, lda, B, ldb, C, ldc,
-                B_packed);
+                B_packed, NULL, NULL);
 }
 
 int aiva_onednn_gemm_u8s8(void *dnn, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                           const uint8_t *A, ptrdiff_t lda, const int8_t *B, ptrdiff_t ldb,
-                          int32_t *C, ptrdiff_t ldc, const void *B_packed)
+                          int32_t *C, ptrdiff_t ldc, const void *B_packed,
+                          aiva_onednn_epilogue epi, void *epi_ctx)
 {
     return gemm((aiva_onednn *)dnn, AIVA_ONEDNN_U8S8, 0, tb, M, N, K, A, lda, B, ldb, C, ldc,
-                B_packed);
+                B_packed, epi, epi_ctx);
 }
 
 int aiva_onednn_impl(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,

@@ -73,11 +73,17 @@ int aiva_onednn_threads(const aiva_onednn *dnn);   /* what the next product will
 int aiva_onednn_gemm_bf16(void *dnn, int ta, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                           const uint16_t *A, ptrdiff_t lda, const uint16_t *B, ptrdiff_t ldb,
                           float *C, ptrdiff_t ldc, const void *B_packed);
+/* Work on a finished block of C's columns j0 .. j0 + n (all M rows), run by whichever thread
+ * computed that block, once per block; the blocks are disjoint and cover C. */
+typedef void (*aiva_onednn_epilogue)(void *ctx, ptrdiff_t j0, ptrdiff_t n);
+
 /* The same for u8 activations A (no transpose) and s8 weights B into an exact int32 C: every
- * |partial sum| is at most K * 255 * 128, exact in int32 for K <= 65793. */
+ * |partial sum| is at most K * 255 * 128, exact in int32 for K <= 65793.  epi (or NULL) runs
+ * on C's blocks as they are done, before the call returns; not when it fails. */
 int aiva_onednn_gemm_u8s8(void *dnn, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                           const uint8_t *A, ptrdiff_t lda, const int8_t *B, ptrdiff_t ldb,
-                          int32_t *C, ptrdiff_t ldc, const void *B_packed);
+                          int32_t *C, ptrdiff_t ldc, const void *B_packed,
+                          aiva_onednn_epilogue epi, void *epi_ctx);
 
 /* A constant weight B of the given kind and shape (see the products above), packed lazily
  * from the B passed to each product.  NULL when out of memory. */

@@ -174,7 +174,7 @@ def test_products_from_many_threads_at_once():
 
 
 @needs_onednn
-@pytest.mark.parametrize("M", [1, 33, 100])
+@pytest.mark.parametrize("M", [1, 7, 33, 100])
 @pytest.mark.parametrize("N", [20, 255, 256, 1000, 2049])
 @pytest.mark.parametrize("tb", [0, 1])
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -193,6 +193,11 @@ def test_gemm_rows_split_over_helper_threads(M, N, tb, threads):
         for _ in range(3):
             got = _lowp.gemm_u8s8(a, b, tb=bool(tb))
             np.testing.assert_array_equal(got, a.astype(np.int64) @ op(b.astype(np.int64), tb))
+        # The epilogue (the engine's dequantization) sees every column exactly once, after
+        # its block is final, whichever thread computed it.
+        got, counts = _lowp.gemm_u8s8(a, b, tb=bool(tb), count_blocks=True)
+        np.testing.assert_array_equal(counts, np.ones(N, np.int32))
+        np.testing.assert_array_equal(got, a.astype(np.int64) @ op(b.astype(np.int64), tb))
         if INFO["bf16"]:
             for ta in (0, 1):
                 ab = bf16_bits(rng.standard_normal((K, M) if ta else (M, K)))
