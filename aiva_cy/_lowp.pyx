@@ -30,7 +30,8 @@ cdef extern from "aiva_onednn.h" nogil:
     int aiva_onednn_gemm_bf16(void *dnn, int ta, int tb, Py_ssize_t M, Py_ssize_t N,
                               Py_ssize_t K, const uint16_t *A, Py_ssize_t lda,
                               const uint16_t *B, Py_ssize_t ldb, float *C, Py_ssize_t ldc,
-                              const void *B_packed)
+                              const void *B_packed,
+                              void *epi, void *epi_ctx)
     int aiva_onednn_gemm_u8s8(void *dnn, int tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                               const uint8_t *A, Py_ssize_t lda, const int8_t *B,
                               Py_ssize_t ldb, int32_t *C, Py_ssize_t ldc, const void *B_packed,
@@ -50,7 +51,7 @@ cdef extern from "aiva_onednn.h" nogil:
 cdef extern from "aiva_core.h" nogil:
     ctypedef int (*lowp_bf16_fn "aiva_lowp_bf16_fn")(
         void *, int, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, const uint16_t *, Py_ssize_t,
-        const uint16_t *, Py_ssize_t, float *, Py_ssize_t, const void *)
+        const uint16_t *, Py_ssize_t, float *, Py_ssize_t, const void *, void *, void *)
     ctypedef int (*lowp_u8s8_fn "aiva_lowp_u8s8_fn")(
         void *, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, const uint8_t *, Py_ssize_t,
         const int8_t *, Py_ssize_t, int32_t *, Py_ssize_t, const void *, void *, void *)
@@ -333,7 +334,7 @@ def gemm_bf16(const uint16_t[:, :] a, const uint16_t[:, :] b, bint ta=False,
     cdef int status
     with nogil:
         status = aiva_onednn_gemm_bf16(dnn, ta, tb, M, N, K, &a[0, 0], lda, &b[0, 0], ldb,
-                                       &c[0, 0], N, hp)
+                                       &c[0, 0], N, hp, NULL, NULL)
     if status != 0:
         raise RuntimeError(aiva_onednn_error().decode("utf-8", "replace"))
     return out

@@ -67,15 +67,26 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112, PACKED = 151, B_MATRIX = 16
 
 /* Row-major C (M, N) = op(A) @ op(B) in bf16 operands, float32 accumulation: the
  * provider's product.  B_packed is its handle of B (which it still needs), or NULL. */
+static void gemm_bf16_then(const aiva_blas *blas, int trans_a, int trans_b, int M, int N,
+                           int K, const aiva_bf16 *A, int lda, const aiva_bf16 *B, int ldb,
+                           float *C, int ldc, const void *B_packed, aiva_lowp_epilogue_fn epi,
+                           void *epi_ctx)
+{
+    /* It fails only out of memory: NaN then makes the step report non-finite output. */
+    if (blas->lowp_bf16(blas->lowp, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc,
+                        B_packed, epi, epi_ctx)) {
+        for (ptrdiff_t i = 0; i < M; i++)
+            for (ptrdiff_t j = 0; j < N; j++) C[i * ldc + j] = NAN;
+        if (epi) epi(epi_ctx, 0, N);   /* the NaN must reach what the epilogue feeds */
+    }
+}
+
 static void gemm_bf16(const aiva_blas *blas, int trans_a, int trans_b, int M, int N, int K,
                       const aiva_bf16 *A, int lda, const aiva_bf16 *B, int ldb, float *C,
                       int ldc, const void *B_packed)
 {
-    /* It fails only out of memory: NaN then makes the step report non-finite output. */
-    if (blas->lowp_bf16(blas->lowp, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc,
-                        B_packed))
-        for (ptrdiff_t i = 0; i < M; i++)
-            for (ptrdiff_t j = 0; j < N; j++) C[i * ldc + j] = NAN;
+    gemm_bf16_then(blas, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, B_packed, NULL,
+                   NULL);
 }
 
 /* Up to this many rows, a forward product is one gemv per row: OpenBLAS's sgemm packs the
@@ -406,6 +417,25 @@ static void int8_finish_columns(void *ctx, ptrdiff_t j0, ptrdiff_t n)
         for (ptrdiff_t r = 0; r < f->rows; r++) tanh_inplace(f->out + r * f->ld + j0, n);
 }
 
+/* fc1's epilogue in bf16: tanh (unless the caller applies it later) and the bf16 copy the
+ * spiking product takes, on each block of columns in the thread that computed it. */
+typedef struct {
+    float *h;
+    aiva_bf16 *h_bf16;
+    ptrdiff_t rows, ld;
+    int with_tanh;
+} bf16_finish;
+
+static void bf16_finish_columns(void *ctx, ptrdiff_t j0, ptrdiff_t n)
+{
+    const bf16_finish *f = (const bf16_finish *)ctx;
+    for (ptrdiff_t r = 0; r < f->rows; r++) {
+        float *row = f->h + r * f->ld + j0;
+        if (f->with_tanh) tanh_inplace(row, n);
+        aiva_round_bf16(row, n, f->h_bf16 + r * f->ld + j0);
+    }
+}
+
 /* Where the int8 operands of one step live in ws->bf16. */
 typedef struct { float *x_scale, *h_scale; uint8_t *x, *hidden, *spikes; } int8_scratch;
 
@@ -496,9 +526,9 @@ static void forward_products(const aiva_blas *blas, const aiva_net *net, const f
         /* The provider's packs pay at batch 1 too (oneDNN's bf16 fc1 + spiking products
          * measured 48 against 248 us packed and plain), unlike MKL's float32 ones. */
         aiva_round_bf16(x, (ptrdiff_t)batch * I, b.x);
-        gemm_bf16(blas, 0, 1, batch, H, I, b.x, I, net->fc1_t_bf16, I, h, H, net->fc1_packed);
-        if (with_tanh) tanh_inplace(h, (ptrdiff_t)batch * H);
-        aiva_round_bf16(h, (ptrdiff_t)batch * H, b.hidden);
+        bf16_finish fc1 = {h, b.hidden, batch, H, with_tanh};
+        gemm_bf16_then(blas, 0, 1, batch, H, I, b.x, I, net->fc1_t_bf16, I, h, H,
+                       net->fc1_packed, bf16_finish_columns, &fc1);
         gemm_bf16(blas, 0, 1, batch, S, H, b.hidden, H, net->spiking_t_bf16, H, v, S,
                   net->spiking_packed);
     } else {

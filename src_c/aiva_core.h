@@ -45,14 +45,15 @@ typedef void (*aiva_compute_f32_fn)(int layout, int transa, int transb, int m, i
 /* The reduced-precision provider's products (src_c/aiva_onednn.h), row-major: C (M, N) =
  * op(A) @ op(B) with op(X) = X^T where the flag is set; B_packed is the provider's handle of
  * a constant B, or NULL.  bf16 operands into float32; u8 activations by s8 weights into an
- * exact int32.  Each returns 0, or nonzero with C undefined. */
+ * exact int32.  Each returns 0, or nonzero with C undefined.  The epilogue epi (or NULL)
+ * runs on each finished block of C's columns j0 .. j0 + n, all rows, in the thread that
+ * computed it (the provider may split C over threads), before the call returns. */
+typedef void (*aiva_lowp_epilogue_fn)(void *ctx, ptrdiff_t j0, ptrdiff_t n);
 typedef int (*aiva_lowp_bf16_fn)(void *lowp, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
                                  ptrdiff_t K, const aiva_bf16 *A, ptrdiff_t lda,
                                  const aiva_bf16 *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc,
-                                 const void *B_packed);
-/* u8s8's epilogue (or NULL) runs on each finished block of C's columns j0 .. j0 + n, all
- * rows, in the thread that computed it (the provider may split C over threads). */
-typedef void (*aiva_lowp_epilogue_fn)(void *ctx, ptrdiff_t j0, ptrdiff_t n);
+                                 const void *B_packed, aiva_lowp_epilogue_fn epi,
+                                 void *epi_ctx);
 typedef int (*aiva_lowp_u8s8_fn)(void *lowp, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                                  const uint8_t *A, ptrdiff_t lda, const int8_t *B,
                                  ptrdiff_t ldb, int32_t *C, ptrdiff_t ldc,

@@ -898,10 +898,11 @@ static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff
 
 int aiva_onednn_gemm_bf16(void *dnn, int ta, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                           const uint16_t *A, ptrdiff_t lda, const uint16_t *B, ptrdiff_t ldb,
-                          float *C, ptrdiff_t ldc, const void *B_packed)
+                          float *C, ptrdiff_t ldc, const void *B_packed,
+                          aiva_onednn_epilogue epi, void *epi_ctx)
 {
     return gemm((aiva_onednn *)dnn, AIVA_ONEDNN_BF16, ta, tb, M, N, K, A, lda, B, ldb, C, ldc,
-                B_packed, NULL, NULL);
+                B_packed, epi, epi_ctx);
 }
 
 int aiva_onednn_gemm_u8s8(void *dnn, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,

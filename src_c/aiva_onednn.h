@@ -70,16 +70,16 @@ int aiva_onednn_threads(const aiva_onednn *dnn);   /* what the next product will
  * rows of M); op(B) is B (K rows of N, stride ldb) or, with tb, B^T (B is N rows of K).
  * B_packed: an aiva_onednn_weight describing B (same kind, tb, N, K, ldb), or NULL.
  * Returns 0, else a nonzero status with C left undefined (aiva_onednn_error says why). */
+/* epi (or NULL): work on a finished block of C's columns j0 .. j0 + n (all M rows), run by
+ * whichever thread computed that block, once per block (the blocks are disjoint and cover
+ * C), before the call returns; not when it fails. */
+typedef void (*aiva_onednn_epilogue)(void *ctx, ptrdiff_t j0, ptrdiff_t n);
 int aiva_onednn_gemm_bf16(void *dnn, int ta, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                           const uint16_t *A, ptrdiff_t lda, const uint16_t *B, ptrdiff_t ldb,
-                          float *C, ptrdiff_t ldc, const void *B_packed);
-/* Work on a finished block of C's columns j0 .. j0 + n (all M rows), run by whichever thread
- * computed that block, once per block; the blocks are disjoint and cover C. */
-typedef void (*aiva_onednn_epilogue)(void *ctx, ptrdiff_t j0, ptrdiff_t n);
-
+                          float *C, ptrdiff_t ldc, const void *B_packed,
+                          aiva_onednn_epilogue epi, void *epi_ctx);
 /* The same for u8 activations A (no transpose) and s8 weights B into an exact int32 C: every
- * |partial sum| is at most K * 255 * 128, exact in int32 for K <= 65793.  epi (or NULL) runs
- * on C's blocks as they are done, before the call returns; not when it fails. */
+ * |partial sum| is at most K * 255 * 128, exact in int32 for K <= 65793. */
 int aiva_onednn_gemm_u8s8(void *dnn, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                           const uint8_t *A, ptrdiff_t lda, const int8_t *B, ptrdiff_t ldb,
                           int32_t *C, ptrdiff_t ldc, const void *B_packed,

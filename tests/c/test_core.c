@@ -124,7 +124,8 @@ static float bf16_to_float(aiva_bf16 h)
  * loop, the stand-in for oneDNN here (tests/test_lowp.py checks oneDNN's own). */
 static int ref_lowp_bf16(void *lowp, int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                          const aiva_bf16 *a, ptrdiff_t lda, const aiva_bf16 *b, ptrdiff_t ldb,
-                         float *c, ptrdiff_t ldc, const void *b_packed)
+                         float *c, ptrdiff_t ldc, const void *b_packed,
+                         aiva_lowp_epilogue_fn epi, void *epi_ctx)
 {
     (void)lowp;
     (void)b_packed;   /* a handle of b only: b itself is always passed too */
@@ -138,6 +139,13 @@ static int ref_lowp_bf16(void *lowp, int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
             }
             c[i * ldc + j] = s;
         }
+    /* The epilogue on two uneven blocks of columns, last first, as a provider that splits C
+     * over threads may run them. */
+    if (epi) {
+        const ptrdiff_t half = n / 3;
+        epi(epi_ctx, half, n - half);
+        if (half > 0) epi(epi_ctx, 0, half);
+    }
     return 0;
 }
 
