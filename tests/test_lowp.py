@@ -403,6 +403,27 @@ def test_without_vnni_activations_are_seven_bit_and_bf16_is_refused():
 
 
 @needs_onednn
+@pytest.mark.parametrize("isa", ["AVX512_CORE", "AVX2"])
+def test_seven_bit_products_are_exact_on_every_path_without_vnni(isa):
+    # As on CPUs without VNNI: the engine's 7-bit activations (q + 64, |q| <= 63) stay exact
+    # through every path -- the gemv (1 row), the primitive (7) and the split gemm (40) --
+    # on the worst weights (-128) and on random ones, with the helper threads in use.
+    code = ("import numpy as np\nfrom aiva_cy import _lowp\n_lowp.set_threads(2)\n"
+            "rng = np.random.default_rng(0)\nok = []\n"
+            "for M in (1, 7, 40):\n"
+            "    for a in (np.full((M, 2048), 127, np.uint8),\n"
+            "              rng.integers(1, 128, (M, 2048)).astype(np.uint8)):\n"
+            "        for b in (np.full((300, 2048), -128, np.int8),\n"
+            "                  rng.integers(-128, 128, (300, 2048)).astype(np.int8)):\n"
+            "            want = a.astype(np.int64) @ b.T.astype(np.int64)\n"
+            "            ok.append(bool((_lowp.gemm_u8s8(a, b, tb=True) == want).all()))\n"
+            "print(_lowp.info()['vnni'], all(ok), len(ok))\n")
+    out = _run(code, ONEDNN_MAX_CPU_ISA=isa)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "12"], out.stdout
+
+
+@needs_onednn
 def test_idle_openmp_workers_sleep_unless_the_user_chose():
     # libgomp's default spinning made two pools fight on a busy machine: oneDNN's libgomp is
     # loaded with OMP_WAIT_POLICY=PASSIVE, set only while it loads.
