@@ -581,12 +581,12 @@ static const void *pack_for(aiva_onednn *dnn, thread_state *t, aiva_onednn_weigh
 /* Products of one row, or of more than AIVA_ONEDNN_SERIAL_ROWS, run through oneDNN's
  * BLAS-like functions (dnnl_gemm_u8s8s32, dnnl_gemm_bf16bf16f32) on plain B instead of a
  * matmul primitive, on threads of our own (below).  One row there is a gemv kernel that
- * streams the weights, and many rows a blocked kernel that beats the primitive by half on
- * one thread (2,048 x 1,024, int8: 1 row 29.5 us against 30.4; 128 rows 587 against the
- * primitive's 1,143 at 256 rows on two threads).  From 2 to 32 rows the primitive on the
- * packed weight is faster (8 rows: 50 against 113 us).  Measured on AMD EPYC Zen 5, oneDNN
- * 3.2 (benchmarks/README.md, "Figures behind design choices").  Where the CPU has AMX, only
- * one row goes here: oneDNN's gemm functions have AVX-512 kernels only, while its matmul
+ * streams the weights, and many rows a blocked kernel as fast on one thread as the
+ * primitive on two (2,048 x 1,024, int8: 1 row 29.5 us against the primitive's 30.4, both on
+ * one thread; 256 rows 1,101 us on one thread against 1,143 on two).  From 2 to 32 rows the
+ * primitive on the packed weight is faster (8 rows: 50 against 113 us).  Measured on AMD
+ * EPYC Zen 5, oneDNN 3.2 (benchmarks/README.md, "Figures behind design choices").  Where the
+ * CPU has AMX, only one row goes here: oneDNN's gemm functions have AVX-512 kernels only, while its matmul
  * primitive runs many rows on the AMX tiles (one row is bound by reading the weights). */
 static int runs_direct(const aiva_onednn *dnn, int kind, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                        ptrdiff_t lda, ptrdiff_t ldb, ptrdiff_t ldc)
@@ -625,12 +625,14 @@ static ad_status_t direct_columns(aiva_onednn *dnn, int kind, int ta, int tb, pt
  * costs 16-25 us here, as much as the second core saves, oneDNN's gemm opens several
  * parallel regions per call (each a wake-up), and libgomp's spinning workers fight
  * OpenBLAS's.  So these products split into blocks of columns that the calling thread and
- * our own helpers claim one at a time, each run on one OpenMP thread (columns, not rows:
- * each part packs its share of the large B and all of the small A; split by rows, every
- * part packed all of B, and 64 rows on two threads took 225 us against 185): a helper that is awake takes parts, one that is still waking finds
- * them taken, and the caller never waits for a helper that has not started one.  A helper spins (yielding) for AIVA_HELPER_SPIN_NS after each product,
- * long enough to stay awake between the products of one forward step and between calls in a
- * loop, then sleeps.  POSIX only; elsewhere the caller runs every part.
+ * our own helpers claim one at a time, each run on one OpenMP thread.  Columns, not rows:
+ * each part packs its share of the large B and all of the small A (split by rows, every
+ * part packed all of B: 64 rows on two threads took 225 us against 185).  A helper that is
+ * awake takes parts, one that is still waking finds them taken, and the caller never waits
+ * for a helper that has not started one.  A helper spins (yielding) for AIVA_HELPER_SPIN_NS
+ * after each product, long enough to stay awake between the products of one forward step
+ * and between calls in a loop, then sleeps.  POSIX only; elsewhere the caller runs every
+ * part.
  * --------------------------------------------------------------------------------------- */
 #ifndef AIVA_HELPER_SPIN_NS
 #define AIVA_HELPER_SPIN_NS 200000L
