@@ -6,13 +6,13 @@ missing-library errors are tested everywhere."""
 import os
 import subprocess
 import sys
-import threading
 import warnings
 
 import numpy as np
 import pytest
 
 from aiva_cy import _lowp
+from threaded import in_threads
 
 try:
     _lowp.open_provider()
@@ -50,24 +50,6 @@ def runs_gemm(kind, M, N, K, tb=True):
     """Whether oneDNN's gemm function (not a matmul primitive) serves this product: one row,
     and more than 32 rows where the CPU has no AMX."""
     return _lowp.impl(kind, M, N, K, tb=tb).startswith("gemm:")
-
-
-def in_threads(work, n=6):
-    """Run work(i) in n threads at once; re-raise the first failure here."""
-    errors = []
-
-    def guarded(i):
-        try:
-            work(i)
-        except Exception as exc:   # reported below, in the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
 
 
 SHAPES = [(1, 2048, 512), (7, 1024, 2048), (33, 20, 1024), (1, 1, 1), (5, 3, 17), (64, 96, 80)]

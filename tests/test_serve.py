@@ -25,6 +25,7 @@ from aiva_cy import AIVANet
 from aiva_cy.reference import KEYS, softmax
 from aiva_cy.serve import Batcher
 from conftest import firing_weights
+from threaded import in_threads
 
 U = 2.0 ** -24
 TANH_ULPS = 8 * U    # the C core's rational tanh is a few ulp from the exact value (|h| <= 1)
@@ -141,6 +142,16 @@ def _wait_for(cond, what: str) -> None:
     pytest.fail(f"gave up waiting for {what}")
 
 
+def _queue_behind_first(b: Batcher, gated: GatedNet, ts: List[threading.Thread]) -> None:
+    """Start ts[0] and let it hold the gated worker, then start the rest and wait until all
+    their rows are queued behind it."""
+    ts[0].start()
+    gated.entered.wait()
+    for t in ts[1:]:
+        t.start()
+    _wait_for(lambda: _queued(b) == len(ts) - 1, f"{len(ts) - 1} rows queued")
+
+
 # -- answers ---------------------------------------------------------------------------------
 def test_one_call_answers_like_the_net(net: AIVANet, rows: np.ndarray) -> None:
     with Batcher(net) as b:
@@ -165,24 +176,15 @@ def test_many_threads_each_get_their_own_rows_answer(net: AIVANet, rows: np.ndar
                                                      n_threads: int) -> None:
     got = np.full((len(rows), net.num_tools), np.nan, np.float32)
     decisions: Dict[int, Tuple[int, float, bool]] = {}
-    errors: List[BaseException] = []
     barrier = threading.Barrier(n_threads)
     with Batcher(net, max_batch=32) as b:
         def work(k: int) -> None:
-            try:
-                barrier.wait()
-                for i in range(k, len(rows), n_threads):
-                    got[i] = b.predict_proba(rows[i])
-                    decisions[i] = b.decide(rows[i])
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
+            barrier.wait()
+            for i in range(k, len(rows), n_threads):
+                got[i] = b.predict_proba(rows[i])
+                decisions[i] = b.decide(rows[i])
 
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(n_threads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert not errors
+        in_threads(work, n_threads)
     assert not np.isnan(got).any()
     clear = assert_close_to_reference(net, rows, got)
     want = net.decide(rows)
@@ -283,11 +285,7 @@ def test_rows_are_merged_up_to_max_batch(net: AIVANet, rows: np.ndarray) -> None
     out: Dict[int, np.ndarray] = {}
     ts = [threading.Thread(target=lambda i=i: out.__setitem__(i, b.predict_proba(rows[i])))
           for i in range(21)]
-    ts[0].start()
-    gated.entered.wait()
-    for t in ts[1:]:
-        t.start()
-    _wait_for(lambda: _queued(b) == 20, "20 rows queued")
+    _queue_behind_first(b, gated, ts)
     gated.gate.set()
     for t in ts:
         t.join()
@@ -316,11 +314,7 @@ def test_callers_back_from_a_batch_join_the_rows_that_queued_during_it(
     ts = [threading.Thread(target=first)]
     ts += [threading.Thread(target=lambda i=i: out.__setitem__(i, b.predict_proba(rows[i])))
            for i in range(1, 11)]
-    ts[0].start()
-    gated.entered.wait()
-    for t in ts[1:]:
-        t.start()
-    _wait_for(lambda: _queued(b) == 10, "10 rows queued")
+    _queue_behind_first(b, gated, ts)
     gated.gate.set()
     for t in ts:
         t.join()
@@ -398,11 +392,7 @@ def test_a_bad_row_fails_only_its_own_caller(net: AIVANet, rows: np.ndarray) -> 
 
     b = Batcher(gated)
     ts = [threading.Thread(target=call, args=(i, bad if i == 5 else rows[i])) for i in range(10)]
-    ts[0].start()
-    gated.entered.wait()
-    for t in ts[1:]:
-        t.start()
-    _wait_for(lambda: _queued(b) == 9, "9 rows queued")
+    _queue_behind_first(b, gated, ts)
     gated.gate.set()
     for t in ts:
         t.join()
@@ -458,11 +448,7 @@ def test_close_drains_the_queue_then_refuses_calls(net: AIVANet, rows: np.ndarra
     out: Dict[int, np.ndarray] = {}
     ts = [threading.Thread(target=lambda i=i: out.__setitem__(i, b.predict_proba(rows[i])))
           for i in range(6)]
-    ts[0].start()
-    gated.entered.wait()
-    for t in ts[1:]:
-        t.start()
-    _wait_for(lambda: _queued(b) == 5, "5 rows queued")
+    _queue_behind_first(b, gated, ts)
     closer = threading.Thread(target=b.close)
     closer.start()
     _wait_for(lambda: b.closed, "the Batcher to close")

@@ -6,6 +6,7 @@ import threading
 import numpy as np
 
 import bounds as bd
+from threaded import in_threads
 
 from aiva_cy import AIVANet
 
@@ -16,24 +17,15 @@ def test_concurrent_predict_proba_equals_serial():
     inputs = [rng.standard_normal((b, 512)) for b in (1, 3, 17, 1, 64, 5, 2, 33)]
     serial = [net.predict_proba(x) for x in inputs]
     results = {}
-    errors = []
     barrier = threading.Barrier(8)
 
     def worker(i):
-        try:
-            barrier.wait()
-            for rep in range(5):
-                j = (i + rep) % len(inputs)
-                results[(i, rep)] = (j, net.predict_proba(inputs[j]))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        barrier.wait()
+        for rep in range(5):
+            j = (i + rep) % len(inputs)
+            results[(i, rep)] = (j, net.predict_proba(inputs[j]))
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    in_threads(worker, 8)
     assert len(results) == 40
     # Not bit for bit: a call that overlaps others runs its products on fewer BLAS threads
     # (aiva_cy.num_threads), and OpenBLAS then splits a product of 33 rows or more
@@ -365,21 +357,13 @@ def test_a_failing_call_gives_its_place_back(settings):
         with pytest.raises(ValueError):
             call(bad)
         assert _threads._in_flight() == 0 and _threads._waiting() == 0
-    errors = []
 
-    def worker():
-        try:
-            for _ in range(10):
-                net.predict_proba(np.ones((2, 16)))
-        except Exception as exc:  # pragma: no cover
-            errors.append(exc)
+    def worker(i):
+        for _ in range(10):
+            net.predict_proba(np.ones((2, 16)))
 
-    ts = [threading.Thread(target=worker) for _ in range(4)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errors and _threads._in_flight() == 0
+    in_threads(worker, 4)
+    assert _threads._in_flight() == 0
 
 
 def test_fit_holding_the_net_lock_and_predicting_threads_all_finish(settings):
@@ -425,21 +409,12 @@ def test_a_lone_call_gets_the_whole_budget_and_concurrent_calls_give_it_back(bud
     x = np.random.default_rng(0).standard_normal((1, 512))
     net.predict_proba(x)
     assert _threads._in_flight() == 0 and _threads._blas_threads() == budget
-    errors = []
 
-    def worker():
-        try:
-            for _ in range(20):
-                net.predict_proba(x)
-        except Exception as exc:  # pragma: no cover
-            errors.append(exc)
+    def worker(i):
+        for _ in range(20):
+            net.predict_proba(x)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    in_threads(worker, 8)
     assert _threads._in_flight() == 0
     assert _threads._blas_threads() == budget == aiva_cy.num_threads()
 
