@@ -523,8 +523,8 @@ static void forward_products(const aiva_blas *blas, const aiva_net *net, const f
     float *h = ws->hidden, *v = ws->membrane;
     if (net->bf16) {
         bf16_scratch b = bf16_parts(net, ws);
-        /* The provider's packs pay at batch 1 too (oneDNN's bf16 fc1 + spiking products
-         * measured 48 against 248 us packed and plain), unlike MKL's float32 ones. */
+        /* The provider decides per row count whether a product runs on its pack of the
+         * weight (2-32 rows) or on the plain weight (one row: a gemv; more rows: a gemm). */
         aiva_round_bf16(x, (ptrdiff_t)batch * I, b.x);
         bf16_finish fc1 = {h, b.hidden, batch, H, with_tanh};
         gemm_bf16_then(blas, 0, 1, batch, H, I, b.x, I, net->fc1_t_bf16, I, h, H,

@@ -728,7 +728,7 @@ static void *helper_main(void *arg)
 }
 
 /* Start helpers until there are want of them (at most HELPERS_MAX); returns how many run. */
-static int helpers_ensure(aiva_onednn *dnn, int want)
+static int helpers_ensure(int want)
 {
     if (want > HELPERS_MAX) want = HELPERS_MAX;
     if (pool.pid != getpid()) {   /* first use, or a forked child: the threads are gone */
@@ -743,7 +743,6 @@ static int helpers_ensure(aiva_onednn *dnn, int want)
         pthread_t th;
         if (pthread_attr_init(&attr) != 0) break;
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pool.dnn = dnn;
         int ok = pthread_create(&th, &attr, helper_main, (void *)(intptr_t)pool.helpers) == 0;
         pthread_attr_destroy(&attr);
         if (!ok) break;
@@ -760,7 +759,8 @@ static int gemm_shared(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, 
                        int threads, ad_status_t *s)
 {
     if (__atomic_test_and_set(&pool.owned, __ATOMIC_ACQUIRE)) return 0;
-    if (helpers_ensure(dnn, threads - 1) < 1) {
+    pool.dnn = dnn;   /* read by new helpers as they start, and by every part */
+    if (helpers_ensure(threads - 1) < 1) {
         __atomic_clear(&pool.owned, __ATOMIC_RELEASE);
         return 0;
     }
@@ -772,7 +772,6 @@ static int gemm_shared(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, 
     ptrdiff_t parts = (M == 1 ? 2 : 1) * (ptrdiff_t)use;
     ptrdiff_t per = (N + parts - 1) / parts;
     per = (per + 15) / 16 * 16;
-    pool.dnn = dnn;
     pool.kind = kind;
     pool.ta = ta;
     pool.tb = tb;
