@@ -337,12 +337,34 @@ static int key_equal(const prim_key *a, const prim_key *b)
  * workers (OMP_WAIT_POLICY=PASSIVE, see _lowp.pyx) once per product costs more than the
  * second core saves there (benchmarks/README.md, "Figures behind design choices").  One row
  * never gets here: gemm_direct shares it with our own helpers, which need no wake-up. */
+#ifndef _WIN32
+#include <unistd.h>
+/* The process in which this thread last led an OpenMP team; 0: never.  GNU OpenMP keeps a
+ * thread's team in that thread's own pool, and fork copies the pool but not its workers: a
+ * team led again by the thread that forked waits for them forever (seen on an AMX CPU,
+ * where many rows run on a two-thread primitive).  A thread started in the child has a
+ * fresh pool and may lead teams. */
+static __thread pid_t led_team_in;
+#endif
+
 static int threads_for(aiva_onednn *dnn, ptrdiff_t M)
 {
     int n = aiva_onednn_threads(dnn);
     if (n > 1 && M <= AIVA_ONEDNN_SERIAL_ROWS) n = 1;
+#ifndef _WIN32
+    if (n > 1 && led_team_in && led_team_in != getpid()) n = 1;   /* forked: see above */
+#endif
     if (n > 0) dnn->omp_set_num_threads(n);
     return n;
+}
+
+static void leading_team(int threads)
+{
+#ifndef _WIN32
+    if (threads > 1 && !led_team_in) led_team_in = getpid();
+#else
+    (void)threads;
+#endif
 }
 
 /* A 2-D descriptor of rows x cols, row-major with row stride ld, or its transpose stored
@@ -881,6 +903,7 @@ static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff
         ad_exec_arg_t args[4] = {{AD_ARG_SRC, src}, {AD_ARG_WEIGHTS, wei},
                                    {AD_ARG_DST, dst}, {AD_ARG_SCRATCHPAD, pad}};
         if (k.threads > 0) dnn->omp_set_num_threads(k.threads);   /* a nested call may have changed it */
+        leading_team(k.threads);
         s = dnn->f.primitive_execute(e->prim, t->stream, pad ? 4 : 3, args);
         if (s == AD_SUCCESS) s = dnn->f.stream_wait(t->stream);
     }

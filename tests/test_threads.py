@@ -6,7 +6,7 @@ import threading
 import numpy as np
 
 import bounds as bd
-from threaded import in_threads
+from threaded import in_fork, in_threads
 
 from aiva_cy import AIVANet
 
@@ -489,3 +489,17 @@ def test_reduced_precision_calls_share_the_float32_budget(budget):
     for p in out:     # each call within the bf16 bound of the reference, whatever its share
         bd.assert_probs(p, step)
     assert _threads._in_flight() == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_predicts_as_its_parent_in_every_precision():
+    # The parent's own thread runs every batch size first, so that any thread pool a
+    # product uses (OpenBLAS's, oneDNN's OpenMP team on AMX CPUs) exists before the fork.
+    precisions = ["float32"] + [p for p in ("bfloat16", "int8")
+                                if aiva_cy.blas_info()["precisions"][p]["available"]]
+    rng = np.random.default_rng(3)
+    inputs = [rng.standard_normal((b, 512)) for b in (1, 8, 40, 256)]
+    nets = {p: AIVANet(seed=0, precision=p) for p in precisions}
+    want = {p: [net.predict_proba(x) for x in inputs] for p, net in nets.items()}
+    in_fork(lambda: all(np.allclose(net.predict_proba(x), w, atol=1e-5, rtol=0)
+                        for p, net in nets.items() for x, w in zip(inputs, want[p])))
