@@ -491,6 +491,14 @@ static void spike_readout_s8(const float *restrict spikes, const int8_t *restric
     for (int t = 0; t < T; t++) z[t] *= scale[t];
 }
 
+/* The spikes as 0/1 bytes, fc2's u8 operand (built for the widest vectors: 256 x 1,024
+ * spikes at the baseline's width took as long as the fc2 product itself). */
+AIVA_VECTOR_PASS
+static void spikes_u8(const float *restrict spikes, ptrdiff_t n, uint8_t *restrict out)
+{
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = (uint8_t)(spikes[i] != 0.0f);
+}
+
 static int int8_readout(const aiva_blas *blas, const aiva_net *net, int batch,
                         aiva_workspace *ws)
 {
@@ -500,8 +508,7 @@ static int int8_readout(const aiva_blas *blas, const aiva_net *net, int batch,
         return AIVA_OK;
     }
     int8_scratch q = int8_parts(net, ws);
-    for (ptrdiff_t i = 0, n = (ptrdiff_t)batch * S; i < n; i++)
-        q.spikes[i] = ws->spikes[i] != 0.0f;
+    spikes_u8(ws->spikes, (ptrdiff_t)batch * S, q.spikes);
     int32_t *acc = (int32_t *)(void *)ws->d_logits;
     /* Row scale 1: the spikes are not scaled.  The x scale slot is free by now. */
     for (int b = 0; b < batch; b++) q.x_scale[b] = 1.0f;

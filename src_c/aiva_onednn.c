@@ -670,6 +670,7 @@ typedef struct {
     /* The product in flight: written by the owner before it publishes the generation. */
     aiva_onednn *dnn;
     int kind, ta, tb, parts;
+    int epilogue_only;               /* the product is done (a primitive): parts are epi only */
     ptrdiff_t M, N, K, lda, ldb, ldc, cols_per_part;
     const void *A, *B;
     void *C;
@@ -707,8 +708,9 @@ static void run_parts(uint32_t gen)
             continue;
         const ptrdiff_t j0 = (ptrdiff_t)(uint32_t)v * pool.cols_per_part;
         const ptrdiff_t n = pool.N - j0 < pool.cols_per_part ? pool.N - j0 : pool.cols_per_part;
-        if (direct_columns(pool.dnn, pool.kind, pool.ta, pool.tb, pool.M, j0, n, pool.K, pool.A,
-                           pool.lda, pool.B, pool.ldb, pool.C, pool.ldc) != AD_SUCCESS)
+        if (!pool.epilogue_only
+            && direct_columns(pool.dnn, pool.kind, pool.ta, pool.tb, pool.M, j0, n, pool.K,
+                              pool.A, pool.lda, pool.B, pool.ldb, pool.C, pool.ldc) != AD_SUCCESS)
             __atomic_store_n(&pool.failed, 1, __ATOMIC_RELAXED);
         else if (pool.epi)
             pool.epi(pool.epi_ctx, j0, n);   /* on the block this thread just wrote */
@@ -774,11 +776,12 @@ static int helpers_ensure(int want)
 }
 
 /* The product on the calling thread and the helpers; 1 if it ran (status in *s), 0 if the
- * pool is in use by another caller or has no helper. */
+ * pool is in use by another caller or has no helper.  epilogue_only: C is already computed
+ * (by a primitive) and the parts only run epi on their columns. */
 static int gemm_shared(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
                        ptrdiff_t K, const void *A, ptrdiff_t lda, const void *B, ptrdiff_t ldb,
                        void *C, ptrdiff_t ldc, aiva_onednn_epilogue epi, void *epi_ctx,
-                       int threads, ad_status_t *s)
+                       int threads, int epilogue_only, ad_status_t *s)
 {
     if (__atomic_test_and_set(&pool.owned, __ATOMIC_ACQUIRE)) return 0;
     pool.dnn = dnn;   /* read by new helpers as they start, and by every part */
@@ -788,13 +791,15 @@ static int gemm_shared(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, 
     }
     /* Blocks of whole 64-byte lines of C, so that no two parts share a cache line.  One row:
      * two blocks per thread, so that a helper still waking finds one; many rows: one per
-     * thread, since each part packs all of A again. */
+     * thread, since each part packs all of A again; an epilogue alone: four per thread, as
+     * its parts cost nothing to start and the helpers wake while the caller runs. */
     const int use = threads < pool.helpers + 1 ? threads : pool.helpers + 1;
     __atomic_store_n(&pool.active, use - 1, __ATOMIC_RELAXED);
-    ptrdiff_t parts = (M == 1 ? 2 : 1) * (ptrdiff_t)use;
+    ptrdiff_t parts = (epilogue_only ? 4 : M == 1 ? 2 : 1) * (ptrdiff_t)use;
     ptrdiff_t per = (N + parts - 1) / parts;
     per = (per + 15) / 16 * 16;
     pool.kind = kind;
+    pool.epilogue_only = epilogue_only;
     pool.ta = ta;
     pool.tb = tb;
     pool.M = M;
@@ -838,7 +843,7 @@ static int gemm_direct(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, 
 #ifndef _WIN32
     if (threads > 1 && N >= 256
         && gemm_shared(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, epi, epi_ctx, threads,
-                       &s)) {
+                       0, &s)) {
         /* ran, epilogue included */
     } else {
 #endif
@@ -916,7 +921,18 @@ static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff
         set_error("%s: the matmul failed (status %d)", "oneDNN", s);
         return s;
     }
-    if (epi) epi(epi_ctx, 0, N);
+    if (epi) {
+        /* A primitive on several threads is many rows (AMX CPUs): its epilogue (int8's
+         * dequantization and tanh over 256 x 2,048, ~0.45 ms) would otherwise run on this
+         * thread alone, as long as the product itself. */
+#ifndef _WIN32
+        ad_status_t es = AD_SUCCESS;
+        if (!(k.threads > 1 && N >= 256
+              && gemm_shared(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, epi, epi_ctx,
+                             k.threads, 1, &es)))
+#endif
+            epi(epi_ctx, 0, N);
+    }
     return 0;
 }
 
