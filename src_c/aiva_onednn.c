@@ -96,6 +96,9 @@ static const char *no_state_error = "out of memory (per-thread state)";
 #ifndef AIVA_ONEDNN_SERIAL_ROWS
 #define AIVA_ONEDNN_SERIAL_ROWS 32
 #endif
+#ifndef AIVA_ONEDNN_AMX_INT8_GEMM_ROWS
+#define AIVA_ONEDNN_AMX_INT8_GEMM_ROWS 128   /* see runs_direct */
+#endif
 
 typedef struct {
     int kind, ta, tb, packed;
@@ -608,12 +611,18 @@ static const void *pack_for(aiva_onednn *dnn, thread_state *t, aiva_onednn_weigh
  * one thread; 256 rows 1,101 us on one thread against 1,143 on two).  From 2 to 32 rows the
  * primitive on the packed weight is faster (8 rows: 50 against 113 us).  Measured on AMD
  * EPYC Zen 5, oneDNN 3.2 (benchmarks/README.md, "Figures behind design choices").  Where the
- * CPU has AMX, only one row goes here: oneDNN's gemm functions have AVX-512 kernels only, while its matmul
- * primitive runs many rows on the AMX tiles (one row is bound by reading the weights). */
+ * CPU has AMX, oneDNN's gemm functions still run AVX-512 kernels, while its matmul primitive
+ * runs many rows on the AMX tiles: there bf16 keeps the primitive above 32 rows, and int8
+ * above AIVA_ONEDNN_AMX_INT8_GEMM_ROWS (Intel Xeon with AMX, 2 cores: int8 predict_proba at
+ * 64 rows 0.51-0.56 ms on the gemm against 0.60-0.63 on the primitive, even at 128-256;
+ * bf16 at 192 rows 1.69-1.75 ms on the gemm against 1.37-1.55).  One row always comes
+ * here: it is bound by reading the weights, and the primitive took 3-4x as long. */
 static int runs_direct(const aiva_onednn *dnn, int kind, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                        ptrdiff_t lda, ptrdiff_t ldb, ptrdiff_t ldc)
 {
-    if (M > 1 && (M <= AIVA_ONEDNN_SERIAL_ROWS || (dnn->isa & AIVA_ONEDNN_ISA_AMX_BIT)))
+    if (M > 1 && M <= AIVA_ONEDNN_SERIAL_ROWS) return 0;
+    if (M > 1 && (dnn->isa & AIVA_ONEDNN_ISA_AMX_BIT)
+        && (kind == AIVA_ONEDNN_BF16 || M > AIVA_ONEDNN_AMX_INT8_GEMM_ROWS))
         return 0;
     if (kind == AIVA_ONEDNN_BF16 && !dnn->f.gemm_bf16bf16f32) return 0;
     /* The functions take 64-bit sizes but compute in int. */

@@ -47,7 +47,7 @@ def op(a, t):
 
 def runs_gemm(kind, M, N, K, tb=True):
     """Whether oneDNN's gemm function (not a matmul primitive) serves this product: one row,
-    and more than 32 rows where the CPU has no AMX."""
+    and more than 32 rows (where the CPU has AMX: int8 only, up to 128 rows)."""
     return _lowp.impl(kind, M, N, K, tb=tb).startswith("gemm:")
 
 
@@ -196,7 +196,7 @@ def test_gemm_rows_from_many_threads_and_after_fork():
     # forked child has no helper threads and starts its own.
     rng = np.random.default_rng(5)
     b = rng.integers(-127, 128, (2048, 512)).astype(np.int8)
-    rows = [rng.integers(0, 128, (m, 512)).astype(np.uint8) for m in (1, 1, 40, 1, 70)]
+    rows = [rng.integers(0, 128, (m, 512)).astype(np.uint8) for m in (1, 1, 40, 1, 200)]
     want = [r.astype(np.int64) @ b.T.astype(np.int64) for r in rows]
     _lowp.set_threads(2)
 
@@ -208,8 +208,8 @@ def test_gemm_rows_from_many_threads_and_after_fork():
     try:
         in_threads(work)
         if hasattr(os, "fork"):
-            # This thread has led OpenMP teams where 40 and 70 rows run on a two-thread
-            # primitive (AMX CPUs): the child must not wait for the parent's workers.
+            # This thread has led OpenMP teams where 200 rows run on a two-thread primitive
+            # (AMX CPUs): the child must not wait for the parent's workers.
             in_fork(lambda: all(np.array_equal(_lowp.gemm_u8s8(r, b, tb=True), w)
                                 for r, w in zip(rows, want)))
     finally:
@@ -218,7 +218,8 @@ def test_gemm_rows_from_many_threads_and_after_fork():
 
 @needs_onednn
 def test_cache_is_bounded_and_reuses_primitives():
-    # Primitives serve 2-32 rows (one row, and more than 32 without AMX, run oneDNN's gemm).
+    # Primitives serve 2-32 rows (one row, and more than 32 save bf16 and 129+ int8 rows on
+    # AMX CPUs, run oneDNN's gemm).
     entries0, created0 = _lowp.cache_stats()
     shapes = [(M, N) for N in (8, 9, 10, 11) for M in range(2, 33)]   # more than it holds
     for M, N in shapes:
@@ -247,11 +248,16 @@ def test_engine_shapes_run_optimized_kernels():
     # A reference implementation ("ref:") would be correct but many times slower: the shapes
     # of a default-size step (forward at batch 1 and 256, and bf16's backward) must not get it.
     # Which products run oneDNN's gemm functions and which its matmul primitive: one row
-    # always the gemm (a gemv), 2-32 rows the primitive, more the gemm unless there is AMX
-    # (the gemm functions have no AMX kernels).
+    # always the gemm (a gemv), 2-32 rows the primitive, more the gemm; where there is AMX
+    # (the gemm functions have no AMX kernels), bf16 above 32 rows and int8 above 128 rows
+    # the primitive.
     assert runs_gemm("int8", 1, 2048, 512) and runs_gemm("int8", 1, 1024, 2048)
     assert not runs_gemm("int8", 8, 1024, 2048) and not runs_gemm("int8", 32, 1024, 2048)
+    assert runs_gemm("int8", 64, 1024, 2048) and runs_gemm("int8", 128, 1024, 2048)
     assert runs_gemm("int8", 256, 1024, 2048) == (not INFO["amx"])
+    if INFO["bf16"]:
+        assert runs_gemm("bf16", 1, 1024, 2048) and not runs_gemm("bf16", 8, 1024, 2048)
+        assert runs_gemm("bf16", 64, 1024, 2048) == (not INFO["amx"])
     shapes = [(1, 2048, 512, 0, 1), (256, 2048, 512, 0, 1), (256, 1024, 2048, 0, 1),
               (256, 20, 1024, 0, 0)]
     for M, N, K, ta, tb in shapes:
