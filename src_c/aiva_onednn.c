@@ -614,9 +614,9 @@ static const void *pack_for(aiva_onednn *dnn, thread_state *t, aiva_onednn_weigh
  * CPU has AMX, oneDNN's gemm functions still run AVX-512 kernels, while its matmul primitive
  * runs many rows on the AMX tiles: there bf16 keeps the primitive above 32 rows, and int8
  * above AIVA_ONEDNN_AMX_INT8_GEMM_ROWS (Intel Xeon with AMX, 2 cores: int8 predict_proba at
- * 64 rows 0.51-0.56 ms on the gemm against 0.60-0.63 on the primitive, even at 128-256;
- * bf16 at 192 rows 1.69-1.75 ms on the gemm against 1.37-1.55).  One row always comes
- * here: it is bound by reading the weights, and the primitive took 3-4x as long. */
+ * 64 rows 0.51-0.56 ms on the gemm against 0.60-0.63 on the primitive, about even from 128
+ * to 256; bf16 at 192 rows 1.69-1.75 ms on the gemm against 1.47-1.55).  One row always
+ * comes here: it is bound by reading the weights, and the primitive took 2-4x as long. */
 static int runs_direct(const aiva_onednn *dnn, int kind, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                        ptrdiff_t lda, ptrdiff_t ldb, ptrdiff_t ldc)
 {
