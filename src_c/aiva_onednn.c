@@ -738,7 +738,7 @@ static void run_parts(uint32_t gen)
  * the other core idles, and the kernel did not separate them for whole 60-call blocks:
  * after each pause the Intel AMX machine ran int8 at batch 1 in 160-190 us instead of
  * 60-90, the helper taking under 1% of the parts in the worst blocks.  Moving the helper
- * when it is found there: 86-113 us. */
+ * when it is found there: 67-113 us. */
 static int current_cpu(void) { return sched_getcpu(); }
 
 /* Off cpu, keeping the thread's affinity: the kernel moves a thread at once when its mask
