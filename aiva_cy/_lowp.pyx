@@ -36,6 +36,7 @@ cdef extern from "aiva_onednn.h" nogil:
                               const uint8_t *A, Py_ssize_t lda, const int8_t *B,
                               Py_ssize_t ldb, int32_t *C, Py_ssize_t ldc, const void *B_packed,
                               void *epi, void *epi_ctx)
+    void aiva_onednn_parallel(void *dnn, Py_ssize_t n, void *fn, void *ctx)
     aiva_onednn_weight *aiva_onednn_weight_new(aiva_onednn *dnn, int kind, int tb,
                                                Py_ssize_t N, Py_ssize_t K, Py_ssize_t ldb)
     void aiva_onednn_weight_free(aiva_onednn_weight *w)
@@ -55,10 +56,12 @@ cdef extern from "aiva_core.h" nogil:
     ctypedef int (*lowp_u8s8_fn "aiva_lowp_u8s8_fn")(
         void *, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, const uint8_t *, Py_ssize_t,
         const int8_t *, Py_ssize_t, int32_t *, Py_ssize_t, const void *, void *, void *)
+    ctypedef void (*lowp_parallel_fn "aiva_lowp_parallel_fn")(void *, Py_ssize_t, void *, void *)
     ctypedef struct lowp_slots "aiva_blas":
         void *lowp
         lowp_bf16_fn lowp_bf16
         lowp_u8s8_fn lowp_u8s8
+        lowp_parallel_fn lowp_parallel
 
 
 #: The distributions that carry libdnnl, in order of preference: the CPU-only build with GNU
@@ -259,6 +262,7 @@ cdef int fill_table(void *blas) except -1:
     t.lowp = <void *>_open()
     t.lowp_bf16 = <lowp_bf16_fn>aiva_onednn_gemm_bf16
     t.lowp_u8s8 = <lowp_u8s8_fn>aiva_onednn_gemm_u8s8
+    t.lowp_parallel = <lowp_parallel_fn>aiva_onednn_parallel
     return 0
 
 

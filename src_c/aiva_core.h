@@ -59,6 +59,11 @@ typedef int (*aiva_lowp_u8s8_fn)(void *lowp, int tb, ptrdiff_t M, ptrdiff_t N, p
                                  ptrdiff_t ldb, int32_t *C, ptrdiff_t ldc,
                                  const void *B_packed, aiva_lowp_epilogue_fn epi,
                                  void *epi_ctx);
+/* fn over items 0 .. n, in blocks j0 .. j0 + count that together cover each item once,
+ * shared between the calling thread and the provider's helper threads, all done before the
+ * call returns (the provider may run every block on the calling thread). */
+typedef void (*aiva_lowp_parallel_fn)(void *lowp, ptrdiff_t n, aiva_lowp_epilogue_fn fn,
+                                      void *ctx);
 typedef struct {
     aiva_sgemm_fn sgemm;       /* LP64 entry points, or NULL ...       */
     aiva_sgemv_fn sgemv;
@@ -73,6 +78,7 @@ typedef struct {
     void *lowp;
     aiva_lowp_bf16_fn lowp_bf16;
     aiva_lowp_u8s8_fn lowp_u8s8;
+    aiva_lowp_parallel_fn lowp_parallel;   /* optional: NULL runs the passes on the caller */
 } aiva_blas;
 
 /* The network.  fc1 and the spiking layer are kept as (out, in) — the transpose of the

@@ -980,6 +980,20 @@ static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff
     return 0;
 }
 
+void aiva_onednn_parallel(void *dnn, ptrdiff_t n, aiva_onednn_epilogue fn, void *ctx)
+{
+    if (n < 1) return;
+#ifndef _WIN32
+    const int threads = aiva_onednn_threads((aiva_onednn *)dnn);
+    ad_status_t s = AD_SUCCESS;
+    if (threads > 1 && n > 1
+        && gemm_shared((aiva_onednn *)dnn, 0, 0, 0, 1, n, 0, NULL, 0, NULL, 0, NULL, 0, fn, ctx,
+                       threads, 1, &s))
+        return;
+#endif
+    fn(ctx, 0, n);
+}
+
 int aiva_onednn_gemm_bf16(void *dnn, int ta, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                           const uint16_t *A, ptrdiff_t lda, const uint16_t *B, ptrdiff_t ldb,
                           float *C, ptrdiff_t ldc, const void *B_packed,

@@ -434,6 +434,15 @@ def test_a_helper_on_the_callers_cpu_moves_off_and_keeps_its_affinity():
     # affinity for a moment (in a few rounds only: the kernel usually moves it first; a build
     # that did not give the affinity back failed here in 4 of 4 runs of 300 rounds).  After
     # every product each thread allows again the CPUs it allowed before; all stay exact.
+    def masks(tids):
+        out = {}
+        for tid in tids:
+            try:
+                out[tid] = os.sched_getaffinity(tid)
+            except OSError:                        # a thread that ended meanwhile
+                pass
+        return out
+
     rng = np.random.default_rng(9)
     b = rng.integers(-127, 128, (1024, 2048)).astype(np.int8)
     a = rng.integers(0, 128, (1, 2048)).astype(np.uint8)
@@ -444,26 +453,25 @@ def test_a_helper_on_the_callers_cpu_moves_off_and_keeps_its_affinity():
     _lowp.set_threads(2)
     try:
         _lowp.gemm_u8s8(a, b, tb=True)            # the helpers exist from here on
+        time.sleep(0.01)                          # and no helper is half way through a move
+        others = masks(int(t) for t in os.listdir("/proc/self/task") if int(t) != me)
         os.sched_setaffinity(0, {cpu})
-        others = {}
-        for tid in (int(t) for t in os.listdir("/proc/self/task")):
-            try:
-                if tid != me:
-                    others[tid] = os.sched_getaffinity(tid)
-            except OSError:                        # a thread that ended meanwhile
-                pass
         for _ in range(300):
-            for tid, allowed in others.items():
-                os.sched_setaffinity(tid, {cpu})
-                os.sched_setaffinity(tid, allowed)
+            for tid, allowed in masks(others).items():
+                try:
+                    os.sched_setaffinity(tid, {cpu})
+                    os.sched_setaffinity(tid, allowed)
+                except OSError:
+                    pass
             for _ in range(3):
                 np.testing.assert_array_equal(_lowp.gemm_u8s8(a, b, tb=True), want)
                 # A helper may be moving right now, its affinity narrowed for a moment.
                 deadline = time.monotonic() + 0.5
-                while ({tid: os.sched_getaffinity(tid) for tid in others} != others
+                while (masks(others) != {t: others[t] for t in masks(others)}
                        and time.monotonic() < deadline):
                     time.sleep(0.001)
-                assert {tid: os.sched_getaffinity(tid) for tid in others} == others
+                now = masks(others)
+                assert now == {t: others[t] for t in now}
     finally:
         os.sched_setaffinity(0, mine)
         _lowp.set_threads(0)
