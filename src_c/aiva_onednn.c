@@ -990,6 +990,8 @@ void aiva_onednn_parallel(void *dnn, ptrdiff_t n, aiva_onednn_epilogue fn, void 
         && gemm_shared((aiva_onednn *)dnn, 0, 0, 0, 1, n, 0, NULL, 0, NULL, 0, NULL, 0, fn, ctx,
                        threads, 1, &s))
         return;
+#else
+    (void)dnn;   /* no helper threads here */
 #endif
     fn(ctx, 0, n);
 }
