@@ -742,7 +742,8 @@ static void run_parts(uint32_t gen)
 static int current_cpu(void) { return sched_getcpu(); }
 
 /* Off cpu, keeping the thread's affinity: the kernel moves a thread at once when its mask
- * excludes the CPU it runs on, and restoring the mask does not move it back. */
+ * excludes the CPU it runs on, and restoring the mask does not move it back.  (A mask set
+ * on this thread from outside between the two calls is replaced by the one from before.) */
 static void move_off(int cpu)
 {
     cpu_set_t mask, other;
