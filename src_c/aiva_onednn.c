@@ -676,7 +676,6 @@ static ad_status_t direct_columns(aiva_onednn *dnn, int kind, int ta, int tb, pt
 #ifndef _WIN32
 #include <sched.h>
 #include <time.h>
-#include <unistd.h>
 
 typedef struct {
     /* The product in flight: written by the owner before it publishes the generation. */
@@ -966,18 +965,13 @@ static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff
         set_error("%s: the matmul failed (status %d)", "oneDNN", s);
         return s;
     }
-    if (epi) {
-        /* A primitive on several threads is many rows (AMX CPUs): its epilogue (int8's
-         * dequantization and tanh over 256 x 2,048, ~0.45 ms) would otherwise run on this
-         * thread alone, as long as the product itself. */
-#ifndef _WIN32
-        ad_status_t es = AD_SUCCESS;
-        if (!(k.threads > 1 && N >= 256
-              && gemm_shared(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, epi, epi_ctx,
-                             k.threads, 1, &es)))
-#endif
-            epi(epi_ctx, 0, N);
-    }
+    /* A primitive on several threads is many rows (AMX CPUs): its epilogue (int8's
+     * dequantization and tanh over 256 x 2,048, ~0.45 ms) would otherwise run on this thread
+     * alone, as long as the product itself. */
+    if (epi && k.threads > 1 && N >= 256)
+        aiva_onednn_parallel(dnn, N, epi, epi_ctx);
+    else if (epi)
+        epi(epi_ctx, 0, N);
     return 0;
 }
 

@@ -80,14 +80,14 @@ int aiva_onednn_gemm_bf16(void *dnn, int ta, int tb, ptrdiff_t M, ptrdiff_t N, p
                           aiva_onednn_epilogue epi, void *epi_ctx);
 /* The same for u8 activations A (no transpose) and s8 weights B into an exact int32 C: every
  * |partial sum| is at most K * 255 * 128, exact in int32 for K <= 65793. */
-/* fn over 0 .. n in blocks, on the calling thread and the helper threads within the thread
- * budget (aiva_lowp_parallel_fn); on the calling thread alone outside POSIX, or when another
- * caller holds the helpers. */
-void aiva_onednn_parallel(void *dnn, ptrdiff_t n, aiva_onednn_epilogue fn, void *ctx);
 int aiva_onednn_gemm_u8s8(void *dnn, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                           const uint8_t *A, ptrdiff_t lda, const int8_t *B, ptrdiff_t ldb,
                           int32_t *C, ptrdiff_t ldc, const void *B_packed,
                           aiva_onednn_epilogue epi, void *epi_ctx);
+/* fn over 0 .. n in blocks, on the calling thread and the helper threads within the thread
+ * budget (aiva_lowp_parallel_fn); on the calling thread alone outside POSIX, or when another
+ * caller holds the helpers. */
+void aiva_onednn_parallel(void *dnn, ptrdiff_t n, aiva_onednn_epilogue fn, void *ctx);
 
 /* A constant weight B of the given kind and shape (see the products above), packed lazily
  * from the B passed to each product.  NULL when out of memory. */
