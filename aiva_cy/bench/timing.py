@@ -11,6 +11,7 @@ median could not be taken over clean samples is marked with :data:`NOISY_MARK`.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import statistics
 import time
@@ -32,8 +33,14 @@ class Settings:
     warmup: int = 4                  # untimed calls per peer (they also calibrate k)
     # Untimed calls right before each timed block of a fast peer (one call < rewarm_below_s):
     # after the pause its worker threads are asleep, and waking them (and letting the
-    # scheduler spread them over the cores) is not the per-call cost being measured.
+    # scheduler spread them over the cores) is not the per-call cost being measured. At
+    # least rewarm_calls, and enough of them to last rewarm_s: on the 2-core AMD EPYC VM,
+    # after a 0.12 s pause, every peer ran its first call 3.5-7x slower, calls 3-10 1.5x
+    # and calls 10-30 1.1x, a slowdown that lasts some 2-5 ms whatever the call (aiva_cy
+    # int8 at batch 1: 390, 129, 66, 49 us against 44 in a loop; float32: 677, 363, 163,
+    # 102 against 97). Three calls left the short calls measured mostly inside it.
     rewarm_calls: int = 3
+    rewarm_s: float = 0.005
     rewarm_below_s: float = 0.01
     # Sleep before every block. OpenBLAS's idle workers spin for 2**28 TSC cycles (about
     # 0.1 s here: a full core burnt while the caller sleeps, measured with process_time)
@@ -55,7 +62,7 @@ class Settings:
     @classmethod
     def quick(cls) -> "Settings":
         return cls(rounds=3, slow_rounds=1, block_s=0.01, max_calls=20, warmup=1,
-                   startup_runs=1, retries=0, retry_budget_s=0.0)
+                   startup_runs=1, retries=0, retry_budget_s=0.0, rewarm_s=0.001)
 
     @classmethod
     def short(cls) -> "Settings":
@@ -218,7 +225,8 @@ def measure_interleaved(cases: Mapping[str, Callable[[], Any]], s: Settings,
                 break
         one = min(times[1:])
         ks[name] = max(1, min(s.max_calls, int(round(s.block_s / max(one, 1e-9)))))
-        rewarm[name] = s.rewarm_calls if one < s.rewarm_below_s else 0
+        rewarm[name] = (max(s.rewarm_calls, int(math.ceil(s.rewarm_s / max(one, 1e-9))))
+                        if one < s.rewarm_below_s else 0)
         # A peer that takes a quarter of a second per call (the BioNeuron's Python loop
         # over a batch) gets fewer rounds: its medians are stable and time is precious.
         rounds_of[name] = s.rounds if one < s.slow_call_s else max(1, min(s.rounds, s.slow_rounds))
