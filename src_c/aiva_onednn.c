@@ -606,6 +606,17 @@ static const void *pack_for(aiva_onednn *dnn, thread_state *t, aiva_onednn_weigh
 /* ---------------------------------------------------------------------------------------
  * The products.
  * --------------------------------------------------------------------------------------- */
+/* C = op(A) @ op(B) as the caller asked for it; epi (may be NULL) runs on each block of
+ * columns of C once that block is written. */
+typedef struct {
+    int kind, ta, tb;
+    ptrdiff_t M, N, K, lda, ldb, ldc;
+    const void *A, *B;
+    void *C;
+    aiva_onednn_epilogue epi;
+    void *epi_ctx;
+} product;
+
 /* Products of one row, or of more than AIVA_ONEDNN_SERIAL_ROWS, run through oneDNN's
  * BLAS-like functions (dnnl_gemm_u8s8s32, dnnl_gemm_bf16bf16f32) on plain B instead of a
  * matmul primitive, on threads of our own (below).  One row there is a gemv kernel that
@@ -634,21 +645,20 @@ static int runs_direct(const aiva_onednn *dnn, int kind, ptrdiff_t M, ptrdiff_t 
 }
 
 /* Columns j0 .. j0 + n of C = op(A) @ op(B), on the calling thread's OpenMP budget. */
-static ad_status_t direct_columns(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M,
-                                  ptrdiff_t j0, ptrdiff_t n, ptrdiff_t K, const void *A,
-                                  ptrdiff_t lda, const void *B, ptrdiff_t ldb, void *C,
-                                  ptrdiff_t ldc)
+static ad_status_t direct_columns(aiva_onednn *dnn, const product *p, ptrdiff_t j0,
+                                  ptrdiff_t n)
 {
     /* Column j of op(B) is row j of B with tb, else column j. */
-    const ptrdiff_t b_off = tb ? j0 * ldb : j0;
-    if (kind == AIVA_ONEDNN_BF16)
-        return dnn->f.gemm_bf16bf16f32(ta ? 'T' : 'N', tb ? 'T' : 'N', M, n, K, 1.0f,
-                                       (const uint16_t *)A, lda, (const uint16_t *)B + b_off,
-                                       ldb, 0.0f, (float *)C + j0, ldc);
+    const ptrdiff_t b_off = p->tb ? j0 * p->ldb : j0;
+    const char ta = p->ta ? 'T' : 'N', tb = p->tb ? 'T' : 'N';
+    if (p->kind == AIVA_ONEDNN_BF16)
+        return dnn->f.gemm_bf16bf16f32(ta, tb, p->M, n, p->K, 1.0f, (const uint16_t *)p->A,
+                                       p->lda, (const uint16_t *)p->B + b_off, p->ldb, 0.0f,
+                                       (float *)p->C + j0, p->ldc);
     const int32_t no_offset = 0;
-    return dnn->f.gemm_u8s8s32(ta ? 'T' : 'N', tb ? 'T' : 'N', 'F', M, n, K, 1.0f,
-                               (const uint8_t *)A, lda, 0, (const int8_t *)B + b_off, ldb, 0,
-                               0.0f, (int32_t *)C + j0, ldc, &no_offset);
+    return dnn->f.gemm_u8s8s32(ta, tb, 'F', p->M, n, p->K, 1.0f, (const uint8_t *)p->A,
+                               p->lda, 0, (const int8_t *)p->B + b_off, p->ldb, 0, 0.0f,
+                               (int32_t *)p->C + j0, p->ldc, &no_offset);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -680,13 +690,10 @@ static ad_status_t direct_columns(aiva_onednn *dnn, int kind, int ta, int tb, pt
 typedef struct {
     /* The product in flight: written by the owner before it publishes the generation. */
     aiva_onednn *dnn;
-    int kind, ta, tb, parts;
+    product p;
+    int parts;
     int epilogue_only;               /* the product is done (a primitive): parts are epi only */
-    ptrdiff_t M, N, K, lda, ldb, ldc, cols_per_part;
-    const void *A, *B;
-    void *C;
-    aiva_onednn_epilogue epi;
-    void *epi_ctx;
+    ptrdiff_t cols_per_part;
     /* (generation << 32) | next part to claim; a claim is a compare-and-swap, so a helper
      * that read an old generation cannot take a part of a newer product. */
     uint64_t claim;                  /* these three: GCC/clang __atomic builtins only */
@@ -719,13 +726,12 @@ static void run_parts(uint32_t gen)
                                          __ATOMIC_ACQUIRE))
             continue;
         const ptrdiff_t j0 = (ptrdiff_t)(uint32_t)v * pool.cols_per_part;
-        const ptrdiff_t n = pool.N - j0 < pool.cols_per_part ? pool.N - j0 : pool.cols_per_part;
-        if (!pool.epilogue_only
-            && direct_columns(pool.dnn, pool.kind, pool.ta, pool.tb, pool.M, j0, n, pool.K,
-                              pool.A, pool.lda, pool.B, pool.ldb, pool.C, pool.ldc) != AD_SUCCESS)
+        const ptrdiff_t left = pool.p.N - j0;
+        const ptrdiff_t n = left < pool.cols_per_part ? left : pool.cols_per_part;
+        if (!pool.epilogue_only && direct_columns(pool.dnn, &pool.p, j0, n) != AD_SUCCESS)
             __atomic_store_n(&pool.failed, 1, __ATOMIC_RELAXED);
-        else if (pool.epi)
-            pool.epi(pool.epi_ctx, j0, n);   /* on the block this thread just wrote */
+        else if (pool.p.epi)
+            pool.p.epi(pool.p.epi_ctx, j0, n);   /* on the block this thread just wrote */
         __atomic_fetch_add(&pool.done, 1, __ATOMIC_RELEASE);
         v = __atomic_load_n(&pool.claim, __ATOMIC_ACQUIRE);
     }
@@ -821,10 +827,8 @@ static int helpers_ensure(int want)
 /* The product on the calling thread and the helpers; 1 if it ran (status in *s), 0 if the
  * pool is in use by another caller or has no helper.  epilogue_only: C is already computed
  * (by a primitive) and the parts only run epi on their columns. */
-static int gemm_shared(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
-                       ptrdiff_t K, const void *A, ptrdiff_t lda, const void *B, ptrdiff_t ldb,
-                       void *C, ptrdiff_t ldc, aiva_onednn_epilogue epi, void *epi_ctx,
-                       int threads, int epilogue_only, ad_status_t *s)
+static int gemm_shared(aiva_onednn *dnn, const product *p, int threads, int epilogue_only,
+                       ad_status_t *s)
 {
     if (__atomic_test_and_set(&pool.owned, __ATOMIC_ACQUIRE)) return 0;
     pool.dnn = dnn;   /* read by new helpers as they start, and by every part */
@@ -838,24 +842,12 @@ static int gemm_shared(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, 
      * its parts cost nothing to start and the helpers wake while the caller runs. */
     const int use = threads < pool.helpers + 1 ? threads : pool.helpers + 1;
     __atomic_store_n(&pool.active, use - 1, __ATOMIC_RELAXED);
-    ptrdiff_t parts = (epilogue_only ? 4 : M == 1 ? 2 : 1) * (ptrdiff_t)use;
+    const ptrdiff_t N = p->N;
+    ptrdiff_t parts = (epilogue_only ? 4 : p->M == 1 ? 2 : 1) * (ptrdiff_t)use;
     ptrdiff_t per = (N + parts - 1) / parts;
     per = (per + 15) / 16 * 16;
-    pool.kind = kind;
+    pool.p = *p;
     pool.epilogue_only = epilogue_only;
-    pool.ta = ta;
-    pool.tb = tb;
-    pool.M = M;
-    pool.N = N;
-    pool.K = K;
-    pool.A = A;
-    pool.lda = lda;
-    pool.B = B;
-    pool.ldb = ldb;
-    pool.C = C;
-    pool.ldc = ldc;
-    pool.epi = epi;
-    pool.epi_ctx = epi_ctx;
     pool.cols_per_part = per;
     pool.caller_cpu = current_cpu();
     pool.parts = (int)((N + per - 1) / per);
@@ -876,23 +868,19 @@ static int gemm_shared(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, 
 }
 #endif
 
-static int gemm_direct(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
-                       ptrdiff_t K, const void *A, ptrdiff_t lda, const void *B, ptrdiff_t ldb,
-                       void *C, ptrdiff_t ldc, aiva_onednn_epilogue epi, void *epi_ctx)
+static int gemm_direct(aiva_onednn *dnn, const product *p)
 {
     const int threads = aiva_onednn_threads(dnn);
     /* The parts run inline on each thread: no OpenMP worker is woken. */
     if (threads > 0) dnn->omp_set_num_threads(1);
     ad_status_t s = AD_SUCCESS;
 #ifndef _WIN32
-    if (threads > 1 && N >= 256
-        && gemm_shared(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, epi, epi_ctx, threads,
-                       0, &s)) {
+    if (threads > 1 && p->N >= 256 && gemm_shared(dnn, p, threads, 0, &s)) {
         /* ran, epilogue included */
     } else {
 #endif
-        s = direct_columns(dnn, kind, ta, tb, M, 0, N, K, A, lda, B, ldb, C, ldc);
-        if (s == AD_SUCCESS && epi) epi(epi_ctx, 0, N);
+        s = direct_columns(dnn, p, 0, p->N);
+        if (s == AD_SUCCESS && p->epi) p->epi(p->epi_ctx, 0, p->N);
 #ifndef _WIN32
     }
 #endif
@@ -903,12 +891,11 @@ static int gemm_direct(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, 
     return 0;
 }
 
-static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
-                ptrdiff_t K, const void *A, ptrdiff_t lda, const void *B, ptrdiff_t ldb,
-                void *C, ptrdiff_t ldc, const void *B_packed, aiva_onednn_epilogue epi,
-                void *epi_ctx)
+static int gemm(aiva_onednn *dnn, const product *p, const void *B_packed)
 {
     aiva_onednn_weight *w = (aiva_onednn_weight *)B_packed;
+    const int kind = p->kind, ta = p->ta, tb = p->tb;
+    const ptrdiff_t M = p->M, N = p->N, K = p->K, lda = p->lda, ldb = p->ldb, ldc = p->ldc;
     thread_state *t = thread_get(dnn);
     if (!t) return -1;
     if (M < 1 || N < 1 || K < 1) {
@@ -916,7 +903,7 @@ static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff
         return -1;
     }
     if (runs_direct(dnn, kind, M, N, K, lda, ldb, ldc))
-        return gemm_direct(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, epi, epi_ctx);
+        return gemm_direct(dnn, p);
     if (w && (w->kind != kind || w->tb != tb || w->N != N || w->K != K || w->ldb != ldb)) {
         set_error("%s: the packed weight does not describe B (%d)", "aiva_onednn", 0);
         return -1;
@@ -931,21 +918,21 @@ static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff
         set_error("%s: cannot create the matmul primitive (status %d)", "oneDNN", s);
         return s ? s : -1;
     }
-    const void *weights = B;
+    const void *weights = p->B;
     if (w) {
-        weights = pack_for(dnn, t, w, B, e->wei_md, &s);
+        weights = pack_for(dnn, t, w, p->B, e->wei_md, &s);
         if (!weights) {
             /* No pack (out of memory, or more layouts than MAX_PACKS): run on plain B. */
             entry_release(dnn, e);
-            return gemm(dnn, kind, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, NULL, epi, epi_ctx);
+            return gemm(dnn, p, NULL);
         }
     }
     void *scratch = scratch_for(t, e->scratch_size);
     ad_memory_t src = NULL, wei = NULL, dst = NULL, pad = NULL;
     if (e->scratch_size && !scratch) s = 1;
-    if (s == AD_SUCCESS) s = dnn->f.memory_create(&src, e->src_md, dnn->engine, (void *)A);
+    if (s == AD_SUCCESS) s = dnn->f.memory_create(&src, e->src_md, dnn->engine, (void *)p->A);
     if (s == AD_SUCCESS) s = dnn->f.memory_create(&wei, e->wei_md, dnn->engine, (void *)weights);
-    if (s == AD_SUCCESS) s = dnn->f.memory_create(&dst, e->dst_md, dnn->engine, C);
+    if (s == AD_SUCCESS) s = dnn->f.memory_create(&dst, e->dst_md, dnn->engine, p->C);
     if (s == AD_SUCCESS && e->scratch_size)
         s = dnn->f.memory_create(&pad, e->scratch_md, dnn->engine, scratch);
     if (s == AD_SUCCESS) {
@@ -968,10 +955,10 @@ static int gemm(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff
     /* A primitive on several threads is many rows (AMX CPUs): its epilogue (int8's
      * dequantization and tanh over 256 x 2,048, ~0.45 ms) would otherwise run on this thread
      * alone, as long as the product itself. */
-    if (epi && k.threads > 1 && N >= 256)
-        aiva_onednn_parallel(dnn, N, epi, epi_ctx);
-    else if (epi)
-        epi(epi_ctx, 0, N);
+    if (p->epi && k.threads > 1 && N >= 256)
+        aiva_onednn_parallel(dnn, N, p->epi, p->epi_ctx);
+    else if (p->epi)
+        p->epi(p->epi_ctx, 0, N);
     return 0;
 }
 
@@ -981,9 +968,8 @@ void aiva_onednn_parallel(void *dnn, ptrdiff_t n, aiva_onednn_epilogue fn, void 
 #ifndef _WIN32
     const int threads = aiva_onednn_threads((aiva_onednn *)dnn);
     ad_status_t s = AD_SUCCESS;
-    if (threads > 1 && n > 1
-        && gemm_shared((aiva_onednn *)dnn, 0, 0, 0, 1, n, 0, NULL, 0, NULL, 0, NULL, 0, fn, ctx,
-                       threads, 1, &s))
+    const product items = {.M = 1, .N = n, .epi = fn, .epi_ctx = ctx};   /* no product */
+    if (threads > 1 && n > 1 && gemm_shared((aiva_onednn *)dnn, &items, threads, 1, &s))
         return;
 #else
     (void)dnn;   /* no helper threads here */
@@ -996,8 +982,8 @@ int aiva_onednn_gemm_bf16(void *dnn, int ta, int tb, ptrdiff_t M, ptrdiff_t N, p
                           float *C, ptrdiff_t ldc, const void *B_packed,
                           aiva_onednn_epilogue epi, void *epi_ctx)
 {
-    return gemm((aiva_onednn *)dnn, AIVA_ONEDNN_BF16, ta, tb, M, N, K, A, lda, B, ldb, C, ldc,
-                B_packed, epi, epi_ctx);
+    const product p = {AIVA_ONEDNN_BF16, ta, tb, M, N, K, lda, ldb, ldc, A, B, C, epi, epi_ctx};
+    return gemm((aiva_onednn *)dnn, &p, B_packed);
 }
 
 int aiva_onednn_gemm_u8s8(void *dnn, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
@@ -1005,8 +991,8 @@ int aiva_onednn_gemm_u8s8(void *dnn, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t
                           int32_t *C, ptrdiff_t ldc, const void *B_packed,
                           aiva_onednn_epilogue epi, void *epi_ctx)
 {
-    return gemm((aiva_onednn *)dnn, AIVA_ONEDNN_U8S8, 0, tb, M, N, K, A, lda, B, ldb, C, ldc,
-                B_packed, epi, epi_ctx);
+    const product p = {AIVA_ONEDNN_U8S8, 0, tb, M, N, K, lda, ldb, ldc, A, B, C, epi, epi_ctx};
+    return gemm((aiva_onednn *)dnn, &p, B_packed);
 }
 
 int aiva_onednn_impl(aiva_onednn *dnn, int kind, int ta, int tb, ptrdiff_t M, ptrdiff_t N,
