@@ -319,18 +319,26 @@ def _check_packed(PackedWeight packed, int kind, bint tb, Py_ssize_t n, Py_ssize
         raise ValueError("packed does not describe B")
 
 
-def gemm_bf16(const uint16_t[:, :] a, const uint16_t[:, :] b, bint ta=False,
-              bint tb=False, PackedWeight packed=None):
-    """op(a) @ op(b) of bf16 bit patterns (uint16) into float32: the provider's product, for
-    tests.  a, b may be row slices of wider arrays (their row stride is the ld)."""
+def _product_shape(a, b, bint ta, bint tb, Py_ssize_t item, int kind, PackedWeight packed):
+    """(M, N, K, lda, ldb) of op(a) @ op(b) in elements, after checking that the arrays and
+    the packed weight describe one product."""
     cdef Py_ssize_t M = a.shape[1] if ta else a.shape[0]
     cdef Py_ssize_t K = a.shape[0] if ta else a.shape[1]
     cdef Py_ssize_t N = b.shape[0] if tb else b.shape[1]
     _check_b(b, tb, N, K)
-    _check_rows("a", a.strides[1], a.strides[0], a.shape[1], 2)
-    _check_rows("b", b.strides[1], b.strides[0], b.shape[1], 2)
-    cdef Py_ssize_t lda = a.strides[0] // 2, ldb = b.strides[0] // 2
-    _check_packed(packed, AIVA_ONEDNN_BF16, tb, N, K, ldb)
+    _check_rows("a", a.strides[1], a.strides[0], a.shape[1], item)
+    _check_rows("b", b.strides[1], b.strides[0], b.shape[1], item)
+    cdef Py_ssize_t lda = a.strides[0] // item, ldb = b.strides[0] // item
+    _check_packed(packed, kind, tb, N, K, ldb)
+    return M, N, K, lda, ldb
+
+
+def gemm_bf16(const uint16_t[:, :] a, const uint16_t[:, :] b, bint ta=False,
+              bint tb=False, PackedWeight packed=None):
+    """op(a) @ op(b) of bf16 bit patterns (uint16) into float32: the provider's product, for
+    tests.  a, b may be row slices of wider arrays (their row stride is the ld)."""
+    cdef Py_ssize_t M, N, K, lda, ldb
+    M, N, K, lda, ldb = _product_shape(a, b, ta, tb, 2, AIVA_ONEDNN_BF16, packed)
     out = np.empty((M, N), np.float32)
     cdef float[:, ::1] c = out
     cdef const void *hp = weight_handle(packed)
@@ -356,13 +364,8 @@ def gemm_u8s8(const uint8_t[:, :] a, const int8_t[:, :] b, bint tb=False,
               PackedWeight packed=None, bint count_blocks=False):
     """a (u8, M x K) @ op(b) (s8) into int32, exactly: the provider's product, for tests.
     count_blocks: also return how many epilogue blocks covered each column (once each)."""
-    cdef Py_ssize_t M = a.shape[0], K = a.shape[1]
-    cdef Py_ssize_t N = b.shape[0] if tb else b.shape[1]
-    _check_b(b, tb, N, K)
-    _check_rows("a", a.strides[1], a.strides[0], a.shape[1], 1)
-    _check_rows("b", b.strides[1], b.strides[0], b.shape[1], 1)
-    cdef Py_ssize_t lda = a.strides[0], ldb = b.strides[0]
-    _check_packed(packed, AIVA_ONEDNN_U8S8, tb, N, K, ldb)
+    cdef Py_ssize_t M, N, K, lda, ldb
+    M, N, K, lda, ldb = _product_shape(a, b, False, tb, 1, AIVA_ONEDNN_U8S8, packed)
     out = np.empty((M, N), np.int32)
     cdef int32_t[:, ::1] c = out
     cdef const void *hp = weight_handle(packed)
