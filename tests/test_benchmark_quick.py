@@ -15,7 +15,7 @@ from typing import Any, Dict, Sequence, Tuple
 import pytest
 
 from aiva_cy.bench import compare, report
-from aiva_cy.bench.timing import NOISY_MARK, Cell
+from aiva_cy.bench.timing import NOISY_MARK, Cell, Settings
 
 ROWS = ("forward_b1", "predict_b64", "train_b64", "startup", "memory", "weights")
 
@@ -232,3 +232,12 @@ def test_bad_rows_rejected() -> None:
         compare.run(quick=True, rows=["nope"], write=False, verbose=False)
     with pytest.raises(SystemExit):
         compare.main(["--rows", "nope"])
+
+
+def test_less_measuring_effort_than_full_is_not_full() -> None:
+    # A run whose numbers are judged against the targets warms each peer as the full run does.
+    assert Settings.full().at_least_full()
+    assert not Settings.quick().at_least_full()
+    for field, less in (("rounds", 20), ("warmup", 3), ("rewarm_calls", 2), ("rewarm_s", 0.004)):
+        assert not Settings(**{field: less}).at_least_full(), field
+    assert Settings(rounds=30, rewarm_s=0.01).at_least_full()

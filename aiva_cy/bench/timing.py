@@ -77,7 +77,8 @@ class Settings:
         full = Settings.full()
         return (self.rounds >= full.rounds and self.slow_rounds >= full.slow_rounds
                 and self.block_s >= full.block_s and self.warmup >= full.warmup
-                and self.startup_runs >= full.startup_runs and self.retries >= full.retries)
+                and self.startup_runs >= full.startup_runs and self.retries >= full.retries
+                and self.rewarm_calls >= full.rewarm_calls and self.rewarm_s >= full.rewarm_s)
 
 
 @dataclass
